@@ -1,0 +1,173 @@
+//! The timely cluster flags, as in timely's own examples: `-w` workers per process, `-n`
+//! processes, `-p` this process's index, `-h` a host file of `host:port` lines.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use timely::{CommunicationConfig, WorkerConfig};
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct ClusterArgs {
+    /// Worker threads in this process.
+    #[arg(short = 'w', long = "workers", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: u16,
+    /// Processes in the cluster.
+    #[arg(short = 'n', long = "processes", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub processes: u16,
+    /// This process's index, 0 to processes-1; process 0 writes the output.
+    #[arg(short = 'p', long = "process", default_value_t = 0)]
+    pub process: u16,
+    /// Host file: one `host:port` line per process, in process order (needed with -n > 1).
+    #[arg(short = 'h', long = "hostfile", value_name = "HOSTFILE")]
+    pub hostfile: Option<PathBuf>,
+    /// Give up if the cluster has not connected after this many seconds.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub connect_timeout: u64,
+}
+
+impl ClusterArgs {
+    pub fn single(workers: u16) -> Self {
+        ClusterArgs { workers, processes: 1, process: 0, hostfile: None, connect_timeout: 60 }
+    }
+
+    /// Checks the flags and builds timely's configuration.
+    pub fn timely_config(&self) -> Result<timely::Config> {
+        ensure!(
+            self.process < self.processes,
+            "-p {} is not a process index of a {}-process cluster (use 0 to {})",
+            self.process,
+            self.processes,
+            self.processes - 1
+        );
+        let threads = self.workers as usize;
+        let communication = if self.processes > 1 {
+            let Some(hostfile) = &self.hostfile else {
+                bail!("-n {} needs a host file (-h FILE) with one host:port line per process", self.processes);
+            };
+            let mut addresses = read_hostfile(hostfile)?;
+            ensure!(
+                addresses.len() >= self.processes as usize,
+                "host file {} lists {} address(es) but -n is {}; add one host:port line per process",
+                hostfile.display(),
+                addresses.len(),
+                self.processes
+            );
+            addresses.truncate(self.processes as usize);
+            CommunicationConfig::Cluster {
+                threads,
+                process: self.process as usize,
+                addresses,
+                report: false,
+                zerocopy: false,
+            }
+        } else if threads > 1 {
+            CommunicationConfig::Process(threads)
+        } else {
+            CommunicationConfig::Thread
+        };
+        Ok(timely::Config { communication, worker: WorkerConfig::default() })
+    }
+
+    /// Timely retries connections forever; this makes an unreachable peer an error instead.
+    /// Call `connected()` on the result once `timely::execute` has returned.
+    pub fn connect_watchdog(&self) -> ConnectWatchdog {
+        let connected = Arc::new(AtomicBool::new(false));
+        if self.processes > 1 {
+            let flag = connected.clone();
+            let timeout = Duration::from_secs(self.connect_timeout);
+            let process = self.process;
+            std::thread::spawn(move || {
+                std::thread::sleep(timeout);
+                if !flag.load(Ordering::SeqCst) {
+                    eprintln!(
+                        "error: process {process} could not connect to every process of the cluster within {}s; \
+                         check that all processes are started with the same -n and host file, \
+                         and that the addresses in the host file are reachable",
+                        timeout.as_secs()
+                    );
+                    std::process::exit(3);
+                }
+            });
+        }
+        ConnectWatchdog { connected }
+    }
+}
+
+pub struct ConnectWatchdog {
+    connected: Arc<AtomicBool>,
+}
+
+impl ConnectWatchdog {
+    pub fn connected(&self) {
+        self.connected.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Reads `host:port` lines; blank lines and `#` comments are ignored.
+pub fn read_hostfile(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read host file {}", path.display()))?;
+    let mut addresses = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let valid = line
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+        ensure!(
+            valid,
+            "host file {} line {}: {:?} is not host:port (for example 10.0.0.5:2101)",
+            path.display(),
+            number + 1,
+            line
+        );
+        addresses.push(line.to_owned());
+    }
+    Ok(addresses)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn hostfile(text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        file
+    }
+
+    fn args(processes: u16, process: u16, hostfile: Option<&Path>) -> ClusterArgs {
+        ClusterArgs { processes, process, hostfile: hostfile.map(Path::to_path_buf), ..ClusterArgs::single(2) }
+    }
+
+    #[test]
+    fn host_file_lines_comments_and_errors() {
+        let good = hostfile("# cluster\nlocalhost:2101\n\n10.0.0.2:2101\n[::1]:2102\n");
+        assert_eq!(read_hostfile(good.path()).unwrap(), ["localhost:2101", "10.0.0.2:2101", "[::1]:2102"]);
+        for bad in ["localhost\n", "host:notaport\n", ":80\n", "h:0\n"] {
+            let err = read_hostfile(hostfile(bad).path()).unwrap_err();
+            assert!(err.to_string().contains("is not host:port"), "{bad:?}: {err}");
+        }
+        let err = read_hostfile(Path::new("/nonexistent/hosts.txt")).unwrap_err();
+        assert!(err.to_string().contains("cannot read host file"), "{err}");
+    }
+
+    #[test]
+    fn flags_are_checked_before_anything_starts() {
+        let two = hostfile("127.0.0.1:1\n127.0.0.1:2\n");
+        assert!(args(2, 1, Some(two.path())).timely_config().is_ok());
+        let err = args(2, 2, Some(two.path())).timely_config().unwrap_err();
+        assert!(err.to_string().contains("-p 2 is not a process index"), "{err}");
+        let err = args(2, 0, None).timely_config().unwrap_err();
+        assert!(err.to_string().contains("needs a host file"), "{err}");
+        let err = args(3, 0, Some(two.path())).timely_config().unwrap_err();
+        assert!(err.to_string().contains("lists 2 address(es) but -n is 3"), "{err}");
+    }
+}

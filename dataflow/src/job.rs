@@ -1,0 +1,158 @@
+//! The batch job: every worker loads its share, the counting dataflow reduces across the
+//! cluster, and worker 0 (in process 0) collects the table.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use anyhow::{anyhow, bail, Result};
+use differential_dataflow::input::Input;
+use timely::dataflow::operators::{Exchange, Inspect, Probe};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::{InputHandle, ProbeHandle};
+use timely::worker::Worker;
+
+use crate::cluster::ClusterArgs;
+use crate::consolidate::Consolidator;
+use crate::count::error_counts;
+use crate::progress::Progress;
+use crate::record::{Observation, Tally};
+use crate::source::mongo::{KeyRange, MongoSource};
+use crate::source::{Share, Source};
+use crate::stats::LoadStats;
+
+#[derive(Clone, Debug)]
+pub struct CountJob {
+    pub source: Source,
+    pub cluster: ClusterArgs,
+}
+
+/// What process 0 learns: the per-producer table and the merged load statistics.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Outcome {
+    pub table: BTreeMap<String, Tally>,
+    pub stats: LoadStats,
+}
+
+impl Outcome {
+    pub fn total(&self) -> Tally {
+        let mut total = Tally::default();
+        self.table.values().for_each(|tally| total.add(tally));
+        total
+    }
+}
+
+/// Runs the job on this process's workers; process 0 gets `Some(outcome)`, the others `None`.
+pub fn run(job: CountJob, progress: Progress) -> Result<Option<Outcome>> {
+    let config = job.cluster.timely_config()?;
+    let watchdog = job.cluster.connect_watchdog();
+    let guards = timely::execute(config, move |worker| count_on_worker(worker, &job, &progress))
+        .map_err(|err| anyhow!("cannot start the timely cluster: {err}"))?;
+    watchdog.connected();
+    let mut outcome = None;
+    for result in guards.join() {
+        match result {
+            Ok(Ok(Some(found))) => outcome = Some(found),
+            Ok(Ok(None)) => {}
+            Ok(Err(err)) => bail!(err),
+            Err(panic) => bail!("a worker failed: {panic}"),
+        }
+    }
+    Ok(outcome)
+}
+
+type Shared<T> = Rc<RefCell<T>>;
+
+fn count_on_worker(worker: &mut Worker, job: &CountJob, progress: &Progress) -> Result<Option<Outcome>, String> {
+    let share = Share { index: worker.index(), peers: worker.peers() };
+    let rows: Shared<BTreeMap<(String, Tally), isize>> = Default::default();
+    let merged: Shared<LoadStats> = Default::default();
+    let probe = ProbeHandle::new();
+
+    let (mut observations, mut stats_input) = worker.dataflow::<u64, _, _>(|scope| {
+        let (observations_input, observations) = scope.new_collection::<Observation, isize>();
+        let mut stats_input = InputHandle::<u64, CapacityContainerBuilder<Vec<LoadStats>>>::new();
+        let sink = rows.clone();
+        error_counts(observations)
+            .inner
+            .exchange(|_| 0)
+            .inspect(move |(row, _time, diff)| *sink.borrow_mut().entry(row.clone()).or_default() += diff)
+            .probe_with(&probe);
+        let sink = merged.clone();
+        stats_input
+            .to_stream(scope)
+            .exchange(|_| 0)
+            .inspect(move |stats: &LoadStats| sink.borrow_mut().merge(stats))
+            .probe_with(&probe);
+        (observations_input, stats_input)
+    });
+
+    let mut counts = Consolidator::default();
+    let mut stats = LoadStats::default();
+    let loaded = match &job.source {
+        Source::Mongo(mongo) => {
+            let (ranges, planning_failure) = distribute_plan(worker, mongo);
+            planning_failure.map_or(Ok(()), Err).and_then(|()| {
+                ranges.iter().try_for_each(|range| mongo.load_range(range, &mut counts, &mut stats, progress))
+            })
+        }
+        Source::File(path) => crate::source::file::load_share(path, share, &mut counts, &mut stats, progress),
+    };
+    if let Err(err) = loaded {
+        // Still take part in the dataflow, so that the failure reaches process 0 and no worker waits forever.
+        stats.failure = Some(format!("{err:#}"));
+    }
+    for (observation, diff) in counts.drain() {
+        observations.update(observation, diff);
+    }
+    stats_input.send(stats);
+    observations.advance_to(1);
+    observations.flush();
+    stats_input.advance_to(1);
+    worker.step_while(|| probe.less_than(&1));
+
+    if share.index != 0 {
+        return Ok(None);
+    }
+    let stats = merged.borrow().clone();
+    if let Some(failure) = stats.failure {
+        return Err(failure);
+    }
+    let table = current_table(&rows.borrow());
+    Ok(Some(Outcome { table, stats }))
+}
+
+/// The table as of the last completed time: the rows whose updates add up to one.
+pub fn current_table(rows: &BTreeMap<(String, Tally), isize>) -> BTreeMap<String, Tally> {
+    rows.iter()
+        .filter(|(_, diff)| **diff > 0)
+        .map(|((producer, tally), _)| (producer.clone(), *tally))
+        .collect()
+}
+
+/// Worker 0 plans the `_id` ranges; a tiny dataflow hands each worker its own.
+fn distribute_plan(worker: &mut Worker, mongo: &MongoSource) -> (Vec<KeyRange>, Option<anyhow::Error>) {
+    let mine: Shared<Vec<KeyRange>> = Default::default();
+    let probe = ProbeHandle::new();
+    let mut plan_input = worker.dataflow::<u64, _, _>(|scope| {
+        let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<(usize, KeyRange)>>>::new();
+        let sink = mine.clone();
+        input
+            .to_stream(scope)
+            .exchange(|(worker, _): &(usize, KeyRange)| *worker as u64)
+            .inspect(move |(_, range): &(usize, KeyRange)| sink.borrow_mut().push(range.clone()))
+            .probe_with(&probe);
+        input
+    });
+    let mut failure = None;
+    if worker.index() == 0 {
+        match mongo.plan(worker.peers()) {
+            Ok((plan, _estimated)) => plan.into_iter().enumerate().for_each(|share| plan_input.send(share)),
+            Err(err) => failure = Some(err),
+        }
+    }
+    plan_input.advance_to(1);
+    worker.step_while(|| probe.less_than(&1));
+    let ranges = mine.borrow().clone();
+    (ranges, failure)
+}

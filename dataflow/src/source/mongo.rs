@@ -1,0 +1,264 @@
+//! The MongoDB source. The collection is split into `_id` ranges, one per worker of the whole
+//! cluster, so that every worker runs its own cursor over a disjoint share (the `_id` index
+//! serves each range). Worker 0 plans the split from a `$sample` of ids, as MongoDB's own Spark
+//! connector does; only `ProducerID`, `GroundTruth`, `Inferred` and `Deleted` are fetched.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bson::{doc, Bson, Document, RawBsonRef, RawDocumentBuf};
+use iot_schema::field;
+use mongodb::options::ClientOptions;
+use mongodb::sync::{Client, Collection};
+use serde::{Deserialize, Serialize};
+
+use crate::consolidate::Consolidator;
+use crate::progress::Progress;
+use crate::stats::LoadStats;
+
+/// Collections smaller than this are read by one worker: splitting costs more than it saves.
+const MIN_DOCS_TO_SPLIT: u64 = 20_000;
+/// Ids sampled per share to place the split points.
+const SAMPLES_PER_SHARE: u64 = 64;
+
+#[derive(Clone, Debug)]
+pub struct MongoSource {
+    pub uri: String,
+    pub db: String,
+    pub collection: String,
+    /// Documents per cursor batch.
+    pub batch_size: u32,
+    /// How long to wait for the server before giving up.
+    pub timeout: Duration,
+}
+
+/// One worker's share of the collection: string ids in `[from, to)`, open where `None`; share 0
+/// also takes documents whose `_id` is not a string, which no string range can hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRange {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub whole: bool,
+    pub non_string_ids: bool,
+}
+
+impl KeyRange {
+    fn everything() -> Self {
+        KeyRange { whole: true, ..KeyRange::default() }
+    }
+
+    fn empty() -> Self {
+        KeyRange { from: Some(String::new()), to: Some(String::new()), ..KeyRange::default() }
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.whole && !self.non_string_ids && self.from.is_some() && self.from == self.to
+    }
+
+    /// The filters whose results together make this share.
+    fn filters(&self) -> Vec<Document> {
+        if self.whole {
+            return vec![doc! {}];
+        }
+        let mut filters = Vec::new();
+        if !self.is_empty() {
+            let mut bounds = doc! { "$gte": self.from.clone().unwrap_or_default() };
+            if let Some(to) = &self.to {
+                bounds.insert("$lt", to);
+            }
+            filters.push(doc! { field::DOC_ID: bounds });
+        }
+        if self.non_string_ids {
+            filters.push(doc! { field::DOC_ID: { "$not": { "$type": "string" } } });
+        }
+        filters
+    }
+}
+
+/// Cuts sorted sample ids into `shares` contiguous string ranges covering every string.
+fn ranges_from_sample(mut sample: Vec<String>, shares: usize) -> Vec<KeyRange> {
+    sample.sort();
+    sample.dedup();
+    let mut cuts: Vec<String> = (1..shares).map(|i| sample[i * sample.len() / shares].clone()).collect();
+    cuts.dedup();
+    let mut ranges = Vec::with_capacity(shares);
+    let mut from: Option<String> = None;
+    for cut in cuts {
+        ranges.push(KeyRange { from: from.take(), to: Some(cut.clone()), ..KeyRange::default() });
+        from = Some(cut);
+    }
+    ranges.push(KeyRange { from, to: None, ..KeyRange::default() });
+    ranges[0].non_string_ids = true;
+    ranges.resize(shares, KeyRange::empty()); // duplicate ids in the sample: fewer, wider ranges
+    ranges
+}
+
+impl MongoSource {
+    pub fn connect(&self) -> Result<Collection<RawDocumentBuf>> {
+        let mut options = ClientOptions::parse(&self.uri)
+            .run()
+            .with_context(|| format!("{:?} is not a valid MongoDB connection string", self.uri))?;
+        options.server_selection_timeout = Some(self.timeout);
+        options.connect_timeout = Some(self.timeout);
+        options.app_name = Some("iot-dataflow".into());
+        let client = Client::with_options(options)?;
+        Ok(client.database(&self.db).collection(&self.collection))
+    }
+
+    fn unreachable(&self) -> String {
+        format!(
+            "cannot read {}.{} from MongoDB at {} within {}s; is the server running \
+             (`scripts/stack up` starts one) and is --mongo-uri right?",
+            self.db,
+            self.collection,
+            self.uri,
+            self.timeout.as_secs()
+        )
+    }
+
+    /// Worker 0 decides every worker's share: `shares` ranges, in worker order.
+    pub fn plan(&self, shares: usize) -> Result<(Vec<KeyRange>, u64)> {
+        let collection = self.connect()?;
+        let estimated = collection
+            .estimated_document_count()
+            .run()
+            .with_context(|| self.unreachable())?;
+        if shares == 1 || estimated < MIN_DOCS_TO_SPLIT {
+            let mut plan = vec![KeyRange::everything()];
+            plan.resize(shares, KeyRange::empty());
+            return Ok((plan, estimated));
+        }
+        let size = (SAMPLES_PER_SHARE * shares as u64).min(estimated) as i64;
+        let pipeline = [doc! { "$sample": { "size": size } }, doc! { "$project": { field::DOC_ID: 1 } }];
+        let mut sample = Vec::new();
+        for document in collection.aggregate(pipeline).run().with_context(|| self.unreachable())? {
+            if let Some(Bson::String(id)) = document?.get(field::DOC_ID) {
+                sample.push(id.clone());
+            }
+        }
+        if sample.is_empty() {
+            let mut plan = vec![KeyRange::everything()];
+            plan.resize(shares, KeyRange::empty());
+            return Ok((plan, estimated));
+        }
+        Ok((ranges_from_sample(sample, shares), estimated))
+    }
+
+    /// Reads one share and counts it.
+    pub fn load_range(
+        &self,
+        range: &KeyRange,
+        counts: &mut Consolidator,
+        stats: &mut LoadStats,
+        progress: &Progress,
+    ) -> Result<()> {
+        let collection = self.connect()?;
+        let projection = doc! {
+            field::PRODUCER_ID: 1, field::GROUND_TRUTH: 1, field::INFERRED: 1, field::DELETED: 1,
+        };
+        for filter in range.filters() {
+            let cursor = collection
+                .find(filter)
+                .projection(projection.clone())
+                .batch_size(self.batch_size)
+                .run()
+                .with_context(|| self.unreachable())?;
+            let mut unreported = 0;
+            for document in cursor {
+                let document = document.with_context(|| self.unreachable())?;
+                count_document(&document, counts, stats);
+                unreported += 1;
+                if unreported == 4096 {
+                    progress.add(unreported);
+                    unreported = 0;
+                }
+            }
+            progress.add(unreported);
+        }
+        Ok(())
+    }
+}
+
+fn count_document(document: &RawDocumentBuf, counts: &mut Consolidator, stats: &mut LoadStats) {
+    stats.records += 1;
+    let get = |name| document.get(name).ok().flatten();
+    if let Some(RawBsonRef::Boolean(true)) = get(field::DELETED) {
+        stats.deleted += 1;
+        return;
+    }
+    let text = |name| match get(name) {
+        Some(RawBsonRef::String(text)) => Ok(text),
+        None | Some(RawBsonRef::Null) => Err("is missing"),
+        Some(_) => Err("is not a string"),
+    };
+    let inferred = match get(field::INFERRED) {
+        None | Some(RawBsonRef::Null) => Ok(None),
+        Some(RawBsonRef::String(label)) => Ok(Some(label)),
+        Some(_) => Err("Inferred is not a string".to_owned()),
+    };
+    let checked = text(field::PRODUCER_ID)
+        .map_err(|why| format!("ProducerID {why}"))
+        .and_then(|producer| Ok((producer, text(field::GROUND_TRUTH).map_err(|why| format!("GroundTruth {why}"))?)))
+        .and_then(|(producer, truth)| Ok((producer, truth, inferred?)));
+    match checked {
+        Ok((producer, truth, inferred)) => counts.add(producer, truth, inferred, 1),
+        Err(reason) => stats.skip(|| describe_id(get(field::DOC_ID)), &reason),
+    }
+}
+
+fn describe_id(id: Option<RawBsonRef<'_>>) -> String {
+    match id {
+        Some(RawBsonRef::String(id)) => id.to_owned(),
+        Some(other) => Bson::try_from(other.to_raw_bson())
+            .map(|id| id.into_relaxed_extjson().to_string())
+            .unwrap_or_else(|_| format!("{other:?}")),
+        None => "(no _id)".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampled_ranges_are_contiguous_and_cover_all_strings() {
+        let sample: Vec<String> = (0..1000).map(|i| format!("p{:02}/{i}", i % 37)).collect();
+        let ranges = ranges_from_sample(sample, 4);
+        assert_eq!(ranges.len(), 4);
+        assert_eq!(ranges[0].from, None);
+        assert!(ranges[0].non_string_ids);
+        assert_eq!(ranges[3].to, None);
+        for pair in ranges.windows(2) {
+            assert_eq!(pair[0].to, pair[1].from);
+            assert!(!pair[1].non_string_ids);
+        }
+    }
+
+    #[test]
+    fn a_sample_too_small_for_the_shares_leaves_the_extra_shares_empty() {
+        let ranges = ranges_from_sample(vec!["a".into(), "a".into()], 3);
+        assert_eq!(ranges.len(), 3);
+        assert_eq!(ranges[0].filters().len(), 2);
+        assert_eq!(ranges[1].filters().len(), 1, "strings from 'a' on");
+        assert!(ranges[2].filters().is_empty());
+    }
+
+    #[test]
+    fn documents_are_counted_or_skipped_with_their_id() {
+        let mut counts = Consolidator::default();
+        let mut stats = LoadStats::default();
+        let docs = [
+            doc! { "_id": "p/1", "ProducerID": "p", "GroundTruth": "cat", "Inferred": "dog" },
+            doc! { "_id": "p/2", "ProducerID": "p", "GroundTruth": "cat" },
+            doc! { "_id": "p/3", "ProducerID": "p", "GroundTruth": "cat", "Deleted": true },
+            doc! { "_id": "p/4", "ProducerID": "p", "GroundTruth": 4 },
+            doc! { "_id": 5, "GroundTruth": "cat" },
+        ];
+        for document in docs {
+            count_document(&RawDocumentBuf::from_document(&document).unwrap(), &mut counts, &mut stats);
+        }
+        assert_eq!((stats.records, stats.deleted, stats.skipped), (5, 1, 2));
+        assert_eq!(stats.skipped_examples, ["p/4: GroundTruth is not a string", "5: ProducerID is missing"]);
+        assert_eq!(counts.drain().len(), 2);
+    }
+}
