@@ -140,6 +140,10 @@ fn count_line(line: &[u8], at: u64, counts: &mut Consolidator, stats: &mut LoadS
         return;
     }
     let name = || format!("line at byte {at}");
+    if line[0] != b'{' {
+        stats.records += 1;
+        return stats.skip(name, "not a JSON object");
+    }
     match serde_json::from_slice::<JsonRecord>(line) {
         Ok(record) => record.count_into(counts, stats, name),
         Err(err) => {
@@ -191,6 +195,10 @@ impl<'de> Visitor<'de> for ArrayVisitor<'_> {
             if index % self.share.peers == self.share.index {
                 let name = || format!("array element {index}");
                 match serde_json::from_str::<JsonRecord>(element.get()) {
+                    _ if !element.get().starts_with('{') => {
+                        self.stats.records += 1;
+                        self.stats.skip(name, "not a JSON object");
+                    }
                     Ok(record) => record.count_into(self.counts, self.stats, name),
                     Err(err) => {
                         self.stats.records += 1;
