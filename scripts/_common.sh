@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034 # the variables are used by the scripts that source this
 # Shared settings for scripts/setup and scripts/stack. Sourced, not run.
 # Every path and version lives here once, so the two scripts cannot drift apart.
 

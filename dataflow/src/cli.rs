@@ -101,6 +101,7 @@ pub fn run(cli: Cli) -> Result<()> {
 
 pub fn count(args: &CountArgs) -> Result<()> {
     let started = Instant::now();
+    args.cluster.timely_config()?; // flags first: a usage error needs no input
     let source = args.source()?;
     let what = match &source {
         Source::File(path) => format!("reading {}", path.display()),

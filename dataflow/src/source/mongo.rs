@@ -10,6 +10,8 @@ use bson::{doc, Bson, Document, RawBsonRef, RawDocumentBuf};
 use iot_schema::field;
 use mongodb::options::ClientOptions;
 use mongodb::sync::{Client, Collection};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::consolidate::Consolidator;
@@ -128,20 +130,55 @@ impl MongoSource {
             plan.resize(shares, KeyRange::empty());
             return Ok((plan, estimated));
         }
-        let size = (SAMPLES_PER_SHARE * shares as u64).min(estimated) as i64;
-        let pipeline = [doc! { "$sample": { "size": size } }, doc! { "$project": { field::DOC_ID: 1 } }];
-        let mut sample = Vec::new();
-        for document in collection.aggregate(pipeline).run().with_context(|| self.unreachable())? {
-            if let Some(Bson::String(id)) = document?.get(field::DOC_ID) {
-                sample.push(id.clone());
-            }
-        }
+        let size = (SAMPLES_PER_SHARE * shares as u64).min(estimated) as usize;
+        let sample = match self.sample_ids(&collection, size) {
+            Err(err) if is_not_implemented(&err) => self.scan_sample_ids(&collection, size)?,
+            other => other.with_context(|| self.unreachable())?,
+        };
         if sample.is_empty() {
             let mut plan = vec![KeyRange::everything()];
             plan.resize(shares, KeyRange::empty());
             return Ok((plan, estimated));
         }
         Ok((ranges_from_sample(sample, shares), estimated))
+    }
+
+    /// Random ids through `$sample`, which MongoDB serves from a random cursor.
+    fn sample_ids(&self, collection: &Collection<RawDocumentBuf>, size: usize) -> mongodb::error::Result<Vec<String>> {
+        let pipeline = [doc! { "$sample": { "size": size as i64 } }, doc! { "$project": { field::DOC_ID: 1 } }];
+        let mut sample = Vec::with_capacity(size);
+        for document in collection.clone_with_type::<Document>().aggregate(pipeline).run()? {
+            if let Some(Bson::String(id)) = document?.get(field::DOC_ID) {
+                sample.push(id.clone());
+            }
+        }
+        Ok(sample)
+    }
+
+    /// For servers without `$sample` (FerretDB v1): a reservoir sample over a scan of the ids.
+    fn scan_sample_ids(&self, collection: &Collection<RawDocumentBuf>, size: usize) -> Result<Vec<String>> {
+        tracing::info!("the server has no $sample; planning the split from a scan of the ids");
+        let mut rng = SmallRng::seed_from_u64(0x5eed);
+        let mut sample = Vec::with_capacity(size);
+        let cursor = collection
+            .find(doc! {})
+            .projection(doc! { field::DOC_ID: 1 })
+            .batch_size(self.batch_size)
+            .run()
+            .with_context(|| self.unreachable())?;
+        for (seen, document) in cursor.enumerate() {
+            let document = document.with_context(|| self.unreachable())?;
+            let Some(RawBsonRef::String(id)) = document.get(field::DOC_ID).ok().flatten() else { continue };
+            if sample.len() < size {
+                sample.push(id.to_owned());
+            } else {
+                let slot = rng.random_range(0..=seen);
+                if slot < size {
+                    sample[slot] = id.to_owned();
+                }
+            }
+        }
+        Ok(sample)
     }
 
     /// Reads one share and counts it.
@@ -177,6 +214,11 @@ impl MongoSource {
         }
         Ok(())
     }
+}
+
+fn is_not_implemented(err: &mongodb::error::Error) -> bool {
+    // 238 NotImplemented (FerretDB), 40324 unrecognized pipeline stage (older MongoDB).
+    matches!(&*err.kind, mongodb::error::ErrorKind::Command(e) if e.code == 238 || e.code == 40324)
 }
 
 fn count_document(document: &RawDocumentBuf, counts: &mut Consolidator, stats: &mut LoadStats) {

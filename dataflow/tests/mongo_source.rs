@@ -1,0 +1,82 @@
+//! `dataflow count` against the real MongoDB-compatible server of the local stack
+//! (`scripts/stack up`): 100,000 generated documents with known per-producer errors.
+
+mod common;
+
+use bson::doc;
+use common::*;
+use iot_bench::Spec;
+use mongodb::sync::Client;
+
+struct TestDb {
+    client: Client,
+    name: String,
+}
+
+impl TestDb {
+    fn new() -> Self {
+        let uri = mongo_uri();
+        let client = Client::with_uri_str(&uri).unwrap();
+        client
+            .database("admin")
+            .run_command(doc! { "ping": 1 })
+            .run()
+            .unwrap_or_else(|err| panic!("no MongoDB at {uri} ({err}); start the stack with scripts/stack up"));
+        TestDb { client, name: unique_db("dataflow_test") }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let _ = self.client.database(&self.name).drop().run();
+    }
+}
+
+#[test]
+fn every_worker_layout_reads_the_whole_collection_exactly_once() {
+    let db = TestDb::new();
+    let spec = Spec { records: 100_000, producers: 40, awkward_names: true, seed: 3, ..Spec::default() };
+    let answer = iot_bench::mongo::load(&mongo_uri(), &db.name, "inferences", &spec, |_| {}).unwrap();
+    // Records outside the schema are reported, not counted; tombstones are left out.
+    let collection = db.client.database(&db.name).collection::<bson::Document>("inferences");
+    collection
+        .insert_many([
+            doc! { "_id": "bad/1", "ProducerID": "producer-000", "GroundTruth": 3, "Inferred": "cat" },
+            doc! { "_id": "bad/2", "GroundTruth": "cat", "Inferred": "dog" },
+            doc! { "_id": "gone/1", "ProducerID": "producer-000", "GroundTruth": "cat", "Inferred": "dog", "Deleted": true },
+        ])
+        .run()
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let uri = mongo_uri();
+    let args = ["--mongo-uri", uri.as_str(), "--db", db.name.as_str()];
+    for workers in ["1", "3"] {
+        let mut with_workers = args.to_vec();
+        with_workers.extend(["-w", workers]);
+        let (counts, output) = count(dir.path(), "mongo.csv", &with_workers);
+        assert_eq!(counts, expected(&answer), "-w {workers}");
+        let log = stderr(&output);
+        assert!(log.contains("counted 100003 records"), "{log}");
+        assert!(log.contains("skipped 2 malformed record(s)"), "{log}");
+        assert!(log.contains("bad/1: GroundTruth is not a string"), "{log}");
+        assert!(log.contains("1 deleted"), "{log}");
+    }
+    assert_eq!(count_on_cluster(dir.path(), 2, 2, &args), expected(&answer), "2 processes x 2 workers");
+}
+
+#[test]
+fn an_unreachable_server_is_a_clear_error_within_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let output = dataflow()
+        .args(["count", "--mongo-uri", "mongodb://127.0.0.1:9", "--mongo-timeout", "2", "-w", "2", "--output"])
+        .arg(dir.path().join("never.csv"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let log = stderr(&output);
+    assert!(log.contains("cannot read iot.inferences from MongoDB at mongodb://127.0.0.1:9"), "{log}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert!(!dir.path().join("never.csv").exists(), "no partial CSV");
+}

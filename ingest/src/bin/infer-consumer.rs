@@ -1,0 +1,8 @@
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let args = iot_ingest::consumer::infer::InferConsumerArgs::parse();
+    iot_ingest::cli::run_service(|shutdown| {
+        iot_ingest::consumer::infer::run(args, iot_ingest::metrics::Metrics::new(), shutdown)
+    })
+}

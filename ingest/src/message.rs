@@ -1,0 +1,260 @@
+//! Turning a Kafka record into an [`ImageMessage`], or into the reason it is malformed.
+//!
+//! Both consumers apply the same checks, so a record that one of them dead-letters never gets a
+//! MongoDB document from the other.
+
+use std::io::Cursor;
+
+use base64::Engine;
+use iot_schema::{field, ImageMessage};
+
+use crate::offsets::Position;
+
+/// Why a record cannot be handled. It goes to the dead-letter topic with this reason.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    #[error("the message has no payload")]
+    Empty,
+    #[error("the payload is not UTF-8 text")]
+    NotUtf8,
+    #[error("the payload is not JSON: {0}")]
+    NotJson(String),
+    #[error("the payload is JSON but not an object")]
+    NotObject,
+    #[error("missing field `{0}`")]
+    MissingField(&'static str),
+    #[error("invalid field: {0}")]
+    InvalidField(String),
+    #[error("`Data` is not base64: {0}")]
+    BadBase64(String),
+    #[error("`Data` is not a decodable image: {0}")]
+    BadImage(String),
+    #[error("the inference service rejected the image: {0}")]
+    RejectedByService(String),
+}
+
+impl Malformed {
+    /// A short, stable name for the reason, for metrics and the dead-letter header.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Malformed::Empty => "empty",
+            Malformed::NotUtf8 => "not_utf8",
+            Malformed::NotJson(_) => "not_json",
+            Malformed::NotObject => "not_object",
+            Malformed::MissingField(_) => "missing_field",
+            Malformed::InvalidField(_) => "invalid_field",
+            Malformed::BadBase64(_) => "bad_base64",
+            Malformed::BadImage(_) => "bad_image",
+            Malformed::RejectedByService(_) => "rejected_by_service",
+        }
+    }
+}
+
+/// A record as read from Kafka, owned so that it can outlive the consumer's buffer.
+#[derive(Clone, Debug)]
+pub struct Inbound {
+    pub pos: Position,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+}
+
+impl Inbound {
+    /// The key for log lines: its text, or a note that there is none.
+    pub fn key_text(&self) -> String {
+        match &self.key {
+            Some(key) => String::from_utf8_lossy(key).into_owned(),
+            None => "<no key>".to_owned(),
+        }
+    }
+}
+
+/// A well-formed record: the message and the Kafka record it came in.
+#[derive(Clone, Debug)]
+pub struct Parsed {
+    pub inbound: Inbound,
+    pub msg: ImageMessage,
+}
+
+/// Fields without which a record cannot be stored (`SentAt` is optional).
+const REQUIRED: [&str; 4] = [field::ID, field::PRODUCER_ID, field::GROUND_TRUTH, field::DATA];
+
+/// Largest image side accepted, so that a hostile header cannot make us allocate gigabytes.
+const MAX_IMAGE_SIDE: u32 = 8192;
+
+/// Parses and checks a payload: JSON with every required field of the right type, a non-empty
+/// `ProducerID`, and `Data` that is base64 of an image the `image` crate decodes.
+pub fn parse(payload: Option<&[u8]>) -> Result<ImageMessage, Malformed> {
+    let bytes = payload.filter(|p| !p.is_empty()).ok_or(Malformed::Empty)?;
+    let text = std::str::from_utf8(bytes).map_err(|_| Malformed::NotUtf8)?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| Malformed::NotJson(e.to_string()))?;
+    let object = value.as_object().ok_or(Malformed::NotObject)?;
+    for name in REQUIRED {
+        if object.get(name).is_none_or(serde_json::Value::is_null) {
+            return Err(Malformed::MissingField(name));
+        }
+    }
+    let msg: ImageMessage =
+        serde_json::from_value(value).map_err(|e| Malformed::InvalidField(e.to_string()))?;
+    if msg.producer_id.trim().is_empty() {
+        return Err(Malformed::InvalidField("`ProducerID` is empty".into()));
+    }
+    check_image(&msg.data)?;
+    Ok(msg)
+}
+
+/// Decodes `Data` fully: a truncated or corrupt image is caught here, not by the service.
+pub fn check_image(data: &str) -> Result<(), Malformed> {
+    let bytes = decode_base64(data)?;
+    if bytes.is_empty() {
+        return Err(Malformed::BadImage("no image bytes".into()));
+    }
+    let mut reader = image::ImageReader::new(Cursor::new(&bytes))
+        .with_guessed_format()
+        .map_err(|e| Malformed::BadImage(e.to_string()))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    reader.limits(limits);
+    reader.decode().map_err(|e| Malformed::BadImage(e.to_string()))?;
+    Ok(())
+}
+
+/// Standard base64, with or without padding, as producers in other languages may write it.
+pub fn decode_base64(data: &str) -> Result<Vec<u8>, Malformed> {
+    const LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    LENIENT.decode(data.trim()).map_err(|e| Malformed::BadBase64(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::STANDARD;
+
+    fn png_base64() -> String {
+        let img = image::RgbImage::from_pixel(4, 4, image::Rgb([200, 10, 10]));
+        let mut out = Vec::new();
+        img.write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png).unwrap();
+        STANDARD.encode(out)
+    }
+
+    fn payload(json: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&json).unwrap()
+    }
+
+    fn good() -> serde_json::Value {
+        serde_json::json!({"ID": 4, "ProducerID": "cam-1", "GroundTruth": "cat", "Data": png_base64(), "SentAt": 17})
+    }
+
+    #[test]
+    fn a_good_message_parses() {
+        let msg = parse(Some(&payload(good()))).unwrap();
+        assert_eq!((msg.id, msg.producer_id.as_str(), msg.sent_at_ms), (4, "cam-1", Some(17)));
+    }
+
+    #[test]
+    fn sent_at_is_optional_as_in_the_original_pipeline() {
+        let mut json = good();
+        json.as_object_mut().unwrap().remove("SentAt");
+        assert_eq!(parse(Some(&payload(json))).unwrap().sent_at_ms, None);
+    }
+
+    #[test]
+    fn no_payload_or_an_empty_one() {
+        assert_eq!(parse(None), Err(Malformed::Empty));
+        assert_eq!(parse(Some(b"")), Err(Malformed::Empty));
+    }
+
+    #[test]
+    fn binary_garbage_is_not_utf8() {
+        assert_eq!(parse(Some(&[0xff, 0xfe, 0x00])), Err(Malformed::NotUtf8));
+    }
+
+    #[test]
+    fn text_that_is_not_json() {
+        let err = parse(Some(b"hello {")).unwrap_err();
+        assert!(matches!(err, Malformed::NotJson(_)), "{err:?}");
+        assert_eq!(err.code(), "not_json");
+    }
+
+    #[test]
+    fn json_that_is_not_an_object() {
+        assert_eq!(parse(Some(b"[1,2]")), Err(Malformed::NotObject));
+        assert_eq!(parse(Some(b"\"text\"")), Err(Malformed::NotObject));
+    }
+
+    #[test]
+    fn each_missing_or_null_required_field_is_named() {
+        for name in REQUIRED {
+            let mut json = good();
+            json.as_object_mut().unwrap().remove(name);
+            assert_eq!(parse(Some(&payload(json))), Err(Malformed::MissingField(name)));
+            let mut json = good();
+            json[name] = serde_json::Value::Null;
+            assert_eq!(parse(Some(&payload(json))), Err(Malformed::MissingField(name)));
+        }
+    }
+
+    #[test]
+    fn a_field_of_the_wrong_type() {
+        let mut json = good();
+        json["ID"] = "seven".into();
+        let err = parse(Some(&payload(json))).unwrap_err();
+        assert!(matches!(&err, Malformed::InvalidField(why) if why.contains("invalid type")), "{err:?}");
+        let mut json = good();
+        json["SentAt"] = "yesterday".into();
+        assert_eq!(parse(Some(&payload(json))).unwrap_err().code(), "invalid_field");
+    }
+
+    #[test]
+    fn an_empty_producer_id() {
+        let mut json = good();
+        json["ProducerID"] = " ".into();
+        assert_eq!(parse(Some(&payload(json))).unwrap_err().code(), "invalid_field");
+    }
+
+    #[test]
+    fn data_that_is_not_base64() {
+        let mut json = good();
+        json["Data"] = "not base64!!".into();
+        assert_eq!(parse(Some(&payload(json))).unwrap_err().code(), "bad_base64");
+    }
+
+    #[test]
+    fn base64_that_is_not_an_image() {
+        for data in [STANDARD.encode(b"just some text"), String::new()] {
+            let mut json = good();
+            json["Data"] = data.into();
+            assert_eq!(parse(Some(&payload(json))).unwrap_err().code(), "bad_image");
+        }
+    }
+
+    #[test]
+    fn a_truncated_image_is_caught() {
+        let full = decode_base64(&png_base64()).unwrap();
+        let mut json = good();
+        json["Data"] = STANDARD.encode(&full[..full.len() / 2]).into();
+        assert_eq!(parse(Some(&payload(json))).unwrap_err().code(), "bad_image");
+    }
+
+    #[test]
+    fn base64_without_padding_is_accepted() {
+        let data = png_base64();
+        let unpadded = data.trim_end_matches('=');
+        assert!(check_image(unpadded).is_ok());
+    }
+
+    #[test]
+    fn key_text_of_a_keyless_record() {
+        let inbound = Inbound {
+            pos: Position { topic: "t".into(), partition: 0, offset: 0 },
+            key: None,
+            payload: None,
+        };
+        assert_eq!(inbound.key_text(), "<no key>");
+    }
+}
