@@ -1,12 +1,15 @@
 //! The `dataflow` command line.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::cluster::ClusterArgs;
+use crate::follow::{self, FollowOptions};
 use crate::job::{self, CountJob, Outcome};
 use crate::progress::Progress;
 use crate::sink;
@@ -62,6 +65,22 @@ pub struct CountArgs {
     pub detail: bool,
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    /// After the initial load, keep running and keep the CSV current as records change
+    /// (MongoDB source; see docs/follow.md). Stop with Ctrl-C or SIGTERM.
+    #[arg(long, requires = "mongo_uri")]
+    pub follow: bool,
+    /// With --follow: how often to look for changes.
+    #[arg(long, default_value_t = 200, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub poll_interval_ms: u64,
+    /// With --follow: how late a write may become visible after its UpdatedAt and still be seen.
+    #[arg(long, default_value_t = 2000, value_name = "MS")]
+    pub settle_ms: u64,
+    /// With --follow: print `ProducerID,old_errors,new_errors` on stdout for each changed row.
+    #[arg(long)]
+    pub changes: bool,
+    /// With --follow: log a status line this often (0: never).
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub status_every: u64,
 }
 
 /// The sample the README's first command counts when no services run.
@@ -108,6 +127,22 @@ pub fn count(args: &CountArgs) -> Result<()> {
         Source::Mongo(m) => format!("reading {}.{}", m.db, m.collection),
     };
     let progress = Progress::stderr(&what);
+    if args.follow {
+        let Source::Mongo(mongo) = source else { bail!("--follow needs --mongo-uri: a file has no change feed") };
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))?;
+        let options = FollowOptions {
+            output: args.output.clone(),
+            detail: args.detail,
+            poll_interval: Duration::from_millis(args.poll_interval_ms),
+            settle: Duration::from_millis(args.settle_ms),
+            print_changes: args.changes,
+            status_every: Duration::from_secs(args.status_every),
+            stop,
+        };
+        return follow::run(mongo, args.cluster.clone(), options, progress);
+    }
     let job = CountJob { source, cluster: args.cluster.clone() };
     let outcome = job::run(job, progress.clone());
     progress.finish();

@@ -9,7 +9,8 @@ use anyhow::{anyhow, bail, Result};
 use differential_dataflow::input::Input;
 use timely::dataflow::operators::{Exchange, Inspect, Probe};
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::{InputHandle, ProbeHandle};
+use differential_dataflow::VecCollection;
+use timely::dataflow::{InputHandle, ProbeHandle, Stream};
 use timely::worker::Worker;
 
 use crate::cluster::ClusterArgs;
@@ -61,29 +62,39 @@ pub fn run(job: CountJob, progress: Progress) -> Result<Option<Outcome>> {
     Ok(outcome)
 }
 
-type Shared<T> = Rc<RefCell<T>>;
+pub(crate) type Shared<T> = Rc<RefCell<T>>;
+/// Every `(ProducerID, Tally)` row worker 0 has seen, with its accumulated multiplicity.
+pub(crate) type Rows = BTreeMap<(String, Tally), isize>;
+pub(crate) type StatsInput = InputHandle<u64, CapacityContainerBuilder<Vec<LoadStats>>>;
+
+/// The sink side of every job: tallies and load statistics go to worker 0, which keeps them.
+pub(crate) fn collect_at_worker_zero<'scope>(
+    counts: VecCollection<'scope, u64, (String, Tally), isize>,
+    stats: Stream<'scope, u64, Vec<LoadStats>>,
+    rows: &Shared<Rows>,
+    merged: &Shared<LoadStats>,
+    probe: &ProbeHandle<u64>,
+) {
+    let sink = rows.clone();
+    counts
+        .inner
+        .exchange(|_| 0)
+        .inspect(move |(row, _time, diff)| *sink.borrow_mut().entry(row.clone()).or_default() += diff)
+        .probe_with(probe);
+    let sink = merged.clone();
+    stats.exchange(|_| 0).inspect(move |stats: &LoadStats| sink.borrow_mut().merge(stats)).probe_with(probe);
+}
 
 fn count_on_worker(worker: &mut Worker, job: &CountJob, progress: &Progress) -> Result<Option<Outcome>, String> {
     let share = Share { index: worker.index(), peers: worker.peers() };
-    let rows: Shared<BTreeMap<(String, Tally), isize>> = Default::default();
+    let rows: Shared<Rows> = Default::default();
     let merged: Shared<LoadStats> = Default::default();
     let probe = ProbeHandle::new();
 
     let (mut observations, mut stats_input) = worker.dataflow::<u64, _, _>(|scope| {
         let (observations_input, observations) = scope.new_collection::<Observation, isize>();
-        let mut stats_input = InputHandle::<u64, CapacityContainerBuilder<Vec<LoadStats>>>::new();
-        let sink = rows.clone();
-        error_counts(observations)
-            .inner
-            .exchange(|_| 0)
-            .inspect(move |(row, _time, diff)| *sink.borrow_mut().entry(row.clone()).or_default() += diff)
-            .probe_with(&probe);
-        let sink = merged.clone();
-        stats_input
-            .to_stream(scope)
-            .exchange(|_| 0)
-            .inspect(move |stats: &LoadStats| sink.borrow_mut().merge(stats))
-            .probe_with(&probe);
+        let mut stats_input = StatsInput::new();
+        collect_at_worker_zero(error_counts(observations), stats_input.to_stream(scope), &rows, &merged, &probe);
         (observations_input, stats_input)
     });
 
@@ -123,7 +134,7 @@ fn count_on_worker(worker: &mut Worker, job: &CountJob, progress: &Progress) -> 
 }
 
 /// The table as of the last completed time: the rows whose updates add up to one.
-pub fn current_table(rows: &BTreeMap<(String, Tally), isize>) -> BTreeMap<String, Tally> {
+pub fn current_table(rows: &Rows) -> BTreeMap<String, Tally> {
     rows.iter()
         .filter(|(_, diff)| **diff > 0)
         .map(|((producer, tally), _)| (producer.clone(), *tally))
@@ -131,7 +142,7 @@ pub fn current_table(rows: &BTreeMap<(String, Tally), isize>) -> BTreeMap<String
 }
 
 /// Worker 0 plans the `_id` ranges; a tiny dataflow hands each worker its own.
-fn distribute_plan(worker: &mut Worker, mongo: &MongoSource) -> (Vec<KeyRange>, Option<anyhow::Error>) {
+pub(crate) fn distribute_plan(worker: &mut Worker, mongo: &MongoSource) -> (Vec<KeyRange>, Option<anyhow::Error>) {
     let mine: Shared<Vec<KeyRange>> = Default::default();
     let probe = ProbeHandle::new();
     let mut plan_input = worker.dataflow::<u64, _, _>(|scope| {

@@ -2,6 +2,7 @@
 
 pub mod file;
 pub mod json;
+pub mod changes;
 pub mod mongo;
 
 use std::path::PathBuf;

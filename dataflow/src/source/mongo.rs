@@ -189,21 +189,27 @@ impl MongoSource {
         stats: &mut LoadStats,
         progress: &Progress,
     ) -> Result<()> {
+        self.scan_range(range, progress, |document| count_document(document, counts, stats))
+    }
+
+    /// Calls `each` for every document of one share, fetching only the fields the count needs.
+    pub fn scan_range(
+        &self,
+        range: &KeyRange,
+        progress: &Progress,
+        mut each: impl FnMut(&RawDocumentBuf),
+    ) -> Result<()> {
         let collection = self.connect()?;
-        let projection = doc! {
-            field::PRODUCER_ID: 1, field::GROUND_TRUTH: 1, field::INFERRED: 1, field::DELETED: 1,
-        };
         for filter in range.filters() {
             let cursor = collection
                 .find(filter)
-                .projection(projection.clone())
+                .projection(counted_fields())
                 .batch_size(self.batch_size)
                 .run()
                 .with_context(|| self.unreachable())?;
             let mut unreported = 0;
             for document in cursor {
-                let document = document.with_context(|| self.unreachable())?;
-                count_document(&document, counts, stats);
+                each(&document.with_context(|| self.unreachable())?);
                 unreported += 1;
                 if unreported == 4096 {
                     progress.add(unreported);
@@ -216,6 +222,49 @@ impl MongoSource {
     }
 }
 
+/// The projection of every read: what decides a verdict, and tombstones.
+pub fn counted_fields() -> Document {
+    doc! { field::PRODUCER_ID: 1, field::GROUND_TRUTH: 1, field::INFERRED: 1, field::DELETED: 1 }
+}
+
+/// What one stored document says.
+#[derive(Debug, PartialEq)]
+pub enum Reading<'a> {
+    Counted { producer_id: &'a str, ground_truth: &'a str, inferred: Option<&'a str> },
+    Deleted,
+    Malformed(String),
+}
+
+pub fn read_document(document: &RawDocumentBuf) -> Reading<'_> {
+    let get = |name| document.get(name).ok().flatten();
+    if let Some(RawBsonRef::Boolean(true)) = get(field::DELETED) {
+        return Reading::Deleted;
+    }
+    let text = |name| match get(name) {
+        Some(RawBsonRef::String(text)) => Ok(text),
+        None | Some(RawBsonRef::Null) => Err(format!("{name} is missing")),
+        Some(_) => Err(format!("{name} is not a string")),
+    };
+    let inferred = match get(field::INFERRED) {
+        None | Some(RawBsonRef::Null) => Ok(None),
+        Some(RawBsonRef::String(label)) => Ok(Some(label)),
+        Some(_) => Err("Inferred is not a string".to_owned()),
+    };
+    let read = || -> Result<Reading<'_>, String> {
+        Ok(Reading::Counted {
+            producer_id: text(field::PRODUCER_ID)?,
+            ground_truth: text(field::GROUND_TRUTH)?,
+            inferred: inferred?,
+        })
+    };
+    read().unwrap_or_else(Reading::Malformed)
+}
+
+/// The document's `_id` as text, for keys and reports.
+pub fn document_id(document: &RawDocumentBuf) -> String {
+    describe_id(document.get(field::DOC_ID).ok().flatten())
+}
+
 fn is_not_implemented(err: &mongodb::error::Error) -> bool {
     // 238 NotImplemented (FerretDB), 40324 unrecognized pipeline stage (older MongoDB).
     matches!(&*err.kind, mongodb::error::ErrorKind::Command(e) if e.code == 238 || e.code == 40324)
@@ -223,28 +272,10 @@ fn is_not_implemented(err: &mongodb::error::Error) -> bool {
 
 fn count_document(document: &RawDocumentBuf, counts: &mut Consolidator, stats: &mut LoadStats) {
     stats.records += 1;
-    let get = |name| document.get(name).ok().flatten();
-    if let Some(RawBsonRef::Boolean(true)) = get(field::DELETED) {
-        stats.deleted += 1;
-        return;
-    }
-    let text = |name| match get(name) {
-        Some(RawBsonRef::String(text)) => Ok(text),
-        None | Some(RawBsonRef::Null) => Err("is missing"),
-        Some(_) => Err("is not a string"),
-    };
-    let inferred = match get(field::INFERRED) {
-        None | Some(RawBsonRef::Null) => Ok(None),
-        Some(RawBsonRef::String(label)) => Ok(Some(label)),
-        Some(_) => Err("Inferred is not a string".to_owned()),
-    };
-    let checked = text(field::PRODUCER_ID)
-        .map_err(|why| format!("ProducerID {why}"))
-        .and_then(|producer| Ok((producer, text(field::GROUND_TRUTH).map_err(|why| format!("GroundTruth {why}"))?)))
-        .and_then(|(producer, truth)| Ok((producer, truth, inferred?)));
-    match checked {
-        Ok((producer, truth, inferred)) => counts.add(producer, truth, inferred, 1),
-        Err(reason) => stats.skip(|| describe_id(get(field::DOC_ID)), &reason),
+    match read_document(document) {
+        Reading::Counted { producer_id, ground_truth, inferred } => counts.add(producer_id, ground_truth, inferred, 1),
+        Reading::Deleted => stats.deleted += 1,
+        Reading::Malformed(reason) => stats.skip(|| document_id(document), &reason),
     }
 }
 
