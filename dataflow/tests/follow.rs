@@ -1,0 +1,225 @@
+//! `dataflow count --follow` against the real MongoDB-compatible server: the CSV keeps up with
+//! inserts, label flips both ways and deletes, from several writers at once.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use bson::Document;
+use common::*;
+use iot_bench::expected::read_error_counts;
+use iot_bench::{generate, Spec, LABELS};
+use iot_schema::{write, ImageMessage};
+use mongodb::sync::{Client, Collection};
+
+/// The test's own model of the collection: `_id -> (producer, truth, inferred, deleted)`.
+type Model = HashMap<String, (String, String, Option<String>, bool)>;
+
+fn errors_of(model: &Model) -> std::collections::BTreeMap<String, u64> {
+    let mut counts = std::collections::BTreeMap::new();
+    for (producer, truth, inferred, deleted) in model.values() {
+        if *deleted {
+            continue;
+        }
+        let errors = counts.entry(producer.clone()).or_insert(0);
+        if inferred.as_ref().is_some_and(|label| label != truth) {
+            *errors += 1;
+        }
+    }
+    counts
+}
+
+struct Follower {
+    child: Child,
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_follower(args: &[&str], output: &Path) -> Follower {
+    let child = dataflow()
+        .args(["count", "--follow", "--poll-interval-ms", "100", "--status-every", "0"])
+        .args(args)
+        .arg("--output")
+        .arg(output)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    Follower { child }
+}
+
+/// Waits until the CSV says `expected`, or fails after `limit` with what it said last.
+fn wait_for_csv(path: &Path, expected: &std::collections::BTreeMap<String, u64>, limit: Duration) {
+    let started = Instant::now();
+    let mut last = None;
+    while started.elapsed() < limit {
+        if let Ok(counts) = read_error_counts(path) {
+            if &counts == expected {
+                return;
+            }
+            last = Some(counts);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("after {limit:?} the CSV still says\n{last:?}\ninstead of\n{expected:?}");
+}
+
+fn message(doc_id: &str, producer: &str, truth: &str) -> ImageMessage {
+    let id = doc_id.rsplit_once('/').and_then(|(_, id)| id.parse().ok()).unwrap();
+    ImageMessage { id, producer_id: producer.into(), ground_truth: truth.into(), data: String::new(), sent_at_ms: None }
+}
+
+fn upsert(collection: &Collection<Document>, (filter, update): (Document, Document)) {
+    collection.update_one(filter, update).upsert(true).run().unwrap();
+}
+
+/// Several writers at once: each flips labels both ways, deletes and inserts, through the write
+/// contract, and records what it did in its own model.
+fn write_changes(collection: &Collection<Document>, model: &Model, writers: usize) -> Model {
+    let ids: Vec<String> = {
+        let mut ids: Vec<_> = model.keys().cloned().collect();
+        ids.sort();
+        ids
+    };
+    let results: Vec<Model> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                let ids = &ids;
+                scope.spawn(move || {
+                    let mut mine = Model::new();
+                    for (n, id) in ids.iter().skip(w).step_by(writers * 40).take(25).enumerate() {
+                        let (producer, truth, inferred, _) = model[id].clone();
+                        let now = bson::DateTime::now();
+                        match n % 5 {
+                            // correct -> wrong, wrong -> correct, pending -> inferred
+                            0 | 1 | 2 => {
+                                let flipped = if inferred.as_deref() == Some(&truth) {
+                                    LABELS.iter().find(|l| **l != truth).unwrap().to_string()
+                                } else {
+                                    truth.clone()
+                                };
+                                upsert(collection, write::store_inference(&message(id, &producer, &truth), &flipped, "test", now));
+                                mine.insert(id.clone(), (producer, truth, Some(flipped), false));
+                            }
+                            3 => {
+                                upsert(collection, write::mark_deleted(id));
+                                mine.insert(id.clone(), (producer, truth, inferred, true));
+                            }
+                            _ => {
+                                let new_id = format!("new-writer-{w}/{n}");
+                                let msg = message(&new_id, &format!("new-writer-{w}"), "cat");
+                                upsert(collection, write::store_metadata(&msg, now));
+                                upsert(collection, write::store_inference(&msg, "dog", "test", now));
+                                mine.insert(new_id, (msg.producer_id, "cat".into(), Some("dog".into()), false));
+                            }
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut updated = model.clone();
+    results.into_iter().for_each(|changes| updated.extend(changes));
+    updated
+}
+
+struct TestDb {
+    client: Client,
+    name: String,
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let _ = self.client.database(&self.name).drop().run();
+    }
+}
+
+fn base(records: u64, seed: u64) -> (TestDb, Model) {
+    let client = Client::with_uri_str(mongo_uri()).unwrap();
+    let db = TestDb { client, name: unique_db("follow_test") };
+    let spec = Spec { records, producers: 12, awkward_names: true, seed, ..Spec::default() };
+    iot_bench::mongo::load(&mongo_uri(), &db.name, "inferences", &spec, |_| {})
+        .unwrap_or_else(|err| panic!("cannot load the base set ({err:#}); start the stack with scripts/stack up"));
+    let mut model = Model::new();
+    generate(&spec, |r| {
+        model.insert(
+            r.doc_id.clone(),
+            (r.producer_id.to_owned(), r.ground_truth.to_owned(), r.inferred.map(str::to_owned), false),
+        );
+    });
+    (db, model)
+}
+
+fn follow_and_check(processes: usize, seed: u64) {
+    let (db, model) = base(5_000, seed);
+    let dir = tempfile::tempdir().unwrap();
+    let output: PathBuf = dir.path().join("follow.csv");
+    let uri = mongo_uri();
+    let args = ["--mongo-uri", uri.as_str(), "--db", db.name.as_str()];
+    let hosts = hostfile(dir.path(), processes);
+    let _followers: Vec<Follower> = (0..processes)
+        .map(|p| {
+            let mut cluster = args.to_vec();
+            let (n, p, h) = (processes.to_string(), p.to_string(), hosts.to_str().unwrap().to_owned());
+            if processes > 1 {
+                cluster.extend(["-w", "2", "-n", &n, "-p", &p, "-h", &h]);
+                start_follower(&cluster, &output)
+            } else {
+                cluster.extend(["-w", "2"]);
+                start_follower(&cluster, &output)
+            }
+        })
+        .collect();
+    wait_for_csv(&output, &errors_of(&model), Duration::from_secs(120));
+
+    let collection = db.client.database(&db.name).collection::<Document>("inferences");
+    let changed = write_changes(&collection, &model, 3);
+    assert_ne!(errors_of(&changed), errors_of(&model), "the changes must move the counts");
+    wait_for_csv(&output, &errors_of(&changed), Duration::from_secs(60));
+
+    // A fresh batch count agrees with the followed CSV.
+    let (batch, _) = count(dir.path(), "batch.csv", &args);
+    assert_eq!(batch, errors_of(&changed));
+}
+
+#[test]
+fn follow_keeps_the_csv_equal_to_a_fresh_count_through_concurrent_changes() {
+    follow_and_check(1, 21);
+}
+
+#[test]
+fn follow_on_two_processes_of_two_workers() {
+    follow_and_check(2, 22);
+}
+
+#[test]
+fn sigterm_stops_cleanly_with_the_csv_in_place() {
+    let (db, model) = base(500, 23);
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("follow.csv");
+    let uri = mongo_uri();
+    let mut follower = start_follower(&["--mongo-uri", &uri, "--db", &db.name], &output);
+    wait_for_csv(&output, &errors_of(&model), Duration::from_secs(60));
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(follower.child.id() as i32, libc::SIGTERM) };
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = follower.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "--follow did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    assert_eq!(read_error_counts(&output).unwrap(), errors_of(&model));
+}
