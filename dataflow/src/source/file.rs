@@ -144,13 +144,41 @@ fn count_line(line: &[u8], at: u64, counts: &mut Consolidator, stats: &mut LoadS
         stats.records += 1;
         return stats.skip(name, "not a JSON object");
     }
-    match serde_json::from_slice::<JsonRecord>(line) {
+    let Ok(line) = std::str::from_utf8(line) else {
+        stats.records += 1;
+        return stats.skip(name, "not valid UTF-8");
+    };
+    // Nearly every line is a well-formed record: read it with the strict, borrowing parser,
+    // and take the lenient one only to explain what is wrong with the others.
+    if let Ok(record) = serde_json::from_str::<WellFormed>(line) {
+        stats.records += 1;
+        if record.deleted == Some(true) {
+            stats.deleted += 1;
+        } else {
+            counts.add(record.producer_id, record.ground_truth, record.inferred, 1);
+        }
+        return;
+    }
+    match serde_json::from_str::<JsonRecord>(line) {
         Ok(record) => record.count_into(counts, stats, name),
         Err(err) => {
             stats.records += 1;
             stats.skip(name, &format!("not a JSON object ({err})"));
         }
     }
+}
+
+/// A record whose fields all have the expected types and need no unescaping.
+#[derive(serde::Deserialize)]
+struct WellFormed<'a> {
+    #[serde(rename = "ProducerID")]
+    producer_id: &'a str,
+    #[serde(rename = "GroundTruth")]
+    ground_truth: &'a str,
+    #[serde(rename = "Inferred", default)]
+    inferred: Option<&'a str>,
+    #[serde(rename = "Deleted", default)]
+    deleted: Option<bool>,
 }
 
 /// A JSON array cannot be split by bytes, so every worker walks its structure (cheap, nothing is
