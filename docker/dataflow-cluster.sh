@@ -16,7 +16,6 @@
 #   CLUSTER_DOMAIN      default cluster.local.
 #   DATAFLOW_HOSTFILE   where the host file is written (default /tmp/dataflow-hosts).
 #   DATAFLOW_BIN        the dataflow binary (default dataflow, on PATH).
-#   DATAFLOW_HOSTNAME   stands in for the hostname (tests).
 set -eu
 
 die() {
@@ -31,8 +30,8 @@ port=${DATAFLOW_PORT:-2101}
 domain=${CLUSTER_DOMAIN:-cluster.local}
 hostfile=${DATAFLOW_HOSTFILE:-/tmp/dataflow-hosts}
 # The pod's hostname: the StatefulSet pod name, or <job>-<index> for an Indexed Job (whose pod
-# *name* has a random suffix too). DATAFLOW_HOSTNAME overrides it for tests outside Kubernetes.
-pod=${DATAFLOW_HOSTNAME:-$(hostname)}
+# *name* has a random suffix too).
+pod=$(hostname)
 
 case $pod in
     *-*) ;;

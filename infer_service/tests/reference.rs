@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -19,9 +20,22 @@ const RECORDS: usize = 10;
 /// straight to 224×224 (SOURCES.md, "Verification run"; e.g. 2 ship → 628 liner, 4 frog → 32 tailed frog).
 const SOURCES_TOP1_DIRECT: [usize; RECORDS] = [674, 761, 628, 675, 32, 278, 491, 29, 359, 675];
 
+/// What reference.py wrote: every file (read into memory; the folder is gone) and results.json.
 struct Reference {
-    dir: tempfile::TempDir,
+    files: HashMap<String, Vec<u8>>,
     results: Value,
+}
+
+impl Reference {
+    fn file(&self, name: &str) -> &[u8] {
+        self.files
+            .get(name)
+            .unwrap_or_else(|| panic!("reference.py wrote no {name}"))
+    }
+
+    fn records(&self) -> &[Value] {
+        self.results["records"].as_array().expect("records")
+    }
 }
 
 /// Runs reference.py once for all tests of this binary.
@@ -48,9 +62,19 @@ fn reference() -> &'static Reference {
             output.status,
             String::from_utf8_lossy(&output.stderr)
         );
-        let text = std::fs::read_to_string(dir.path().join("results.json")).expect("results.json");
-        let results = serde_json::from_str(&text).expect("results.json is JSON");
-        Reference { dir, results }
+        let mut files = HashMap::new();
+        for entry in std::fs::read_dir(dir.path()).expect("reference output") {
+            let path = entry.expect("directory entry").path();
+            let name = path
+                .file_name()
+                .expect("file name")
+                .to_string_lossy()
+                .into_owned();
+            files.insert(name, std::fs::read(&path).expect("reference file"));
+        }
+        let results = serde_json::from_slice(files.get("results.json").expect("results.json"))
+            .expect("results.json is JSON");
+        Reference { files, results }
     })
 }
 
@@ -59,13 +83,20 @@ fn classifier() -> Classifier {
     Classifier::load(&env, &common::int8_model(), &SessionOptions::default()).expect("model loads")
 }
 
-fn read_f32(path: &Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+fn f32_values(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 fn python_logits(record: &Value, key: &str) -> Vec<f32> {
-    record[key].as_array().expect(key).iter().map(|v| v.as_f64().expect("number") as f32).collect()
+    record[key]
+        .as_array()
+        .expect(key)
+        .iter()
+        .map(|v| v.as_f64().expect("number") as f32)
+        .collect()
 }
 
 /// First index of the largest score (numpy's `argmax`).
@@ -75,16 +106,22 @@ fn argmax(row: &[f32]) -> usize {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Prepares each record's file `name(i)` with `preprocessor` and runs them as one batch.
-fn rust_side(preprocessor: &Preprocessor, name: impl Fn(usize) -> String) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
-    let dir = reference().dir.path();
+fn rust_side(
+    preprocessor: &Preprocessor,
+    name: impl Fn(usize) -> String,
+) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
     let tensors: Vec<Vec<f32>> = (0..RECORDS)
         .map(|i| {
-            let bytes = std::fs::read(dir.join(name(i))).expect("reference image");
-            preprocessor.prepare(&bytes).expect("reference image decodes")
+            preprocessor
+                .prepare(reference().file(&name(i)))
+                .expect("reference image decodes")
         })
         .collect();
     let batch: Vec<f32> = tensors.concat();
@@ -109,10 +146,17 @@ fn assert_same_as_python(suffix: &str, tensor: &str, variant: &str) {
     let reference = reference();
     let preprocessor = Preprocessor::new(224, 224, DEFAULT_RESIZE_RATIO, u64::MAX);
     let (tensors, scores) = rust_side(&preprocessor, |i| format!("rec{i}_{suffix}.png"));
-    for (i, record) in reference.results["records"].as_array().expect("records").iter().enumerate() {
-        let python_tensor = read_f32(&reference.dir.path().join(format!("{tensor}{i}.f32")));
-        assert_eq!(tensors[i].len(), python_tensor.len(), "{suffix} {i}: tensor length");
-        let first_difference = tensors[i].iter().zip(&python_tensor).position(|(a, b)| a.to_bits() != b.to_bits());
+    for (i, record) in reference.records().iter().enumerate() {
+        let python_tensor = f32_values(reference.file(&format!("{tensor}{i}.f32")));
+        assert_eq!(
+            tensors[i].len(),
+            python_tensor.len(),
+            "{suffix} {i}: tensor length"
+        );
+        let first_difference = tensors[i]
+            .iter()
+            .zip(&python_tensor)
+            .position(|(a, b)| a.to_bits() != b.to_bits());
         assert_eq!(
             first_difference.map(|at| (at, tensors[i][at], python_tensor[at])),
             None,
@@ -151,14 +195,15 @@ fn known_records_give_their_known_classes() {
     let preprocessor = Preprocessor::new(224, 224, 1.0, u64::MAX);
     let (_, scores) = rust_side(&preprocessor, |i| format!("rec{i}_32.png"));
     let rust: Vec<usize> = scores.iter().map(|row| argmax(row)).collect();
-    let python: Vec<usize> = reference.results["records"]
-        .as_array()
-        .expect("records")
+    let python: Vec<usize> = reference
+        .records()
         .iter()
         .map(|r| r["direct_top1"].as_u64().expect("top1") as usize)
         .collect();
-    assert_eq!(python, SOURCES_TOP1_DIRECT, "Python reference disagrees with SOURCES.md");
-    eprintln!("rust {rust:?}\nsrc  {SOURCES_TOP1_DIRECT:?}");
+    assert_eq!(
+        python, SOURCES_TOP1_DIRECT,
+        "Python reference disagrees with SOURCES.md"
+    );
     assert_eq!(rust[2], 628, "record 2 (ship) should be 628 liner");
     assert_eq!(rust[4], 32, "record 4 (frog) should be 32 tailed frog");
     assert_eq!(rust, SOURCES_TOP1_DIRECT);

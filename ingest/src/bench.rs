@@ -1,1 +1,375 @@
-//! pipeline bench (being written)
+//! `pipeline-bench`: runs the whole pipeline (producers → Kafka → both consumers → inference
+//! service → MongoDB) for a bounded number of images, once per producer count, and prints
+//! images/s and where the time goes. Producers and consumers run in this process; Kafka,
+//! MongoDB and the inference service are the real ones at the given addresses.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bson::doc;
+use clap::Parser;
+
+use crate::args::{KafkaArgs, MongoArgs};
+use crate::consumer::{db::DbConsumerArgs, infer::InferConsumerArgs};
+use crate::metrics::{get, Metrics};
+use crate::producer::ProducerArgs;
+use crate::report::{percentile, RunLatencies};
+use crate::shutdown::{self, Shutdown};
+use crate::store::Store;
+
+/// Measures end-to-end throughput of the live pipeline with 1, 2, 4… producers.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "pipeline-bench", version)]
+pub struct BenchArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "IOT_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// MongoDB connection string.
+    #[arg(
+        long,
+        env = "IOT_MONGO_URI",
+        default_value = "mongodb://127.0.0.1:27017"
+    )]
+    pub mongo_uri: String,
+    /// The running inference service.
+    #[arg(long, env = "IOT_INFER_URL", default_value = "http://127.0.0.1:5000")]
+    pub infer_url: String,
+    /// Producer counts to run, one run each.
+    #[arg(
+        long = "producers",
+        env = "IOT_BENCH_PRODUCERS",
+        value_delimiter = ',',
+        default_value = "1,2,4"
+    )]
+    pub producer_counts: Vec<u32>,
+    /// Images per run, split evenly among the producers.
+    #[arg(long, env = "IOT_BENCH_IMAGES", default_value_t = 2000)]
+    pub images: u64,
+    /// Messages per second per producer (0 = as fast as possible).
+    #[arg(long, env = "IOT_RATE", default_value_t = 0.0)]
+    pub rate: f64,
+    /// Use only the first N CIFAR images (1017 are bit-exact).
+    #[arg(long, env = "IOT_IMAGE_LIMIT", default_value_t = 1017)]
+    pub image_limit: u64,
+    /// Folder holding the CIFAR-10 batch.
+    #[arg(long, env = "IOT_ASSETS_DIR")]
+    pub assets_dir: Option<PathBuf>,
+    /// Images per inference request.
+    #[arg(long, env = "IOT_IMAGES_PER_REQUEST", default_value_t = 16)]
+    pub images_per_request: u64,
+    /// Inference requests in flight.
+    #[arg(long, env = "IOT_IN_FLIGHT", default_value_t = 4)]
+    pub in_flight: u64,
+    /// db-consumer records per bulk upsert.
+    #[arg(long, env = "IOT_BATCH_SIZE", default_value_t = 200)]
+    pub batch_size: u64,
+    /// Partitions of each run's topic.
+    #[arg(long, env = "IOT_BENCH_PARTITIONS", default_value_t = 4)]
+    pub partitions: i32,
+    /// Where each run's latency and truth logs go.
+    #[arg(long, env = "IOT_BENCH_OUT", default_value = "data/output/bench")]
+    pub out_dir: PathBuf,
+    /// Give up on a run after this long.
+    #[arg(long, env = "IOT_BENCH_TIMEOUT_S", default_value_t = 600)]
+    pub timeout_s: u64,
+    /// Keep each run's topics and database instead of deleting them.
+    #[arg(long, env = "IOT_BENCH_KEEP")]
+    pub keep: bool,
+}
+
+/// One run's figures.
+#[derive(Clone, Debug)]
+pub struct RunFigures {
+    pub producers: u32,
+    pub images: u64,
+    pub produce_s: f64,
+    pub stored_s: f64,
+    pub inferred_s: f64,
+    pub infer_ms_per_image: f64,
+    pub infer_ms_per_request: f64,
+    pub db_write_ms_per_batch: f64,
+    pub db_records_per_batch: f64,
+    pub infer_write_ms_per_batch: f64,
+    pub infer_retries: u64,
+    pub latency_p50_ms: i64,
+    pub latency_p99_ms: i64,
+    pub latency_log: PathBuf,
+}
+
+impl RunFigures {
+    pub fn end_to_end_rate(&self) -> f64 {
+        self.images as f64 / self.inferred_s.max(1e-9)
+    }
+}
+
+fn parse<T: Parser>(name: &str, flags: Vec<String>) -> Result<T> {
+    T::try_parse_from(std::iter::once(name.to_owned()).chain(flags))
+        .map_err(|e| anyhow::anyhow!("{name}: {e}"))
+}
+
+fn ratio(numerator: f64, denominator: u64) -> f64 {
+    if denominator == 0 {
+        0.0
+    } else {
+        numerator / denominator as f64
+    }
+}
+
+pub async fn run(args: BenchArgs, shutdown: Shutdown) -> Result<()> {
+    std::fs::create_dir_all(&args.out_dir)
+        .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
+    let mut figures = Vec::new();
+    for &producers in &args.producer_counts {
+        if shutdown.is_requested() {
+            break;
+        }
+        let run = bench_once(&args, producers.max(1), &shutdown).await?;
+        eprintln!(
+            "{} producer(s): {} images end to end in {:.2}s = {:.1} images/s",
+            run.producers,
+            run.images,
+            run.inferred_s,
+            run.end_to_end_rate()
+        );
+        figures.push(run);
+    }
+    println!("{}", table(&figures));
+    Ok(())
+}
+
+/// The figures as a Markdown table.
+pub fn table(figures: &[RunFigures]) -> String {
+    let mut out = String::from(
+        "| producers | images | end-to-end images/s | producer send (images/s) | metadata stored (images/s) | inference ms/image (ms/request) | Mongo upsert ms/batch, db (records/batch) | Mongo upsert ms/batch, infer | latency p50 / p99 ms | retries |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for f in figures {
+        out += &format!(
+            "| {} | {} | {:.1} | {:.0} | {:.0} | {:.2} ({:.1}) | {:.1} ({:.0}) | {:.1} | {} / {} | {} |\n",
+            f.producers,
+            f.images,
+            f.end_to_end_rate(),
+            f.images as f64 / f.produce_s.max(1e-9),
+            f.images as f64 / f.stored_s.max(1e-9),
+            f.infer_ms_per_image,
+            f.infer_ms_per_request,
+            f.db_write_ms_per_batch,
+            f.db_records_per_batch,
+            f.infer_write_ms_per_batch,
+            f.latency_p50_ms,
+            f.latency_p99_ms,
+            f.infer_retries,
+        );
+    }
+    out
+}
+
+async fn bench_once(args: &BenchArgs, producers: u32, outer: &Shutdown) -> Result<RunFigures> {
+    let per_producer = (args.images / producers as u64).max(1);
+    let total = per_producer * producers as u64;
+    let tag = format!(
+        "bench-{}-{}-{producers}p",
+        std::process::id(),
+        crate::now_ms()
+    );
+    let topic = tag.clone();
+    let dlq = format!("{tag}.dlq");
+    let db = tag.replace('-', "_");
+    let latency_log = args.out_dir.join(format!("latency-{producers}p.csv"));
+    let truth_log = args.out_dir.join(format!("truth-{producers}p.csv"));
+    // A fresh latency log per run: the infer-consumer appends.
+    let _ = std::fs::remove_file(&latency_log);
+    let kafka = KafkaArgs {
+        brokers: args.brokers.clone(),
+        topic: topic.clone(),
+        kafka_opts: Vec::new(),
+    };
+    crate::kafka::create_topics(&kafka, &[&topic, &dlq], args.partitions).await?;
+    let common = vec![
+        format!("--brokers={}", args.brokers),
+        format!("--topic={topic}"),
+        format!("--mongo-uri={}", args.mongo_uri),
+        format!("--db={db}"),
+        format!("--dlq-topic={dlq}"),
+    ];
+    let mut db_flags = common.clone();
+    db_flags.extend([
+        format!("--group={tag}-db"),
+        format!("--batch-size={}", args.batch_size),
+    ]);
+    let mut infer_flags = common;
+    infer_flags.extend([
+        format!("--group={tag}-infer"),
+        format!("--infer-url={}", args.infer_url),
+        format!("--images-per-request={}", args.images_per_request),
+        format!("--in-flight={}", args.in_flight),
+        format!("--latency-log={}", latency_log.display()),
+    ]);
+    let db_args: DbConsumerArgs = parse("db-consumer", db_flags)?;
+    let infer_args: InferConsumerArgs = parse("infer-consumer", infer_flags)?;
+    let mut producer_flags = vec![
+        format!("--brokers={}", args.brokers),
+        format!("--topic={topic}"),
+        format!("--producers={producers}"),
+        format!("--count={per_producer}"),
+        format!("--rate={}", args.rate),
+        "--disjoint-ids".to_owned(),
+        format!("--image-limit={}", args.image_limit),
+        format!("--truth-log={}", truth_log.display()),
+    ];
+    if let Some(dir) = &args.assets_dir {
+        producer_flags.push(format!("--assets-dir={}", dir.display()));
+    }
+    let producer_args: ProducerArgs = parse("producer", producer_flags)?;
+
+    let (stop_consumers, consumers_shutdown) = shutdown::channel();
+    let db_metrics = Metrics::new();
+    let infer_metrics = Metrics::new();
+    let db_task = tokio::spawn(crate::consumer::db::run(
+        db_args,
+        db_metrics.clone(),
+        consumers_shutdown.clone(),
+    ));
+    let infer_task = tokio::spawn(crate::consumer::infer::run(
+        infer_args,
+        infer_metrics.clone(),
+        consumers_shutdown,
+    ));
+    // Let both groups join before the clock starts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let started = Instant::now();
+    let produced = crate::producer::run(producer_args, outer.clone()).await?;
+    let produce_s = produced.elapsed.as_secs_f64();
+    if produced.acknowledged != total {
+        bail!(
+            "only {} of {total} messages were acknowledged",
+            produced.acknowledged
+        );
+    }
+    let deadline = started + Duration::from_secs(args.timeout_s);
+    let (mut stored_s, mut inferred_s) = (None, None);
+    while stored_s.is_none() || inferred_s.is_none() {
+        if Instant::now() > deadline || outer.is_requested() {
+            stop_consumers.trigger();
+            bail!(
+                "run with {producers} producer(s) did not finish: {} stored, {} inferred of {total}",
+                get(&db_metrics.written),
+                get(&infer_metrics.written)
+            );
+        }
+        if db_task.is_finished() || infer_task.is_finished() {
+            stop_consumers.trigger();
+            bail!(
+                "a consumer stopped early: {:?} / {:?}",
+                db_task.await,
+                infer_task.await
+            );
+        }
+        if stored_s.is_none() && get(&db_metrics.written) >= total {
+            stored_s = Some(started.elapsed().as_secs_f64());
+        }
+        if inferred_s.is_none() && get(&infer_metrics.written) >= total {
+            inferred_s = Some(started.elapsed().as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop_consumers.trigger();
+    db_task.await.context("db-consumer task")??;
+    infer_task.await.context("infer-consumer task")??;
+
+    let store = Store::open(&MongoArgs {
+        mongo_uri: args.mongo_uri.clone(),
+        db: db.clone(),
+        collection: iot_schema::DEFAULT_COLLECTION.to_owned(),
+    })
+    .await?;
+    let complete = store
+        .collection()
+        .count_documents(doc! { iot_schema::field::INFERRED: { "$exists": true }, iot_schema::field::STORED_AT: { "$exists": true } })
+        .await?;
+    if complete != total {
+        bail!("MongoDB holds {complete} complete records, expected {total}");
+    }
+    if !args.keep {
+        store
+            .database()
+            .drop()
+            .await
+            .context("cannot drop the bench database")?;
+        crate::kafka::delete_topics(&kafka, &[&topic, &dlq]).await?;
+    }
+
+    let latencies = RunLatencies::from_rows("", crate::latency::read(&latency_log)?).sorted_ms();
+    let ms = |nanos: u64| nanos as f64 / 1e6;
+    Ok(RunFigures {
+        producers,
+        images: total,
+        produce_s,
+        stored_s: stored_s.unwrap_or_default(),
+        inferred_s: inferred_s.unwrap_or_default(),
+        infer_ms_per_image: ratio(
+            ms(get(&infer_metrics.infer_nanos)),
+            get(&infer_metrics.infer_images),
+        ),
+        infer_ms_per_request: ratio(
+            ms(get(&infer_metrics.infer_nanos)),
+            get(&infer_metrics.infer_requests),
+        ),
+        db_write_ms_per_batch: ratio(
+            ms(get(&db_metrics.mongo_write_nanos)),
+            get(&db_metrics.mongo_batches),
+        ),
+        db_records_per_batch: ratio(
+            get(&db_metrics.written) as f64,
+            get(&db_metrics.mongo_batches),
+        ),
+        infer_write_ms_per_batch: ratio(
+            ms(get(&infer_metrics.mongo_write_nanos)),
+            get(&infer_metrics.mongo_batches),
+        ),
+        infer_retries: get(&infer_metrics.infer_retries),
+        latency_p50_ms: percentile(&latencies, 50.0).unwrap_or_default(),
+        latency_p99_ms: percentile(&latencies, 99.0).unwrap_or_default(),
+        latency_log,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_flags_parse() {
+        let args = BenchArgs::try_parse_from(["pipeline-bench"]).unwrap();
+        assert_eq!(args.producer_counts, [1, 2, 4]);
+    }
+
+    #[test]
+    fn table_has_a_row_per_run() {
+        let f = RunFigures {
+            producers: 2,
+            images: 1000,
+            produce_s: 0.5,
+            stored_s: 1.0,
+            inferred_s: 4.0,
+            infer_ms_per_image: 3.0,
+            infer_ms_per_request: 48.0,
+            db_write_ms_per_batch: 20.0,
+            db_records_per_batch: 100.0,
+            infer_write_ms_per_batch: 5.0,
+            infer_retries: 0,
+            latency_p50_ms: 900,
+            latency_p99_ms: 2000,
+            latency_log: PathBuf::new(),
+        };
+        let text = table(&[f]);
+        assert!(
+            text.lines()
+                .nth(2)
+                .unwrap()
+                .starts_with("| 2 | 1000 | 250.0 | 2000 | 1000 |"),
+            "{text}"
+        );
+    }
+}

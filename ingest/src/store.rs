@@ -25,10 +25,17 @@ impl Store {
         let mut options = ClientOptions::parse(&args.mongo_uri)
             .await
             .with_context(|| format!("invalid MongoDB URI {}", args.mongo_uri))?;
-        options.server_selection_timeout.get_or_insert(Duration::from_secs(10));
-        options.app_name.get_or_insert_with(|| "iot-ingest".to_owned());
+        options
+            .server_selection_timeout
+            .get_or_insert(Duration::from_secs(10));
+        options
+            .app_name
+            .get_or_insert_with(|| "iot-ingest".to_owned());
         let client = Client::with_options(options).context("cannot create a MongoDB client")?;
-        Ok(Store { db: client.database(&args.db), collection: args.collection.clone() })
+        Ok(Store {
+            db: client.database(&args.db),
+            collection: args.collection.clone(),
+        })
     }
 
     pub fn collection(&self) -> Collection<Document> {
@@ -39,16 +46,23 @@ impl Store {
         &self.db
     }
 
-    /// Creates the indexes the write contract relies on; a no-op when they exist.
+    /// Creates the indexes the write contract relies on; a no-op when they exist. One
+    /// `createIndexes` per index: FerretDB 1.24 drops the connection (a server-side panic) when
+    /// one command names several indexes that already exist.
     pub async fn ensure_indexes(&self) -> Result<()> {
-        let models: Vec<_> = iot_schema::write::INDEXED_FIELDS
-            .iter()
-            .map(|field| IndexModel::builder().keys(doc! { *field: 1 }).build())
-            .collect();
-        self.collection()
-            .create_indexes(models)
-            .await
-            .with_context(|| format!("cannot create indexes on {}.{}", self.db.name(), self.collection))?;
+        for field in iot_schema::write::INDEXED_FIELDS {
+            let model = IndexModel::builder().keys(doc! { *field: 1 }).build();
+            self.collection()
+                .create_index(model)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot create the {field} index on {}.{}",
+                        self.db.name(),
+                        self.collection
+                    )
+                })?;
+        }
         Ok(())
     }
 
@@ -66,7 +80,11 @@ impl Store {
                 })
                 .collect();
             let command = doc! { "update": &self.collection, "updates": updates, "ordered": false };
-            let reply = self.db.run_command(command).await.context("MongoDB update failed")?;
+            let reply = self
+                .db
+                .run_command(command)
+                .await
+                .context("MongoDB update failed")?;
             check_update_reply(&reply, chunk.len())?;
         }
         Ok(())
@@ -77,14 +95,21 @@ impl Store {
 fn check_update_reply(reply: &Document, statements: usize) -> Result<()> {
     if let Ok(errors) = reply.get_array("writeErrors") {
         if let Some(first) = errors.first() {
-            bail!("{} of {statements} upserts failed, first: {first}", errors.len());
+            bail!(
+                "{} of {statements} upserts failed, first: {first}",
+                errors.len()
+            );
         }
     }
     if let Ok(error) = reply.get_document("writeConcernError") {
         bail!("write concern error: {error}");
     }
     // `n` counts matched plus upserted documents: one per statement when all went through.
-    let n = reply.get_i32("n").map(i64::from).or_else(|_| reply.get_i64("n")).unwrap_or(-1);
+    let n = reply
+        .get_i32("n")
+        .map(i64::from)
+        .or_else(|_| reply.get_i64("n"))
+        .unwrap_or(-1);
     if n != statements as i64 {
         bail!("MongoDB acknowledged {n} of {statements} upserts: {reply}");
     }
@@ -111,6 +136,9 @@ mod tests {
     #[test]
     fn a_short_count_fails_the_batch() {
         assert!(check_update_reply(&doc! { "n": 1, "ok": 1.0 }, 2).is_err());
-        assert!(check_update_reply(&doc! { "ok": 1.0, "writeConcernError": { "code": 64 } }, 0).is_err());
+        assert!(
+            check_update_reply(&doc! { "ok": 1.0, "writeConcernError": { "code": 64 } }, 0)
+                .is_err()
+        );
     }
 }

@@ -18,7 +18,7 @@ pub enum ImageSource {
 
 impl ImageSource {
     /// How many distinct images there are; `None` for the endless synthetic source.
-    pub fn len(&self) -> Option<usize> {
+    pub fn distinct_images(&self) -> Option<usize> {
         match self {
             ImageSource::Cifar(batch) => Some(batch.len()),
             ImageSource::Folder(folder) => Some(folder.len()),
@@ -28,7 +28,10 @@ impl ImageSource {
 
     /// The label and image at `index` (any index: finite sources wrap around).
     pub fn get(&self, index: usize) -> Result<(String, RgbImage)> {
-        let index = self.len().filter(|n| *n > 0).map_or(index, |n| index % n);
+        let index = self
+            .distinct_images()
+            .filter(|n| *n > 0)
+            .map_or(index, |n| index % n);
         Ok(match self {
             ImageSource::Cifar(batch) => (batch.label(index).to_owned(), batch.image(index)),
             ImageSource::Folder(folder) => (folder.label(index).to_owned(), folder.image(index)?),

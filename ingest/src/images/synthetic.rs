@@ -36,7 +36,11 @@ impl Synthetic {
         let y0 = (round as u32 * 13) % (span + 1);
         RgbImage::from_fn(side, side, |x, y| {
             let inside = (x0..x0 + square).contains(&x) && (y0..y0 + square).contains(&y);
-            if inside { colour } else { Rgb([grey, grey, grey]) }
+            if inside {
+                colour
+            } else {
+                Rgb([grey, grey, grey])
+            }
         })
     }
 }
@@ -59,7 +63,11 @@ mod tests {
         let s = Synthetic { side: 32 };
         for index in 0..40 {
             let img = s.image(index);
-            let colour = CLASSES.iter().find(|(l, _)| *l == s.label(index)).unwrap().1;
+            let colour = CLASSES
+                .iter()
+                .find(|(l, _)| *l == s.label(index))
+                .unwrap()
+                .1;
             let coloured = img.pixels().filter(|p| p.0 == colour).count();
             assert_eq!(coloured, 16 * 16, "image {index}");
         }

@@ -1,0 +1,182 @@
+//! The `dataflow count` benchmark: whole-process wall time and peak memory on generated JSON
+//! Lines files, and MongoDB reads next to a bare single-cursor read with the same driver.
+//! Every run's CSV is checked against the generator's answer; figures are printed, not asserted.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use bson::{doc, RawDocumentBuf};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use iot_bench::expected::{error_counts, read_error_counts};
+use iot_bench::run::{measure, median, Measured};
+use iot_bench::{write_records, Answer, Spec, Truth};
+use iot_schema::field;
+
+/// Benchmark `dataflow count` (see docs/benchmarks.md).
+#[derive(Parser)]
+struct Args {
+    /// Record counts of the JSON Lines files.
+    #[arg(long, value_delimiter = ',', default_values_t = [1_000_000u64, 10_000_000])]
+    sizes: Vec<u64>,
+    #[arg(long, value_delimiter = ',', default_values_t = [1u16, 2])]
+    workers: Vec<u16>,
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Where generated files are kept between runs.
+    #[arg(long, default_value = ".cache/bench")]
+    dir: PathBuf,
+    #[arg(long, default_value = "target/release/dataflow")]
+    dataflow: PathBuf,
+    /// Also benchmark the MongoDB source on this server.
+    #[arg(long)]
+    mongo_uri: Option<String>,
+    #[arg(long, default_value_t = 1_000_000)]
+    mongo_records: u64,
+    #[arg(long, default_value_t = 3)]
+    mongo_runs: usize,
+    /// Skip the file benchmark.
+    #[arg(long)]
+    mongo_only: bool,
+}
+
+fn spec(records: u64) -> Spec {
+    Spec { records, producers: 100, seed: 42, ..Spec::default() }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    ensure!(args.dataflow.is_file(), "{} not found: build it with cargo build --release -p iot-dataflow", args.dataflow.display());
+    std::fs::create_dir_all(&args.dir)?;
+    if !args.mongo_only {
+        files(&args)?;
+    }
+    if let Some(uri) = &args.mongo_uri {
+        mongo(&args, uri)?;
+    }
+    Ok(())
+}
+
+fn files(args: &Args) -> Result<()> {
+    println!("| records | file MB | workers | median s | min s | MB/s | records/s | peak RSS MiB |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for &records in &args.sizes {
+        let (path, answer) = generated_file(&args.dir, records)?;
+        let bytes = std::fs::metadata(&path)?.len();
+        for &workers in &args.workers {
+            let output = args.dir.join("bench-out.csv");
+            let mut runs = Vec::new();
+            for _ in 0..args.runs {
+                let measured = measure(
+                    Command::new(&args.dataflow)
+                        .args(["count", "-w", &workers.to_string(), "--input"])
+                        .arg(&path)
+                        .arg("--output")
+                        .arg(&output)
+                        .stderr(Stdio::null()),
+                )?;
+                ensure!(read_error_counts(&output)? == error_counts(&answer), "wrong counts for {records} records");
+                runs.push(measured);
+            }
+            report_file_row(records, bytes, workers, &runs);
+        }
+    }
+    Ok(())
+}
+
+fn report_file_row(records: u64, bytes: u64, workers: u16, runs: &[Measured]) {
+    let wall = median(runs.iter().map(|m| m.wall).collect()).as_secs_f64();
+    let min = runs.iter().map(|m| m.wall).min().unwrap_or_default().as_secs_f64();
+    let peak = runs.iter().map(|m| m.max_rss).max().unwrap_or(0) as f64 / (1 << 20) as f64;
+    println!(
+        "| {records} | {:.0} | {workers} | {wall:.3} | {min:.3} | {:.0} | {:.2e} | {peak:.1} |",
+        bytes as f64 / 1e6,
+        bytes as f64 / 1e6 / wall,
+        records as f64 / wall,
+    );
+}
+
+/// A JSON Lines file of `records` records and its answer, generated once and kept.
+fn generated_file(dir: &Path, records: u64) -> Result<(PathBuf, Answer)> {
+    let path = dir.join(format!("records-{records}.jsonl"));
+    let answer_path = dir.join(format!("records-{records}.answer.csv"));
+    if path.is_file() && answer_path.is_file() {
+        let answer = read_error_counts(&answer_path)?
+            .into_iter()
+            .map(|(producer, errors)| (producer, Truth { errors, ..Truth::default() }))
+            .collect();
+        return Ok((path, answer));
+    }
+    eprintln!("generating {records} records into {}", path.display());
+    let answer = write_records(&spec(records), std::fs::File::create(&path)?, false)?;
+    let mut csv = csv::Writer::from_path(&answer_path)?;
+    csv.write_record(["ProducerID", "total_errors"])?;
+    for (producer, truth) in &answer {
+        csv.write_record([producer.as_str(), &truth.errors.to_string()])?;
+    }
+    csv.flush()?;
+    Ok((path, answer))
+}
+
+fn mongo(args: &Args, uri: &str) -> Result<()> {
+    let (db, collection_name) = ("iot_bench", "inferences");
+    let client = mongodb::sync::Client::with_uri_str(uri)?;
+    let collection = client.database(db).collection::<RawDocumentBuf>(collection_name);
+    let present = collection.estimated_document_count().run().context("MongoDB unreachable")?;
+    let spec = spec(args.mongo_records);
+    let answer = if present == args.mongo_records {
+        iot_bench::generate(&spec, |_| {})
+    } else {
+        collection.drop().run()?;
+        let bar = ProgressBar::new(args.mongo_records).with_style(
+            ProgressStyle::with_template("loading {human_pos}/{human_len} ({per_sec}) {elapsed}").expect("template"),
+        );
+        let answer = iot_bench::mongo::load(uri, db, collection_name, &spec, |n| bar.inc(n))?;
+        bar.finish_and_clear();
+        answer
+    };
+
+    // The bare read: one cursor, the same projection and batch size the dataflow uses.
+    let mut bare = Vec::new();
+    for _ in 0..args.mongo_runs {
+        let started = Instant::now();
+        let projection = doc! { field::PRODUCER_ID: 1, field::GROUND_TRUTH: 1, field::INFERRED: 1, field::DELETED: 1 };
+        let mut seen = 0u64;
+        for document in collection.find(doc! {}).projection(projection).batch_size(10_000).run()? {
+            let document = document?;
+            seen += u64::from(document.get_str(field::PRODUCER_ID).is_ok());
+        }
+        ensure!(seen == args.mongo_records, "bare read saw {seen} documents");
+        bare.push(started.elapsed());
+    }
+    let bare = median(bare);
+    let rate = |d: Duration| args.mongo_records as f64 / d.as_secs_f64();
+    println!("\n| MongoDB read of {} records | median s | records/s | vs bare cursor |", args.mongo_records);
+    println!("|---|---:|---:|---:|");
+    println!("| bare single cursor (same driver, projection, batch size) | {:.2} | {:.0} | 1.00 |", bare.as_secs_f64(), rate(bare));
+    for &workers in &args.workers {
+        let output = args.dir.join("bench-mongo.csv");
+        let mut runs = Vec::new();
+        for _ in 0..args.mongo_runs {
+            let measured = measure(
+                Command::new(&args.dataflow)
+                    .args(["count", "-w", &workers.to_string(), "--mongo-uri", uri, "--db", db, "--mongo-timeout", "60"])
+                    .arg("--output")
+                    .arg(&output)
+                    .stderr(Stdio::null()),
+            )?;
+            ensure!(read_error_counts(&output)? == error_counts(&answer), "wrong counts from MongoDB");
+            runs.push(measured.wall);
+        }
+        let wall = median(runs);
+        println!(
+            "| dataflow count -w {workers} (whole process) | {:.2} | {:.0} | {:.2} |",
+            wall.as_secs_f64(),
+            rate(wall),
+            rate(wall) / rate(bare)
+        );
+    }
+    Ok(())
+}
