@@ -1,0 +1,161 @@
+//! The `dataflow count --follow` benchmark: delay from a write to the CSV that reflects it, for
+//! single writes and bursts, and CPU time per change, on a base of generated records.
+//! Writes go through the write contract (`iot_schema::write`); figures are printed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use bson::Document;
+use clap::Parser;
+use iot_bench::expected::read_error_counts;
+use iot_bench::{generate, Spec, LABELS};
+use iot_schema::{write, ImageMessage};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value = "mongodb://127.0.0.1:27017")]
+    mongo_uri: String,
+    /// Base sizes (records loaded before following).
+    #[arg(long, value_delimiter = ',', default_values_t = [20_000u64])]
+    bases: Vec<u64>,
+    #[arg(long, default_value_t = 20)]
+    single_writes: usize,
+    #[arg(long, default_value_t = 3)]
+    bursts: usize,
+    #[arg(long, default_value_t = 1000)]
+    burst_size: usize,
+    #[arg(long, default_value_t = 200)]
+    poll_interval_ms: u64,
+    #[arg(long, default_value = "target/release/dataflow")]
+    dataflow: PathBuf,
+    #[arg(long, default_value = ".cache/bench")]
+    dir: PathBuf,
+}
+
+struct Follower(Child);
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    std::fs::create_dir_all(&args.dir)?;
+    println!("| base records | writes | p50 delay ms | p99 delay ms | max ms | CPU ms per change |");
+    println!("|---:|---|---:|---:|---:|---:|");
+    for &base in &args.bases {
+        run_base(&args, base)?;
+    }
+    Ok(())
+}
+
+fn run_base(args: &Args, base: u64) -> Result<()> {
+    let db = format!("iot_follow_bench_{base}");
+    let client = mongodb::sync::Client::with_uri_str(&args.mongo_uri)?;
+    let collection = client.database(&db).collection::<Document>("inferences");
+    let spec = Spec { records: base, producers: 100, pending_rate: 0.0, seed: 5, ..Spec::default() };
+    if collection.estimated_document_count().run()? != base {
+        collection.drop().run()?;
+        iot_bench::mongo::load(&args.mongo_uri, &db, "inferences", &spec, |_| {})?;
+    }
+    // Records whose label is right; flipping one adds exactly one error to its producer.
+    let mut correct = Vec::new();
+    generate(&spec, |r| {
+        if r.inferred == Some(r.ground_truth) {
+            correct.push((r.doc_id.clone(), r.producer_id.to_owned(), r.ground_truth));
+        }
+    });
+    let needed = args.single_writes + args.bursts * args.burst_size;
+    ensure!(correct.len() >= needed, "base too small for {needed} flips");
+
+    let output = args.dir.join(format!("follow-{base}.csv"));
+    let _ = std::fs::remove_file(&output);
+    let child = Command::new(&args.dataflow)
+        .args(["count", "--follow", "-w", "2", "--status-every", "0", "--mongo-uri", &args.mongo_uri, "--db", &db])
+        .args(["--poll-interval-ms", &args.poll_interval_ms.to_string(), "--mongo-timeout", "120"])
+        .arg("--output")
+        .arg(&output)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let follower = Follower(child);
+    let mut counts = wait_until(&output, Duration::from_secs(3600), |_| true)?;
+    let pid = follower.0.id();
+    let mut flips = correct.into_iter();
+    let mut flip = |counts: &mut BTreeMap<String, u64>| -> Result<()> {
+        let (doc_id, producer, truth) = flips.next().context("out of records")?;
+        let wrong = LABELS.iter().find(|l| **l != truth).copied().unwrap_or("other");
+        let id = doc_id.rsplit_once('/').and_then(|(_, id)| id.parse().ok()).unwrap_or(0);
+        let msg = ImageMessage { id, producer_id: producer.clone(), ground_truth: truth.into(), data: String::new(), sent_at_ms: None };
+        let (filter, update) = write::store_inference(&msg, wrong, "bench", bson::DateTime::now());
+        collection.update_one(filter, update).upsert(true).run()?;
+        *counts.entry(producer).or_default() += 1;
+        Ok(())
+    };
+
+    let cpu_before = cpu_time(pid)?;
+    let mut delays = Vec::new();
+    for _ in 0..args.single_writes {
+        let started = Instant::now();
+        flip(&mut counts)?;
+        let expected = counts.clone();
+        wait_until(&output, Duration::from_secs(600), |c| *c == expected)?;
+        delays.push(started.elapsed());
+    }
+    report(base, "single", &mut delays, cpu_time(pid)? - cpu_before, args.single_writes);
+
+    let cpu_before = cpu_time(pid)?;
+    let mut delays = Vec::new();
+    for _ in 0..args.bursts {
+        let started = Instant::now();
+        for _ in 0..args.burst_size {
+            flip(&mut counts)?;
+        }
+        let expected = counts.clone();
+        wait_until(&output, Duration::from_secs(600), |c| *c == expected)?;
+        delays.push(started.elapsed());
+    }
+    report(base, &format!("bursts of {}", args.burst_size), &mut delays, cpu_time(pid)? - cpu_before, args.bursts * args.burst_size);
+    Ok(())
+}
+
+fn report(base: u64, what: &str, delays: &mut [Duration], cpu: Duration, changes: usize) {
+    delays.sort();
+    let at = |q: f64| delays[((delays.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e3;
+    println!(
+        "| {base} | {what} | {:.0} | {:.0} | {:.0} | {:.3} |",
+        at(0.5),
+        at(0.99),
+        at(1.0),
+        cpu.as_secs_f64() * 1e3 / changes as f64
+    );
+}
+
+/// Polls the CSV until `done` holds; returns what it says then.
+fn wait_until(path: &Path, limit: Duration, done: impl Fn(&BTreeMap<String, u64>) -> bool) -> Result<BTreeMap<String, u64>> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if let Ok(counts) = read_error_counts(path) {
+            if done(&counts) {
+                return Ok(counts);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    bail!("{} did not reach the expected state within {limit:?}", path.display())
+}
+
+/// User plus system CPU time of a process so far.
+fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat.rsplit_once(") ").context("bad stat")?.1.split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Ok(Duration::from_millis(ticks * 1000 / hz))
+}
