@@ -28,7 +28,7 @@ pub enum Format {
 
 /// Detects the format from the first byte that is not white space (or a UTF-8 byte order mark).
 pub fn detect(path: &Path) -> Result<Option<Format>> {
-    let file = File::open(path).with_context(|| format!("cannot open input file {}", path.display()))?;
+    let file = open_input(path)?;
     let mut head = vec![0u8; 64 << 10];
     let mut offset = 0u64;
     loop {
@@ -51,6 +51,10 @@ pub fn detect(path: &Path) -> Result<Option<Format>> {
         }
         offset += n as u64;
     }
+}
+
+fn open_input(path: &Path) -> Result<File> {
+    File::open(path).with_context(|| format!("cannot open input file {}", path.display()))
 }
 
 /// Counts this worker's share of the file into `counts`.
@@ -77,7 +81,7 @@ fn load_lines(
     stats: &mut LoadStats,
     progress: &Progress,
 ) -> Result<()> {
-    let file = File::open(path).with_context(|| format!("cannot open input file {}", path.display()))?;
+    let file = open_input(path)?;
     let len = file.metadata()?.len();
     let (start, end) = share.byte_range(len);
     if start >= end {
@@ -190,7 +194,7 @@ fn load_array(
     stats: &mut LoadStats,
     progress: &Progress,
 ) -> Result<()> {
-    let file = File::open(path).with_context(|| format!("cannot open input file {}", path.display()))?;
+    let file = open_input(path)?;
     // SAFETY: the file is only read; a concurrent writer could change what we read, as with read().
     let bytes = unsafe { memmap2::Mmap::map(&file) }
         .with_context(|| format!("cannot map {}", path.display()))?;
