@@ -42,7 +42,8 @@ pub enum Command {
 #[derive(Clone, Debug, Args)]
 pub struct CountArgs {
     /// Read records from this file: a JSON array (as mongoexport writes) or JSON Lines.
-    #[arg(long, value_name = "FILE", conflicts_with = "mongo_uri")]
+    /// Takes precedence over --mongo-uri, so a stack's IOT_MONGO_URI does not get in the way.
+    #[arg(long, value_name = "FILE")]
     pub input: Option<PathBuf>,
     /// Read records from MongoDB at this URI instead of a file.
     #[arg(long, value_name = "URI", env = "IOT_MONGO_URI")]

@@ -62,6 +62,20 @@ fn malformed_records_are_skipped_named_and_the_rest_counted() {
 }
 
 #[test]
+fn an_input_file_wins_over_a_mongo_uri_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/mongo_entries.json");
+    let output = dir.path().join("out.csv");
+    let result = dataflow()
+        .env("IOT_MONGO_URI", "mongodb://127.0.0.1:9")
+        .args(["count", "--input", sample, "--output", output.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(result.status.success(), "{}", stderr(&result));
+    assert!(output.exists());
+}
+
+#[test]
 fn an_empty_file_gives_a_header_only_csv() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("empty.jsonl");
