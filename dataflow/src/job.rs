@@ -158,7 +158,7 @@ pub(crate) fn distribute_plan(worker: &mut Worker, mongo: &MongoSource) -> (Vec<
     let mut failure = None;
     if worker.index() == 0 {
         match mongo.plan(worker.peers()) {
-            Ok((plan, _estimated)) => plan.into_iter().enumerate().for_each(|share| plan_input.send(share)),
+            Ok(plan) => plan.into_iter().enumerate().for_each(|share| plan_input.send(share)),
             Err(err) => failure = Some(err),
         }
     }

@@ -39,6 +39,9 @@ pub struct MongoArgs {
     /// Collection.
     #[arg(long, env = "IOT_MONGO_COLLECTION", default_value = iot_schema::DEFAULT_COLLECTION)]
     pub collection: String,
+    /// Upserts sent to MongoDB at once by one batch.
+    #[arg(long, env = "IOT_MONGO_WRITE_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub write_concurrency: u64,
 }
 
 /// Settings both consumers share (the group id has a different default in each).

@@ -282,6 +282,7 @@ async fn bench_once(args: &BenchArgs, producers: u32, outer: &Shutdown) -> Resul
         mongo_uri: args.mongo_uri.clone(),
         db: db.clone(),
         collection: iot_schema::DEFAULT_COLLECTION.to_owned(),
+        write_concurrency: 1,
     })
     .await?;
     let complete = store

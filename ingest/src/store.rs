@@ -1,22 +1,32 @@
 //! MongoDB writes. Every update comes from `iot_schema::write` (the write contract); this module
 //! only decides how to send many of them at once.
+//!
+//! A batch is sent as concurrent single-document `update_one(..).upsert(true)` calls, not as one
+//! multi-statement `update` command: FerretDB 1.24 (SQLite) deadlocks for good, on that database,
+//! when two multi-statement updates touching the same documents run at once, which is exactly
+//! what the two consumer groups do. Single-document upserts do not have that problem.
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use bson::{doc, Document};
+use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::ClientOptions;
 use mongodb::{Client, Collection, Database, IndexModel};
+use tokio::task::JoinSet;
 
 use crate::args::MongoArgs;
 
-/// Most statements per `update` command: keeps each command far below MongoDB's 16 MiB limit.
-const MAX_STATEMENTS_PER_COMMAND: usize = 1000;
+/// Server error code of a duplicate key.
+const DUPLICATE_KEY: i32 = 11000;
+/// How often one upsert is tried again at once after losing an insert race.
+const DUPLICATE_KEY_ATTEMPTS: u32 = 3;
 
 #[derive(Clone, Debug)]
 pub struct Store {
     db: Database,
     collection: String,
+    concurrency: usize,
 }
 
 impl Store {
@@ -35,6 +45,7 @@ impl Store {
         Ok(Store {
             db: client.database(&args.db),
             collection: args.collection.clone(),
+            concurrency: args.write_concurrency.max(1) as usize,
         })
     }
 
@@ -66,79 +77,66 @@ impl Store {
         Ok(())
     }
 
-    /// Applies `(filter, update)` pairs from `iot_schema::write` as upserts, in as few round
-    /// trips as possible: one unordered `update` command per 1000 statements (a single
-    /// `update_one` each would cost a round trip per record). Returns once MongoDB acknowledged
-    /// every statement; any write error fails the whole call, which the caller retries (the
-    /// upserts are idempotent).
+    /// Applies `(filter, update)` pairs from `iot_schema::write` as upserts, `concurrency` at a
+    /// time. Returns once MongoDB acknowledged every one; the first failure fails the call, which
+    /// the caller retries as a whole (the upserts are idempotent).
     pub async fn upsert_all(&self, writes: &[(Document, Document)]) -> Result<()> {
-        for chunk in writes.chunks(MAX_STATEMENTS_PER_COMMAND) {
-            let updates: Vec<Document> = chunk
-                .iter()
-                .map(|(filter, update)| {
-                    doc! { "q": filter, "u": update, "upsert": true, "multi": false }
-                })
-                .collect();
-            let command = doc! { "update": &self.collection, "updates": updates, "ordered": false };
-            let reply = self
-                .db
-                .run_command(command)
-                .await
-                .context("MongoDB update failed")?;
-            check_update_reply(&reply, chunk.len())?;
+        let mut running = JoinSet::new();
+        let mut first_error = None;
+        for (filter, update) in writes {
+            while running.len() >= self.concurrency {
+                collect(running.join_next().await, &mut first_error);
+            }
+            let (collection, filter, update) = (self.collection(), filter.clone(), update.clone());
+            running.spawn(async move { upsert(&collection, filter, update).await });
         }
-        Ok(())
+        while let Some(done) = running.join_next().await {
+            collect(Some(done), &mut first_error);
+        }
+        first_error.map_or(Ok(()), Err)
     }
 }
 
-/// An `update` reply can say ok:1 and still carry per-statement errors.
-fn check_update_reply(reply: &Document, statements: usize) -> Result<()> {
-    if let Ok(errors) = reply.get_array("writeErrors") {
-        if let Some(first) = errors.first() {
-            bail!(
-                "{} of {statements} upserts failed, first: {first}",
-                errors.len()
-            );
-        }
+fn collect(
+    done: Option<Result<Result<()>, tokio::task::JoinError>>,
+    first_error: &mut Option<anyhow::Error>,
+) {
+    let outcome = match done {
+        Some(Ok(result)) => result,
+        Some(Err(join)) => Err(anyhow::anyhow!("an upsert task failed: {join}")),
+        None => Ok(()),
+    };
+    if let Err(err) = outcome {
+        first_error.get_or_insert(err);
     }
-    if let Ok(error) = reply.get_document("writeConcernError") {
-        bail!("write concern error: {error}");
-    }
-    // `n` counts matched plus upserted documents: one per statement when all went through.
-    let n = reply
-        .get_i32("n")
-        .map(i64::from)
-        .or_else(|_| reply.get_i64("n"))
-        .unwrap_or(-1);
-    if n != statements as i64 {
-        bail!("MongoDB acknowledged {n} of {statements} upserts: {reply}");
-    }
-    Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_clean_reply_passes() {
-        assert!(check_update_reply(&doc! { "n": 3, "nModified": 1, "ok": 1.0 }, 3).is_ok());
-        assert!(check_update_reply(&doc! { "n": 3_i64, "ok": 1.0 }, 3).is_ok());
+/// One upsert. Two writers upserting the same new `_id` at once can make one of them fail with
+/// a duplicate key (the other inserted first); the document exists then, so trying again
+/// updates it.
+async fn upsert(
+    collection: &Collection<Document>,
+    filter: Document,
+    update: Document,
+) -> Result<()> {
+    let mut attempt = 1;
+    loop {
+        match collection
+            .update_one(filter.clone(), update.clone())
+            .upsert(true)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(err) if is_duplicate_key(&err) && attempt < DUPLICATE_KEY_ATTEMPTS => attempt += 1,
+            Err(err) => return Err(err).with_context(|| format!("upsert of {filter} failed")),
+        }
     }
+}
 
-    #[test]
-    fn write_errors_fail_the_batch() {
-        let reply = doc! { "n": 1, "ok": 1.0, "writeErrors": [{ "index": 1, "code": 11000, "errmsg": "dup" }] };
-        let err = check_update_reply(&reply, 2).unwrap_err().to_string();
-        assert!(err.contains("1 of 2 upserts failed"), "{err}");
-    }
-
-    #[test]
-    fn a_short_count_fails_the_batch() {
-        assert!(check_update_reply(&doc! { "n": 1, "ok": 1.0 }, 2).is_err());
-        assert!(
-            check_update_reply(&doc! { "ok": 1.0, "writeConcernError": { "code": 64 } }, 0)
-                .is_err()
-        );
+fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
+    match err.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(write)) => write.code == DUPLICATE_KEY,
+        ErrorKind::Command(command) => command.code == DUPLICATE_KEY,
+        _ => false,
     }
 }

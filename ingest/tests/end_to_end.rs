@@ -409,6 +409,7 @@ async fn pipeline_stores_every_record_once_through_crashes_and_outages() {
         mongo_uri: mongo_uri.clone(),
         db: db.clone(),
         collection: iot_schema::DEFAULT_COLLECTION.to_owned(),
+        write_concurrency: 1,
     })
     .await
     .expect("MongoDB client");

@@ -119,28 +119,30 @@ impl MongoSource {
     }
 
     /// Worker 0 decides every worker's share: `shares` ranges, in worker order.
-    pub fn plan(&self, shares: usize) -> Result<(Vec<KeyRange>, u64)> {
-        let collection = self.connect()?;
-        let estimated = collection
-            .estimated_document_count()
-            .run()
-            .with_context(|| self.unreachable())?;
-        if shares == 1 || estimated < MIN_DOCS_TO_SPLIT {
+    pub fn plan(&self, shares: usize) -> Result<Vec<KeyRange>> {
+        let whole = || {
             let mut plan = vec![KeyRange::everything()];
             plan.resize(shares, KeyRange::empty());
-            return Ok((plan, estimated));
-        }
-        let size = (SAMPLES_PER_SHARE * shares as u64).min(estimated) as usize;
-        let sample = match self.sample_ids(&collection, size) {
-            Err(err) if is_not_implemented(&err) => self.scan_sample_ids(&collection, size)?,
-            other => other.with_context(|| self.unreachable())?,
+            plan
         };
-        if sample.is_empty() {
-            let mut plan = vec![KeyRange::everything()];
-            plan.resize(shares, KeyRange::empty());
-            return Ok((plan, estimated));
+        if shares == 1 {
+            return Ok(whole()); // no planning query: on FerretDB even a count is a full scan
         }
-        Ok((ranges_from_sample(sample, shares), estimated))
+        let collection = self.connect()?;
+        let size = SAMPLES_PER_SHARE as usize * shares;
+        let (sample, population) = match self.sample_ids(&collection, size) {
+            // A short sample means the collection is smaller than the sample.
+            Ok(sample) => {
+                let population = if sample.len() < size { sample.len() as u64 } else { u64::MAX };
+                (sample, population)
+            }
+            Err(err) if is_not_implemented(&err) => self.scan_sample_ids(&collection, size)?,
+            Err(err) => return Err(err).with_context(|| self.unreachable()),
+        };
+        if population < MIN_DOCS_TO_SPLIT || sample.is_empty() {
+            return Ok(whole());
+        }
+        Ok(ranges_from_sample(sample, shares))
     }
 
     /// Random ids through `$sample`, which MongoDB serves from a random cursor.
@@ -156,7 +158,8 @@ impl MongoSource {
     }
 
     /// For servers without `$sample` (FerretDB v1): a reservoir sample over a scan of the ids.
-    fn scan_sample_ids(&self, collection: &Collection<RawDocumentBuf>, size: usize) -> Result<Vec<String>> {
+    /// Returns the sample and how many ids were scanned.
+    fn scan_sample_ids(&self, collection: &Collection<RawDocumentBuf>, size: usize) -> Result<(Vec<String>, u64)> {
         tracing::info!("the server has no $sample; planning the split from a scan of the ids");
         let mut rng = SmallRng::seed_from_u64(0x5eed);
         let mut sample = Vec::with_capacity(size);
@@ -166,7 +169,9 @@ impl MongoSource {
             .batch_size(self.batch_size)
             .run()
             .with_context(|| self.unreachable())?;
+        let mut scanned = 0u64;
         for (seen, document) in cursor.enumerate() {
+            scanned += 1;
             let document = document.with_context(|| self.unreachable())?;
             let Some(RawBsonRef::String(id)) = document.get(field::DOC_ID).ok().flatten() else { continue };
             if sample.len() < size {
@@ -178,7 +183,7 @@ impl MongoSource {
                 }
             }
         }
-        Ok(sample)
+        Ok((sample, scanned))
     }
 
     /// Reads one share and counts it.
