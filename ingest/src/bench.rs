@@ -61,7 +61,7 @@ pub struct BenchArgs {
     /// Inference requests in flight.
     #[arg(long, env = "IOT_IN_FLIGHT", default_value_t = 4)]
     pub in_flight: u64,
-    /// db-consumer records per bulk upsert.
+    /// db-consumer records per batch of upserts.
     #[arg(long, env = "IOT_BATCH_SIZE", default_value_t = 200)]
     pub batch_size: u64,
     /// Partitions of each run's topic.

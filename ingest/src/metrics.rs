@@ -64,12 +64,12 @@ impl Metrics {
             ),
             (
                 "mongo_batches_total",
-                "bulk upserts sent to MongoDB",
+                "batches of upserts sent to MongoDB",
                 get(&self.mongo_batches) as f64,
             ),
             (
                 "mongo_write_seconds_total",
-                "time spent in bulk upserts",
+                "time spent writing batches to MongoDB",
                 seconds(&self.mongo_write_nanos),
             ),
             (

@@ -59,10 +59,9 @@ fn run_base(args: &Args, base: u64) -> Result<()> {
     let client = mongodb::sync::Client::with_uri_str(&args.mongo_uri)?;
     let collection = client.database(&db).collection::<Document>("inferences");
     let spec = Spec { records: base, producers: 100, pending_rate: 0.0, seed: 5, ..Spec::default() };
-    if collection.estimated_document_count().run()? != base {
-        collection.drop().run()?;
-        iot_bench::mongo::load(&args.mongo_uri, &db, "inferences", &spec, |_| {})?;
-    }
+    // Always a fresh base: a previous run has flipped records this one is about to flip.
+    collection.drop().run()?;
+    iot_bench::mongo::load(&args.mongo_uri, &db, "inferences", &spec, |_| {})?;
     // Records whose label is right; flipping one adds exactly one error to its producer.
     let mut correct = Vec::new();
     generate(&spec, |r| {

@@ -27,10 +27,10 @@ pub struct DbConsumerArgs {
     /// Kafka consumer group.
     #[arg(long, env = "IOT_GROUP", default_value = "iot-db-consumer")]
     pub group: String,
-    /// Records per bulk upsert.
+    /// Records per batch of upserts.
     #[arg(long, env = "IOT_BATCH_SIZE", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub batch_size: u64,
-    /// Bulk upserts in flight at once.
+    /// Batches of upserts in flight at once.
     #[arg(long, env = "IOT_IN_FLIGHT", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub in_flight: u64,
 }

@@ -340,7 +340,7 @@ async fn dead_letter<H>(
     }
 }
 
-/// Upserts `writes` in one bulk call, retrying (the upserts are idempotent) until MongoDB
+/// Upserts a batch's `writes`, retrying (the upserts are idempotent) until MongoDB
 /// acknowledged them or a shutdown comes.
 pub async fn write_durably(
     store: &crate::store::Store,
