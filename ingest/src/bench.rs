@@ -49,6 +49,10 @@ pub struct BenchArgs {
     /// Messages per second per producer (0 = as fast as possible).
     #[arg(long, env = "IOT_RATE", default_value_t = 0.0)]
     pub rate: f64,
+    /// Messages per second of all producers together, split evenly (instead of `--rate`): keeps
+    /// the offered load the same whatever the producer count, for latency comparisons.
+    #[arg(long, env = "IOT_BENCH_TOTAL_RATE", conflicts_with = "rate")]
+    pub total_rate: Option<f64>,
     /// Use only the first N CIFAR images (1017 are bit-exact).
     #[arg(long, env = "IOT_IMAGE_LIMIT", default_value_t = 1017)]
     pub image_limit: u64,
@@ -212,7 +216,11 @@ async fn bench_once(args: &BenchArgs, producers: u32, outer: &Shutdown) -> Resul
         format!("--topic={topic}"),
         format!("--producers={producers}"),
         format!("--count={per_producer}"),
-        format!("--rate={}", args.rate),
+        format!(
+            "--rate={}",
+            args.total_rate
+                .map_or(args.rate, |total| total / producers as f64)
+        ),
         "--disjoint-ids".to_owned(),
         format!("--image-limit={}", args.image_limit),
         format!("--truth-log={}", truth_log.display()),

@@ -285,6 +285,7 @@ pub fn draw_cdf(
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 24))
             .margin(16)
+            .margin_right(40)
             .x_label_area_size(48)
             .y_label_area_size(64)
             .build_cartesian_2d(0f64..(max_ms as f64 * 1.02), 0f64..1.0)
@@ -292,13 +293,15 @@ pub fn draw_cdf(
         chart
             .configure_mesh()
             .x_desc("latency (ms)")
+            .x_label_formatter(&|ms| format!("{ms:.0}"))
+            .y_label_formatter(&|share| format!("{share:.1}"))
             .y_desc("share of records")
             .axis_desc_style(("sans-serif", 18))
             .label_style(("sans-serif", 14))
             .draw()
             .map_err(plot_error)?;
         for (n, run) in runs.iter().enumerate() {
-            let colour = Palette99::pick(n).to_rgba();
+            let colour = CURVE_COLOURS[n % CURVE_COLOURS.len()];
             let mut points = cdf_points(&run.sorted_ms());
             // Start each curve on the x axis at its first value, as a step CDF would.
             if let Some(first) = points.first().copied() {
@@ -328,6 +331,16 @@ pub fn draw_cdf(
         .save_with_format(path, image::ImageFormat::Png)
         .with_context(|| format!("cannot write {}", path.display()))
 }
+
+/// Distinct, print-safe curve colours (no yellow on white).
+const CURVE_COLOURS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(23, 190, 207),
+];
 
 fn plot_error<E: std::fmt::Debug>(err: E) -> anyhow::Error {
     anyhow::anyhow!("cannot draw the plot: {err:?}")
