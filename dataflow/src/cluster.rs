@@ -96,6 +96,30 @@ impl ClusterArgs {
     }
 }
 
+impl ClusterArgs {
+    /// Runs `work` on every worker of this process, once the whole cluster has connected, and
+    /// returns each worker's result; any worker's error or panic is the run's error.
+    pub fn execute<T, F>(&self, work: F) -> Result<Vec<T>>
+    where
+        T: Send + 'static,
+        F: Fn(&mut timely::worker::Worker) -> Result<T, String> + Send + Sync + 'static,
+    {
+        let config = self.timely_config()?;
+        let watchdog = self.connect_watchdog();
+        let guards = timely::execute(config, work).map_err(|err| anyhow::anyhow!("cannot start the timely cluster: {err}"))?;
+        watchdog.connected();
+        guards
+            .join()
+            .into_iter()
+            .map(|result| match result {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(err)) => bail!(err),
+                Err(panic) => bail!("a worker failed: {panic}"),
+            })
+            .collect()
+    }
+}
+
 pub struct ConnectWatchdog {
     connected: Arc<AtomicBool>,
 }

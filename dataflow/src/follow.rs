@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::Result;
 use differential_dataflow::operators::arrange::upsert::arrange_from_upsert;
 use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use timely::container::CapacityContainerBuilder;
@@ -48,18 +48,7 @@ pub struct FollowOptions {
 type Upserts = InputHandle<u64, CapacityContainerBuilder<Vec<(String, Option<Observation>, u64)>>>;
 
 pub fn run(source: MongoSource, cluster: ClusterArgs, options: FollowOptions, progress: Progress) -> Result<()> {
-    let config = cluster.timely_config()?;
-    let watchdog = cluster.connect_watchdog();
-    let guards = timely::execute(config, move |worker| follow_on_worker(worker, &source, &options, &progress))
-        .map_err(|err| anyhow!("cannot start the timely cluster: {err}"))?;
-    watchdog.connected();
-    for result in guards.join() {
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => bail!(err),
-            Err(panic) => bail!("a worker failed: {panic}"),
-        }
-    }
+    cluster.execute(move |worker| follow_on_worker(worker, &source, &options, &progress))?;
     Ok(())
 }
 

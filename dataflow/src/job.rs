@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::Result;
 use differential_dataflow::input::Input;
 use timely::dataflow::operators::{Exchange, Inspect, Probe};
 use timely::container::CapacityContainerBuilder;
@@ -45,21 +45,9 @@ impl Outcome {
 
 /// Runs the job on this process's workers; process 0 gets `Some(outcome)`, the others `None`.
 pub fn run(job: CountJob, progress: Progress) -> Result<Option<Outcome>> {
-    let config = job.cluster.timely_config()?;
-    let watchdog = job.cluster.connect_watchdog();
-    let guards = timely::execute(config, move |worker| count_on_worker(worker, &job, &progress))
-        .map_err(|err| anyhow!("cannot start the timely cluster: {err}"))?;
-    watchdog.connected();
-    let mut outcome = None;
-    for result in guards.join() {
-        match result {
-            Ok(Ok(Some(found))) => outcome = Some(found),
-            Ok(Ok(None)) => {}
-            Ok(Err(err)) => bail!(err),
-            Err(panic) => bail!("a worker failed: {panic}"),
-        }
-    }
-    Ok(outcome)
+    let cluster = job.cluster.clone();
+    let outcomes = cluster.execute(move |worker| count_on_worker(worker, &job, &progress))?;
+    Ok(outcomes.into_iter().flatten().next())
 }
 
 pub(crate) type Shared<T> = Rc<RefCell<T>>;

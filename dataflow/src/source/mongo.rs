@@ -170,14 +170,15 @@ impl MongoSource {
             .run()
             .with_context(|| self.unreachable())?;
         let mut scanned = 0u64;
-        for (seen, document) in cursor.enumerate() {
+        for document in cursor {
+            let seen = scanned;
             scanned += 1;
             let document = document.with_context(|| self.unreachable())?;
             let Some(RawBsonRef::String(id)) = document.get(field::DOC_ID).ok().flatten() else { continue };
             if sample.len() < size {
                 sample.push(id.to_owned());
             } else {
-                let slot = rng.random_range(0..=seen);
+                let slot = rng.random_range(0..=seen as usize);
                 if slot < size {
                     sample[slot] = id.to_owned();
                 }
