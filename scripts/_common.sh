@@ -25,6 +25,7 @@ ORT_LIB=$ORT_LIB_DIR/libonnxruntime.so
 KAFKA_HOME=$CACHE_DIR/kafka
 KAFKA_LIBS=$KAFKA_HOME/libs
 FERRETDB_BIN=$CACHE_DIR/bin/ferretdb
+FERRETDB_PATCHES="sqlite-id-index"  # what scripts/setup fixes in the source before building
 
 # Stack addresses (overridable so two checkouts can run side by side).
 KAFKA_HOST=${IOT_KAFKA_HOST:-127.0.0.1}
@@ -54,5 +55,6 @@ ferretdb_installed() {
   [[ -x $FERRETDB_BIN ]] || return 1
   local out
   out=$("$FERRETDB_BIN" --version 2>/dev/null) || return 1
-  grep -qx "version: $FERRETDB_VERSION" <<<"$out"
+  grep -qx "version: $FERRETDB_VERSION" <<<"$out" &&
+    [[ $(cat "$FERRETDB_BIN.patches" 2>/dev/null) == "$FERRETDB_PATCHES" ]]
 }

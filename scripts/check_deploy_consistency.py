@@ -732,15 +732,17 @@ def schema_constants() -> dict[str, str]:
     text = (ROOT / "schema" / "src" / "lib.rs").read_text()
     consts = dict(re.findall(r'pub const ([A-Z_]+): &str = "([^"]*)";', text))
     write = (ROOT / "schema" / "src" / "write.rs").read_text()
-    match = re.search(r"INDEXED_FIELDS: &\[&str\] = &\[([^\]]*)\]", write)
-    fields = []
-    for item in (match.group(1).split(",") if match else []):
-        item = item.strip()
-        if item.startswith('"'):
-            fields.append(item.strip('"'))
-        elif item:
-            fields.append(consts.get(item.split("::")[-1], f"<unknown {item}>"))
-    consts["INDEXED_FIELDS"] = ",".join(fields)
+    consts.update(re.findall(r'pub const ([A-Z_]+): &str = "([^"]*)";', write))
+    for name in ("INDEXED_FIELDS", "CHANGE_LOG_INDEXED_FIELDS"):
+        match = re.search(rf"\b{name}: &\[&str\] = &\[([^\]]*)\]", write)
+        fields = []
+        for item in (match.group(1).split(",") if match else []):
+            item = item.strip()
+            if item.startswith('"'):
+                fields.append(item.strip('"'))
+            elif item:
+                fields.append(consts.get(item.split("::")[-1], f"<unknown {item}>"))
+        consts[name] = ",".join(fields)
     return consts
 
 
@@ -1088,10 +1090,14 @@ def check_pipeline(objects: list[dict], pods: list[Pod], ctx: Context, problems:
     init = find(objects, "ConfigMap", next((o["metadata"]["name"] for o in objects if o.get("kind") == "ConfigMap"
                                            and o["metadata"]["name"].startswith("mongo-init")), ""))
     script = "\n".join((init or {}).get("data", {}).values())
-    indexed = re.findall(r"createIndex\(\{\s*(\w+):", script)
-    if ",".join(indexed) != schema.get("INDEXED_FIELDS"):
-        problems.add("k8s/mongo/init-iot.js", f"creates indexes on {indexed}; iot_schema::write::INDEXED_FIELDS is "
-                                              f"{schema.get('INDEXED_FIELDS')}")
+    indexed = re.findall(r"\.(\w+)\.createIndex\(\{\s*(\w+):", script)
+    records = schema.get("DEFAULT_COLLECTION", "")
+    for collection, const in ((records, "INDEXED_FIELDS"),
+                              (records + schema.get("CHANGE_LOG_SUFFIX", ""), "CHANGE_LOG_INDEXED_FIELDS")):
+        fields = [field for on, field in indexed if on == collection]
+        if ",".join(fields) != schema.get(const):
+            problems.add("k8s/mongo/init-iot.js", f"creates indexes on {collection} {fields}; iot_schema::write::{const} "
+                                                  f"is {schema.get(const)}")
     if f'getSiblingDB("{schema.get("DEFAULT_DB")}")' not in script or f".{schema.get('DEFAULT_COLLECTION')}." not in script:
         problems.add("k8s/mongo/init-iot.js", f"does not index {schema.get('DEFAULT_DB')}.{schema.get('DEFAULT_COLLECTION')}")
     check_model_sources(objects, problems)
@@ -1211,6 +1217,12 @@ def mutate_image(objs):
     container_of(objs, "Deployment", "db-consumer", "db-consumer")["image"] = "iot-dataflow/ingestion:0.1.0"
 
 
+def mutate_change_log_index(objs):
+    init = next(o for o in objs if o.get("kind") == "ConfigMap" and o["metadata"]["name"].startswith("mongo-init"))
+    for key, script in init["data"].items():
+        init["data"][key] = script.replace("inferences_changes.createIndex", "inferences.createIndex")
+
+
 MUTATIONS = [
     ("a dataflow flag renamed", mutate_flag),
     ("a producer flag given a bad value", mutate_flag_value),
@@ -1225,6 +1237,7 @@ MUTATIONS = [
     ("dataflow replicas changed without its process count", mutate_replicas),
     ("the batch job's subdomain changed", mutate_subdomain),
     ("an image name that no Dockerfile target builds", mutate_image),
+    ("the change log's index put on the records", mutate_change_log_index),
 ]
 
 

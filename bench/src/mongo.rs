@@ -3,7 +3,8 @@
 use anyhow::{Context, Result};
 use bson::{doc, Document};
 use iot_schema::field;
-use mongodb::sync::Client;
+use iot_schema::write::{change_log, Upsert, Write};
+use mongodb::sync::{Client, Database};
 
 use crate::{generate, Answer, Spec};
 
@@ -47,3 +48,18 @@ pub fn load(uri: &str, db: &str, collection: &str, spec: &Spec, progress: impl F
 }
 
 const BATCH: usize = 5_000;
+
+/// Applies one write of the write contract to `db.collection`: the record, then its change-log
+/// entry.
+pub fn apply(db: &Database, collection: &str, write: &Write) -> Result<()> {
+    let upsert = |collection: &str, Upsert { filter, update }: &Upsert| {
+        db.collection::<Document>(collection)
+            .update_one(filter.clone(), update.clone())
+            .upsert(true)
+            .run()
+            .with_context(|| format!("upsert of {filter} into {collection} failed"))
+    };
+    upsert(collection, &write.record)?;
+    upsert(&change_log(collection), &write.change)?;
+    Ok(())
+}

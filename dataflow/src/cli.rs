@@ -73,9 +73,14 @@ pub struct CountArgs {
     /// With --follow: how often to look for changes.
     #[arg(long, default_value_t = 200, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     pub poll_interval_ms: u64,
-    /// With --follow: how late a write may become visible after its UpdatedAt and still be seen.
+    /// With --follow: how late a change-log entry may become visible after its ChangedAt and
+    /// still be seen.
     #[arg(long, default_value_t = 2000, value_name = "MS")]
     pub settle_ms: u64,
+    /// With --follow: change-log entries older than this are deleted. Every follower of one
+    /// collection must use the same value; on FerretDB each poll reads the whole retained log.
+    #[arg(long, default_value_t = 600, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(10..))]
+    pub change_retention_s: u64,
     /// With --follow: print `ProducerID,old_errors,new_errors` on stdout for each changed row.
     #[arg(long)]
     pub changes: bool,
@@ -138,6 +143,7 @@ pub fn count(args: &CountArgs) -> Result<()> {
             detail: args.detail,
             poll_interval: Duration::from_millis(args.poll_interval_ms),
             settle: Duration::from_millis(args.settle_ms),
+            change_retention: Duration::from_secs(args.change_retention_s),
             print_changes: args.changes,
             status_every: Duration::from_secs(args.status_every),
             stop,

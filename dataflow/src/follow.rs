@@ -3,8 +3,9 @@
 //!
 //! Records enter as upserts keyed by `_id` (differential's `arrange_from_upsert`), so a changed
 //! record retracts its old observation and adds its new one, and a deleted record retracts its
-//! observation; the state is spread over all workers by `_id`. Worker 0 polls for changes (see
-//! [`crate::source::changes`]) and drives the rounds; every worker holds its share of the state.
+//! observation; the state is spread over all workers by `_id`. Worker 0 polls the change log
+//! (see [`crate::source::changes`]) and drives the rounds; every worker holds its share of the
+//! state.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -13,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use differential_dataflow::operators::arrange::upsert::arrange_from_upsert;
 use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use timely::container::CapacityContainerBuilder;
@@ -35,8 +36,10 @@ pub struct FollowOptions {
     pub output: PathBuf,
     pub detail: bool,
     pub poll_interval: Duration,
-    /// How late a write may become visible after its `UpdatedAt` and still be seen.
+    /// How late a change-log entry may become visible after its `ChangedAt` and still be seen.
     pub settle: Duration,
+    /// How long change-log entries are kept.
+    pub change_retention: Duration,
     /// Print `ProducerID,old_errors,new_errors` on stdout for every changed row.
     pub print_changes: bool,
     /// Log a status line this often (never when zero).
@@ -80,7 +83,7 @@ fn follow_on_worker(
     let mut poller = None;
     let mut failure = None;
     if worker.index() == 0 {
-        match ChangePoller::start(source, options.settle) {
+        match ChangePoller::start(source, options.settle, options.change_retention) {
             Ok(started_poller) => poller = Some(started_poller),
             Err(err) => failure = Some(format!("{err:#}")),
         }
@@ -134,7 +137,8 @@ fn follow_on_worker(
             for example in &loaded.skipped_examples {
                 eprintln!("  skipped {example}");
             }
-            follow_changes(worker, poller, &mut upserts, &rows, &probe, options).map_err(|err| format!("{err:#}"))
+            follow_changes(worker, poller, source, &mut upserts, &rows, &probe, options)
+                .map_err(|err| format!("{err:#}"))
         }
     };
     // Closing the input lets every worker finish.
@@ -147,6 +151,7 @@ fn follow_on_worker(
 fn follow_changes(
     worker: &mut Worker,
     mut poller: ChangePoller,
+    source: &MongoSource,
     upserts: &mut Upserts,
     rows: &Shared<Rows>,
     probe: &ProbeHandle<u64>,
@@ -161,6 +166,12 @@ fn follow_changes(
         while Instant::now() < deadline && !options.stop.load(Ordering::SeqCst) {
             worker.step_or_park(Some(deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(50))));
         }
+        if poller.fell_behind() {
+            bail!(
+                "no poll for longer than --change-retention-s: entries another follower pruned may be missed; \
+                 restart to reload (and raise --change-retention-s if the initial load is that slow)"
+            );
+        }
         let Changes { upserts: found, malformed, .. } = match poller.poll() {
             Ok(changes) => changes,
             Err(err) => {
@@ -169,6 +180,7 @@ fn follow_changes(
                 continue;
             }
         };
+        poller.prune(&source.uri);
         for (id, reason) in malformed {
             tracing::warn!(%id, "changed record not counted: {reason}");
         }

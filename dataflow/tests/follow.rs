@@ -12,8 +12,9 @@ use bson::Document;
 use common::*;
 use iot_bench::expected::read_error_counts;
 use iot_bench::{generate, Spec, LABELS};
-use iot_schema::{write, ImageMessage};
-use mongodb::sync::{Client, Collection};
+use iot_schema::write::Upsert;
+use iot_schema::{field, write, ImageMessage};
+use mongodb::sync::{Client, Database};
 
 /// The test's own model of the collection: `_id -> (producer, truth, inferred, deleted)`.
 type Model = HashMap<String, (String, String, Option<String>, bool)>;
@@ -77,13 +78,20 @@ fn message(doc_id: &str, producer: &str, truth: &str) -> ImageMessage {
     ImageMessage { id, producer_id: producer.into(), ground_truth: truth.into(), data: String::new(), sent_at_ms: None }
 }
 
-fn upsert(collection: &Collection<Document>, (filter, update): (Document, Document)) {
-    collection.update_one(filter, update).upsert(true).run().unwrap();
+fn apply(db: &Database, write: write::Write) {
+    iot_bench::mongo::apply(db, "inferences", &write).unwrap();
+}
+
+/// A hard delete, which the change log makes visible too.
+fn delete(db: &Database, id: &str) {
+    db.collection::<Document>("inferences").delete_one(write::by_doc_id(id)).run().unwrap();
+    let Upsert { filter, update } = write::change_entry(id);
+    db.collection::<Document>(&write::change_log("inferences")).update_one(filter, update).upsert(true).run().unwrap();
 }
 
 /// Several writers at once: each flips labels both ways, deletes and inserts, through the write
 /// contract, and records what it did in its own model.
-fn write_changes(collection: &Collection<Document>, model: &Model, writers: usize) -> Model {
+fn write_changes(db: &Database, model: &Model, writers: usize) -> Model {
     let ids: Vec<String> = {
         let mut ids: Vec<_> = model.keys().cloned().collect();
         ids.sort();
@@ -106,18 +114,21 @@ fn write_changes(collection: &Collection<Document>, model: &Model, writers: usiz
                                 } else {
                                     truth.clone()
                                 };
-                                upsert(collection, write::store_inference(&message(id, &producer, &truth), &flipped, "test", now));
+                                apply(db, write::store_inference(&message(id, &producer, &truth), &flipped, "test", now));
                                 mine.insert(id.clone(), (producer, truth, Some(flipped), false));
                             }
                             3 => {
-                                upsert(collection, write::mark_deleted(id));
+                                match w % 2 {
+                                    0 => apply(db, write::mark_deleted(id)),
+                                    _ => delete(db, id),
+                                }
                                 mine.insert(id.clone(), (producer, truth, inferred, true));
                             }
                             _ => {
                                 let new_id = format!("new-writer-{w}/{n}");
                                 let msg = message(&new_id, &format!("new-writer-{w}"), "cat");
-                                upsert(collection, write::store_metadata(&msg, now));
-                                upsert(collection, write::store_inference(&msg, "dog", "test", now));
+                                apply(db, write::store_metadata(&msg, now));
+                                apply(db, write::store_inference(&msg, "dog", "test", now));
                                 mine.insert(new_id, (msg.producer_id, "cat".into(), Some("dog".into()), false));
                             }
                         }
@@ -182,8 +193,7 @@ fn follow_and_check(processes: usize, seed: u64) {
         .collect();
     wait_for_csv(&output, &errors_of(&model), Duration::from_secs(120));
 
-    let collection = db.client.database(&db.name).collection::<Document>("inferences");
-    let changed = write_changes(&collection, &model, 3);
+    let changed = write_changes(&db.client.database(&db.name), &model, 3);
     assert_ne!(errors_of(&changed), errors_of(&model), "the changes must move the counts");
     wait_for_csv(&output, &errors_of(&changed), Duration::from_secs(60));
 
@@ -205,11 +215,20 @@ fn follow_on_two_processes_of_two_workers() {
 #[test]
 fn sigterm_stops_cleanly_with_the_csv_in_place() {
     let (db, model) = base(500, 23);
+    // Change-log entries: one past the retention, which the follower prunes, and a recent one.
+    let log = db.client.database(&db.name).collection::<Document>(&write::change_log("inferences"));
+    let hour_ago = bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() - 3_600_000);
+    let some_id = model.keys().next().unwrap().clone();
+    log.insert_one(bson::doc! { "_id": "old", field::CHANGED_RECORD: &some_id, field::CHANGED_AT: hour_ago }).run().unwrap();
+    log.insert_one(bson::doc! { "_id": "recent", field::CHANGED_RECORD: &some_id, field::CHANGED_AT: bson::DateTime::now() }).run().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("follow.csv");
     let uri = mongo_uri();
     let mut follower = start_follower(&["--mongo-uri", &uri, "--db", &db.name], &output);
     wait_for_csv(&output, &errors_of(&model), Duration::from_secs(60));
+    let left: Vec<String> =
+        log.find(bson::doc! {}).run().unwrap().map(|d| d.unwrap().get_str("_id").unwrap().to_owned()).collect();
+    assert_eq!(left, ["recent"], "entries past --change-retention-s are pruned, newer ones kept");
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(follower.child.id() as i32, libc::SIGTERM) };
     let started = Instant::now();

@@ -13,6 +13,7 @@ use bson::{doc, Document};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::ClientOptions;
 use mongodb::{Client, Collection, Database, IndexModel};
+use iot_schema::write::{Upsert, Write};
 use tokio::task::JoinSet;
 
 use crate::args::MongoArgs;
@@ -53,6 +54,11 @@ impl Store {
         self.db.collection(&self.collection)
     }
 
+    /// The change log `dataflow count --follow` reads (`iot_schema::write::change_log`).
+    pub fn change_log(&self) -> Collection<Document> {
+        self.db.collection(&iot_schema::write::change_log(&self.collection))
+    }
+
     pub fn database(&self) -> &Database {
         &self.db
     }
@@ -61,34 +67,40 @@ impl Store {
     /// `createIndexes` per index: FerretDB 1.24 drops the connection (a server-side panic) when
     /// one command names several indexes that already exist.
     pub async fn ensure_indexes(&self) -> Result<()> {
-        for field in iot_schema::write::INDEXED_FIELDS {
-            let model = IndexModel::builder().keys(doc! { *field: 1 }).build();
-            self.collection()
-                .create_index(model)
-                .await
-                .with_context(|| {
+        let indexes = [
+            (self.collection(), iot_schema::write::INDEXED_FIELDS),
+            (self.change_log(), iot_schema::write::CHANGE_LOG_INDEXED_FIELDS),
+        ];
+        for (collection, fields) in indexes {
+            for field in fields {
+                let model = IndexModel::builder().keys(doc! { *field: 1 }).build();
+                collection.create_index(model).await.with_context(|| {
                     format!(
-                        "cannot create the {field} index on {}.{}",
-                        self.db.name(),
-                        self.collection
+                        "cannot create the {field} index on {}",
+                        collection.namespace()
                     )
                 })?;
+            }
         }
         Ok(())
     }
 
-    /// Applies `(filter, update)` pairs from `iot_schema::write` as upserts, `concurrency` at a
-    /// time. Returns once MongoDB acknowledged every one; the first failure fails the call, which
-    /// the caller retries as a whole (the upserts are idempotent).
-    pub async fn upsert_all(&self, writes: &[(Document, Document)]) -> Result<()> {
+    /// Applies writes from `iot_schema::write`, `concurrency` at a time, each as its record's
+    /// upsert followed by its change-log entry. Returns once MongoDB acknowledged every one; the
+    /// first failure fails the call, which the caller retries as a whole (the upserts are
+    /// idempotent).
+    pub async fn upsert_all(&self, writes: &[Write]) -> Result<()> {
         let mut running = JoinSet::new();
         let mut first_error = None;
-        for (filter, update) in writes {
+        for write in writes {
             while running.len() >= self.concurrency {
                 collect(running.join_next().await, &mut first_error);
             }
-            let (collection, filter, update) = (self.collection(), filter.clone(), update.clone());
-            running.spawn(async move { upsert(&collection, filter, update).await });
+            let (records, changes, write) = (self.collection(), self.change_log(), write.clone());
+            running.spawn(async move {
+                upsert(&records, write.record).await?;
+                upsert(&changes, write.change).await
+            });
         }
         while let Some(done) = running.join_next().await {
             collect(Some(done), &mut first_error);
@@ -114,11 +126,8 @@ fn collect(
 /// One upsert. Two writers upserting the same new `_id` at once can make one of them fail with
 /// a duplicate key (the other inserted first); the document exists then, so trying again
 /// updates it.
-async fn upsert(
-    collection: &Collection<Document>,
-    filter: Document,
-    update: Document,
-) -> Result<()> {
+async fn upsert(collection: &Collection<Document>, upsert: Upsert) -> Result<()> {
+    let Upsert { filter, update } = upsert;
     let mut attempt = 1;
     loop {
         match collection

@@ -74,15 +74,21 @@ async fn both_consumers_upserting_the_same_records_at_once_end_in_complete_docum
     };
     let outcome = tokio::time::timeout(Duration::from_secs(120), both).await;
     let collection = metadata.collection();
-    let (total, complete) = match &outcome {
+    let (total, complete, logged) = match &outcome {
         Ok(Ok(_)) => (
             collection.count_documents(doc! {}).await.expect("count"),
             collection
                 .count_documents(doc! { "Inferred": "dog", "StoredAt": { "$exists": true }, "UpdatedAt": { "$exists": true } })
                 .await
                 .expect("count"),
+            // One change-log entry per write; a retried write rewrites its own entry.
+            metadata
+                .change_log()
+                .count_documents(doc! { "Record": { "$exists": true }, "ChangedAt": { "$exists": true } })
+                .await
+                .expect("count"),
         ),
-        _ => (0, 0),
+        _ => (0, 0, 0),
     };
     // Only drop a database the server still answers for.
     if outcome.is_ok() {
@@ -100,8 +106,8 @@ async fn both_consumers_upserting_the_same_records_at_once_end_in_complete_docum
         Ok(Ok(_)) => {}
     }
     assert_eq!(
-        (total, complete),
-        (300, 300),
-        "documents, complete documents"
+        (total, complete, logged),
+        (300, 300, 600),
+        "documents, complete documents, change-log entries"
     );
 }

@@ -33,6 +33,10 @@ pub mod field {
     pub const UPDATED_AT: &str = "UpdatedAt";
     /// Set instead of deleting, so that pollers can see deletions (see `docs/write-contract.md`).
     pub const DELETED: &str = "Deleted";
+    /// In a change-log entry: the `_id` of the record that was written.
+    pub const CHANGED_RECORD: &str = "Record";
+    /// In a change-log entry: when the write happened, by the server's clock.
+    pub const CHANGED_AT: &str = "ChangedAt";
 }
 
 /// The MongoDB `_id` of a record: `<ProducerID>/<ID>`.

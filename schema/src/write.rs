@@ -1,19 +1,73 @@
 //! The write contract: the only ways a record may be written to MongoDB.
 //!
-//! Every write is an upsert by `_id` that also stamps `UpdatedAt` with the *server's* clock
-//! (`$currentDate`), so that `dataflow count --follow` can find every change by polling one
-//! indexed field, on MongoDB and FerretDB alike. A delete is a tombstone (`Deleted: true`) for the
-//! same reason: a hard delete leaves nothing behind to poll. `docs/write-contract.md` explains
-//! the contract for clients in other languages; these functions are its Rust implementation.
+//! Every write is two upserts, applied in this order:
 //!
-//! Each function returns `(filter, update)` for `update_one(filter, update)` with `upsert(true)`.
+//! 1. the record itself, by `_id`, which also stamps `UpdatedAt` with the server's clock;
+//! 2. an entry in the record collection's change log ([`change_log`]): a new document naming the
+//!    record and stamped `ChangedAt` by the server's clock.
+//!
+//! `dataflow count --follow` polls the change log, which stays small, and fetches the records it
+//! names by `_id`. Both are cheap on MongoDB and on FerretDB, whose SQLite backend can use no index
+//! but `_id` (polling `UpdatedAt` on the records themselves would scan the whole collection).
+//! A delete is a tombstone (`Deleted: true`), so that the record's history stays readable; a hard
+//! delete followed by its change-log entry is seen too. `docs/write-contract.md` explains the
+//! contract for clients in other languages; these functions are its Rust implementation.
 
+use bson::oid::ObjectId;
 use bson::{doc, Document};
 
 use crate::{field, ImageMessage};
 
-/// Indexes the contract relies on: `UpdatedAt` for polling, `ProducerID` for per-device queries.
+/// Indexes the contract relies on in the record collection: `UpdatedAt` for readers that want
+/// recent records, `ProducerID` for per-device queries.
 pub const INDEXED_FIELDS: &[&str] = &[field::UPDATED_AT, field::PRODUCER_ID];
+
+/// Indexes of the change log: `ChangedAt`, which followers poll.
+pub const CHANGE_LOG_INDEXED_FIELDS: &[&str] = &[field::CHANGED_AT];
+
+/// The change log of collection `C` is `C_changes`.
+pub const CHANGE_LOG_SUFFIX: &str = "_changes";
+
+/// The change log of a record collection.
+pub fn change_log(collection: &str) -> String {
+    format!("{collection}{CHANGE_LOG_SUFFIX}")
+}
+
+/// `update_one(filter, update).upsert(true)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Upsert {
+    pub filter: Document,
+    pub update: Document,
+}
+
+/// One write to a record: apply [`Write::record`] to the record collection, then, once it is
+/// acknowledged, [`Write::change`] to its [`change_log`]. Retrying a whole `Write` is safe: both
+/// are idempotent upserts (the change entry's `_id` is fixed when the `Write` is made).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Write {
+    pub record: Upsert,
+    pub change: Upsert,
+}
+
+impl Write {
+    fn new(doc_id: &str, set: Document) -> Write {
+        Write { record: Upsert { filter: by_doc_id(doc_id), update: stamped(set, field::UPDATED_AT) }, change: change_entry(doc_id) }
+    }
+
+    /// The `_id` of the record written.
+    pub fn doc_id(&self) -> &str {
+        self.record.filter.get_str(field::DOC_ID).unwrap_or_default()
+    }
+}
+
+/// The change-log entry for a write to `doc_id` that is not made through [`Write`], such as a
+/// hard delete.
+pub fn change_entry(doc_id: &str) -> Upsert {
+    Upsert {
+        filter: doc! { field::DOC_ID: ObjectId::new() },
+        update: stamped(doc! { field::CHANGED_RECORD: doc_id }, field::CHANGED_AT),
+    }
+}
 
 /// A filter on one record.
 pub fn by_doc_id(doc_id: &str) -> Document {
@@ -30,42 +84,38 @@ fn identity(msg: &ImageMessage) -> Document {
     }
 }
 
-fn stamped(set: Document) -> Document {
-    doc! { "$set": set, "$currentDate": { field::UPDATED_AT: true } }
+/// `$set` plus the server's clock in `clock_field`.
+fn stamped(set: Document, clock_field: &str) -> Document {
+    doc! { "$set": set, "$currentDate": { clock_field: true } }
 }
 
 /// Store (or restore after a redelivery) a record's metadata, as the db-consumer does.
-pub fn store_metadata(msg: &ImageMessage, stored_at: bson::DateTime) -> (Document, Document) {
+pub fn store_metadata(msg: &ImageMessage, stored_at: bson::DateTime) -> Write {
     let mut set = identity(msg);
     if let Some(ms) = msg.sent_at_ms {
         set.insert(field::SENT_AT, bson::DateTime::from_millis(ms));
     }
     set.insert(field::STORED_AT, stored_at);
-    (by_doc_id(&msg.doc_id()), stamped(set))
+    Write::new(&msg.doc_id(), set)
 }
 
 /// Record the model's label for a record, as the infer-consumer does.
-pub fn store_inference(
-    msg: &ImageMessage,
-    inferred: &str,
-    model_id: &str,
-    inferred_at: bson::DateTime,
-) -> (Document, Document) {
+pub fn store_inference(msg: &ImageMessage, inferred: &str, model_id: &str, inferred_at: bson::DateTime) -> Write {
     let mut set = identity(msg);
     set.insert(field::INFERRED, inferred);
     set.insert(field::MODEL_ID, model_id);
     set.insert(field::INFERRED_AT, inferred_at);
-    (by_doc_id(&msg.doc_id()), stamped(set))
+    Write::new(&msg.doc_id(), set)
 }
 
 /// Change (or set) the inferred label of an existing record, e.g. after a re-inference.
-pub fn set_inferred(doc_id: &str, inferred: &str) -> (Document, Document) {
-    (by_doc_id(doc_id), stamped(doc! { field::INFERRED: inferred }))
+pub fn set_inferred(doc_id: &str, inferred: &str) -> Write {
+    Write::new(doc_id, doc! { field::INFERRED: inferred })
 }
 
-/// Delete a record: a tombstone that pollers see, instead of a hard delete they cannot.
-pub fn mark_deleted(doc_id: &str) -> (Document, Document) {
-    (by_doc_id(doc_id), stamped(doc! { field::DELETED: true }))
+/// Delete a record: a tombstone, which keeps the record readable for audits.
+pub fn mark_deleted(doc_id: &str) -> Write {
+    Write::new(doc_id, doc! { field::DELETED: true })
 }
 
 #[cfg(test)]
@@ -82,28 +132,43 @@ mod tests {
         }
     }
 
+    fn set_of(write: &Write) -> &Document {
+        write.record.update.get_document("$set").unwrap()
+    }
+
     #[test]
     fn both_consumers_write_the_same_identity_and_stamp_updated_at() {
         let now = bson::DateTime::from_millis(1);
-        let (f1, u1) = store_metadata(&message(), now);
-        let (f2, u2) = store_inference(&message(), "cat", "m", now);
-        assert_eq!(f1, f2);
-        assert_eq!(f1, doc! { "_id": "cam-1/3" });
+        let meta = store_metadata(&message(), now);
+        let inference = store_inference(&message(), "cat", "m", now);
+        assert_eq!(meta.record.filter, inference.record.filter);
+        assert_eq!(meta.record.filter, doc! { "_id": "cam-1/3" });
         for (key, value) in identity(&message()) {
-            assert_eq!(u1.get_document("$set").unwrap().get(&key), Some(&value));
-            assert_eq!(u2.get_document("$set").unwrap().get(&key), Some(&value));
+            assert_eq!(set_of(&meta).get(&key), Some(&value));
+            assert_eq!(set_of(&inference).get(&key), Some(&value));
         }
-        for update in [u1, u2] {
-            assert_eq!(update.get_document("$currentDate").unwrap(), &doc! { "UpdatedAt": true });
+        for write in [meta, inference] {
+            assert_eq!(write.record.update.get_document("$currentDate").unwrap(), &doc! { "UpdatedAt": true });
         }
     }
 
     #[test]
     fn only_the_infer_consumer_writes_inferred() {
         let now = bson::DateTime::from_millis(1);
-        let (_, meta) = store_metadata(&message(), now);
-        assert!(!meta.get_document("$set").unwrap().contains_key(field::INFERRED));
-        let (_, inference) = store_inference(&message(), "cat", "m", now);
-        assert_eq!(inference.get_document("$set").unwrap().get_str(field::INFERRED), Ok("cat"));
+        assert!(!set_of(&store_metadata(&message(), now)).contains_key(field::INFERRED));
+        assert_eq!(set_of(&store_inference(&message(), "cat", "m", now)).get_str(field::INFERRED), Ok("cat"));
+    }
+
+    #[test]
+    fn every_write_logs_a_fresh_server_stamped_change_naming_its_record() {
+        let writes = [set_inferred("cam-1/3", "cat"), mark_deleted("cam-1/3"), set_inferred("cam-1/3", "cat")];
+        for write in &writes {
+            assert_eq!(write.doc_id(), "cam-1/3");
+            assert!(write.change.filter.get_object_id(field::DOC_ID).is_ok());
+            assert_eq!(write.change.update.get_document("$set").unwrap(), &doc! { "Record": "cam-1/3" });
+            assert_eq!(write.change.update.get_document("$currentDate").unwrap(), &doc! { "ChangedAt": true });
+        }
+        assert_ne!(writes[0].change.filter, writes[2].change.filter, "each write has its own entry");
+        assert_eq!(change_log("inferences"), "inferences_changes");
     }
 }

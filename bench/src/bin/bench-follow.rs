@@ -8,7 +8,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use bson::Document;
 use clap::Parser;
 use iot_bench::expected::read_error_counts;
 use iot_bench::{generate, Spec, LABELS};
@@ -29,6 +28,10 @@ struct Args {
     burst_size: usize,
     #[arg(long, default_value_t = 200)]
     poll_interval_ms: u64,
+    /// Workers of the follower. One by default: FerretDB serves one cursor over the collection
+    /// far faster than several `_id` ranges, each of which it answers with a full scan.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
     #[arg(long, default_value = "target/release/dataflow")]
     dataflow: PathBuf,
     #[arg(long, default_value = ".cache/bench")]
@@ -57,10 +60,10 @@ fn main() -> Result<()> {
 fn run_base(args: &Args, base: u64) -> Result<()> {
     let db = format!("iot_follow_bench_{base}");
     let client = mongodb::sync::Client::with_uri_str(&args.mongo_uri)?;
-    let collection = client.database(&db).collection::<Document>("inferences");
+    let database = client.database(&db);
     let spec = Spec { records: base, producers: 100, pending_rate: 0.0, seed: 5, ..Spec::default() };
     // Always a fresh base: a previous run has flipped records this one is about to flip.
-    collection.drop().run()?;
+    database.drop().run()?;
     iot_bench::mongo::load(&args.mongo_uri, &db, "inferences", &spec, |_| {})?;
     // Records whose label is right; flipping one adds exactly one error to its producer.
     let mut correct = Vec::new();
@@ -75,7 +78,8 @@ fn run_base(args: &Args, base: u64) -> Result<()> {
     let output = args.dir.join(format!("follow-{base}.csv"));
     let _ = std::fs::remove_file(&output);
     let child = Command::new(&args.dataflow)
-        .args(["count", "--follow", "-w", "2", "--status-every", "0", "--mongo-uri", &args.mongo_uri, "--db", &db])
+        .args(["count", "--follow", "-w", &args.workers.to_string(), "--status-every", "0"])
+        .args(["--mongo-uri", &args.mongo_uri, "--db", &db])
         .args(["--poll-interval-ms", &args.poll_interval_ms.to_string(), "--mongo-timeout", "120"])
         .arg("--output")
         .arg(&output)
@@ -83,7 +87,9 @@ fn run_base(args: &Args, base: u64) -> Result<()> {
         .stderr(Stdio::null())
         .spawn()?;
     let follower = Follower(child);
+    let load_started = Instant::now();
     let mut counts = wait_until(&output, Duration::from_secs(3600), |_| true)?;
+    let loaded_in = load_started.elapsed();
     let pid = follower.0.id();
     let mut flips = correct.into_iter();
     let mut flip = |counts: &mut BTreeMap<String, u64>| -> Result<()> {
@@ -91,8 +97,7 @@ fn run_base(args: &Args, base: u64) -> Result<()> {
         let wrong = LABELS.iter().find(|l| **l != truth).copied().unwrap_or("other");
         let id = doc_id.rsplit_once('/').and_then(|(_, id)| id.parse().ok()).unwrap_or(0);
         let msg = ImageMessage { id, producer_id: producer.clone(), ground_truth: truth.into(), data: String::new(), sent_at_ms: None };
-        let (filter, update) = write::store_inference(&msg, wrong, "bench", bson::DateTime::now());
-        collection.update_one(filter, update).upsert(true).run()?;
+        iot_bench::mongo::apply(&database, "inferences", &write::store_inference(&msg, wrong, "bench", bson::DateTime::now()))?;
         *counts.entry(producer).or_default() += 1;
         Ok(())
     };
@@ -121,6 +126,11 @@ fn run_base(args: &Args, base: u64) -> Result<()> {
         delays.push(started.elapsed());
     }
     report(base, &format!("bursts of {}", args.burst_size), &mut delays, cpu_time(pid)? - cpu_before, args.bursts * args.burst_size);
+    eprintln!(
+        "base {base}: initial load {:.1} s; follower peak RSS {} MiB",
+        loaded_in.as_secs_f64(),
+        peak_rss_kib(pid).unwrap_or(0) / 1024
+    );
     Ok(())
 }
 
@@ -158,4 +168,10 @@ fn cpu_time(pid: u32) -> Result<Duration> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
     Ok(Duration::from_millis(ticks * 1000 / hz))
+}
+
+/// Peak resident memory of a process so far (`VmHWM`).
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| line.strip_prefix("VmHWM:"))?.trim().trim_end_matches(" kB").parse().ok()
 }

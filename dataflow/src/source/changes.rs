@@ -1,34 +1,46 @@
-//! Finding changed records by polling `UpdatedAt`, which works on MongoDB and FerretDB alike.
+//! Finding changed records through the change log, which works on MongoDB and FerretDB alike.
 //!
-//! Every write stamps `UpdatedAt` with the server's clock (the write contract,
-//! `iot_schema::write`). A poll asks for documents with `UpdatedAt >= watermark - settle`: the
-//! overlap catches writes whose timestamp was taken before the previous poll but that became
-//! visible after it, and writes that share a millisecond. Documents seen again unchanged are
-//! recognised by a fingerprint and not passed on twice.
+//! Every write appends an entry naming its record to the collection's change log, stamped
+//! `ChangedAt` by the server's clock (the write contract, `iot_schema::write`). A poll reads the
+//! entries with `ChangedAt >= watermark - settle` and fetches the records they name by `_id`,
+//! so its cost follows the number of changes, not the size of the collection. The overlap catches
+//! entries stamped before the previous poll but visible only after it, and entries that share a
+//! millisecond; entries seen before are recognised by their `_id` and not acted on twice.
+//!
+//! The log is pruned here: entries older than `retention` (and already read) are deleted.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use bson::{doc, RawBsonRef, RawDocumentBuf};
-use iot_schema::field;
-use mongodb::sync::Collection;
+use bson::{doc, Bson, RawBsonRef, RawDocumentBuf};
+use iot_schema::{field, write};
+use mongodb::sync::{Client, Collection};
 
-use super::mongo::{counted_fields, document_id, read_document, MongoSource, Reading};
+use super::mongo::{counted_fields, describe_id, read_document, MongoSource, Reading};
 use crate::record::Observation;
 
 /// A record's new state: its observation, or `None` once deleted (or no longer countable).
 pub type Upsert = (String, Option<Observation>);
 
+/// Records fetched at once after a poll; a burst's lookups overlap instead of queueing.
+const FETCH_THREADS: usize = 8;
+/// How often old log entries are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
+
 pub struct ChangePoller {
-    collection: Collection<RawDocumentBuf>,
+    client: Client,
+    records: Collection<RawDocumentBuf>,
+    log: Collection<RawDocumentBuf>,
     batch_size: u32,
     settle_ms: i64,
-    /// The newest `UpdatedAt` seen so far.
+    retention: Duration,
+    /// The newest `ChangedAt` seen so far.
     watermark_ms: i64,
-    /// Fingerprints of what was passed on inside the overlap window, by `_id`.
-    recent: HashMap<String, (i64, u64)>,
+    /// Log entries already acted on inside the overlap window: entry `_id` → `ChangedAt`.
+    seen: HashMap<String, i64>,
+    last_poll: Instant,
+    last_prune: Option<Instant>,
 }
 
 /// What one poll found.
@@ -37,86 +49,165 @@ pub struct Changes {
     pub upserts: Vec<Upsert>,
     /// `(_id, reason)` of changed documents that cannot be counted (they count as removed).
     pub malformed: Vec<(String, String)>,
-    /// The newest `UpdatedAt` among them, in ms since the epoch.
-    pub newest_ms: Option<i64>,
+    /// Log entries read (a record written twice has two).
+    pub entries: usize,
 }
 
 impl ChangePoller {
     /// Starts from the server's current time minus `settle`, so that polling covers every write
-    /// that lands while the initial load is still reading.
-    pub fn start(source: &MongoSource, settle: Duration) -> Result<Self> {
-        let collection = source.connect()?;
-        let now = server_time(source)?;
+    /// that lands while the initial load is still reading. Entries older than `retention` are
+    /// pruned at once: the initial load reads their records' current state anyway.
+    pub fn start(source: &MongoSource, settle: Duration, retention: Duration) -> Result<Self> {
+        let client = source.client()?;
+        let db = client.database(&source.db);
+        let log = db.collection(&write::change_log(&source.collection));
+        let now = server_time(&client, &source.uri)?;
         let settle_ms = settle.as_millis() as i64;
-        Ok(ChangePoller {
-            collection,
+        let mut poller = ChangePoller {
+            records: db.collection(&source.collection),
+            log,
+            client,
             batch_size: source.batch_size,
             settle_ms,
+            retention: retention.max(settle * 2),
             watermark_ms: now.timestamp_millis() - settle_ms,
-            recent: HashMap::new(),
-        })
+            seen: HashMap::new(),
+            last_poll: Instant::now(),
+            last_prune: None,
+        };
+        poller.prune_now(&source.uri);
+        Ok(poller)
+    }
+
+    /// True when polls were so far apart that another follower may have pruned entries this one
+    /// never read: the state can no longer be trusted to be complete.
+    pub fn fell_behind(&self) -> bool {
+        self.last_poll.elapsed() + Duration::from_millis(self.settle_ms as u64) > self.retention
     }
 
     pub fn poll(&mut self) -> Result<Changes> {
         let since = bson::DateTime::from_millis(self.watermark_ms - self.settle_ms);
-        let mut projection = counted_fields();
-        projection.insert(field::UPDATED_AT, 1);
+        let started = Instant::now();
         let cursor = self
-            .collection
-            .find(doc! { field::UPDATED_AT: { "$gte": since } })
-            .projection(projection)
+            .log
+            .find(doc! { field::CHANGED_AT: { "$gte": since } })
+            .projection(doc! { field::CHANGED_RECORD: 1, field::CHANGED_AT: 1 })
             .batch_size(self.batch_size)
             .run()
-            .context("polling for changes failed")?;
+            .context("reading the change log failed")?;
+        let mut changed: HashMap<String, Bson> = HashMap::new();
         let mut changes = Changes::default();
-        for document in cursor {
-            let document = document.context("polling for changes failed")?;
-            let Some(RawBsonRef::DateTime(updated_at)) = document.get(field::UPDATED_AT).ok().flatten() else {
+        let mut newest_ms = None;
+        // Marked seen only once their records are fetched: a failed poll is simply redone.
+        let mut new_entries = Vec::new();
+        for entry in cursor {
+            let entry = entry.context("reading the change log failed")?;
+            let get = |name| entry.get(name).ok().flatten();
+            let (Some(RawBsonRef::DateTime(at)), Some(record)) = (get(field::CHANGED_AT), get(field::CHANGED_RECORD)) else {
+                tracing::warn!(entry = %describe_id(get(field::DOC_ID)), "change-log entry without Record or ChangedAt ignored");
                 continue;
             };
-            let updated_ms = updated_at.timestamp_millis();
-            let id = document_id(&document);
-            let observation = match read_document(&document) {
-                Reading::Counted { producer_id, ground_truth, inferred } => {
-                    Some(Observation::new(producer_id, ground_truth, inferred))
-                }
-                Reading::Deleted => None,
-                Reading::Malformed(reason) => {
-                    changes.malformed.push((id.clone(), reason));
-                    None
-                }
-            };
-            let fingerprint = fingerprint(&observation);
-            if self.recent.get(&id) == Some(&(updated_ms, fingerprint)) {
-                continue; // seen in the overlap of an earlier poll
+            let entry_id = describe_id(get(field::DOC_ID));
+            if self.seen.contains_key(&entry_id) {
+                continue; // acted on in the overlap of an earlier poll
             }
-            self.recent.insert(id.clone(), (updated_ms, fingerprint));
-            changes.newest_ms = changes.newest_ms.max(Some(updated_ms));
-            changes.upserts.push((id, observation));
+            let at_ms = at.timestamp_millis();
+            new_entries.push((entry_id, at_ms));
+            newest_ms = newest_ms.max(Some(at_ms));
+            if let Ok(value) = Bson::try_from(record.to_raw_bson()) {
+                changed.insert(describe_id(Some(record)), value);
+            }
         }
-        if let Some(newest) = changes.newest_ms {
+        changes.upserts = self.fetch(changed, &mut changes.malformed)?;
+        changes.entries = new_entries.len();
+        self.seen.extend(new_entries);
+        if let Some(newest) = newest_ms {
             self.watermark_ms = self.watermark_ms.max(newest);
         }
         let oldest_needed = self.watermark_ms - self.settle_ms;
-        self.recent.retain(|_, (updated_ms, _)| *updated_ms >= oldest_needed);
+        self.seen.retain(|_, at_ms| *at_ms >= oldest_needed);
+        self.last_poll = started;
         Ok(changes)
+    }
+
+    /// The current state of each changed record, looked up by `_id` on a few connections at once.
+    fn fetch(&self, changed: HashMap<String, Bson>, malformed: &mut Vec<(String, String)>) -> Result<Vec<Upsert>> {
+        let changed: Vec<(String, Bson)> = changed.into_iter().collect();
+        if changed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let chunk = changed.len().div_ceil(FETCH_THREADS);
+        let fetched: Vec<Result<Vec<(Upsert, Option<String>)>>> = std::thread::scope(|scope| {
+            let lookups: Vec<_> = changed
+                .chunks(chunk)
+                .map(|ids| scope.spawn(move || ids.iter().map(|(id, value)| self.fetch_one(id, value)).collect()))
+                .collect();
+            lookups.into_iter().map(|lookup| lookup.join().expect("a record lookup panicked")).collect()
+        });
+        let mut upserts = Vec::with_capacity(changed.len());
+        for result in fetched {
+            for (upsert, problem) in result? {
+                if let Some(reason) = problem {
+                    malformed.push((upsert.0.clone(), reason));
+                }
+                upserts.push(upsert);
+            }
+        }
+        Ok(upserts)
+    }
+
+    /// One record's state; a record that is gone (a hard delete) or a tombstone is `None`.
+    fn fetch_one(&self, id: &str, value: &Bson) -> Result<(Upsert, Option<String>)> {
+        let document = self
+            .records
+            .find_one(doc! { field::DOC_ID: value.clone() })
+            .projection(counted_fields())
+            .run()
+            .with_context(|| format!("fetching changed record {id} failed"))?;
+        let (observation, problem) = match document.as_ref().map(read_document) {
+            Some(Reading::Counted { producer_id, ground_truth, inferred }) => {
+                (Some(Observation::new(producer_id, ground_truth, inferred)), None)
+            }
+            Some(Reading::Malformed(reason)) => (None, Some(reason)),
+            Some(Reading::Deleted) | None => (None, None),
+        };
+        Ok(((id.to_owned(), observation), problem))
+    }
+
+    /// Deletes old log entries now and then. Failing to is not fatal: the log only grows.
+    pub fn prune(&mut self, uri: &str) {
+        if self.last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+            self.prune_now(uri);
+        }
+    }
+
+    fn prune_now(&mut self, uri: &str) {
+        self.last_prune = Some(Instant::now());
+        let pruned = server_time(&self.client, uri).and_then(|now| {
+            // Never entries this follower has yet to read, whatever the retention.
+            let cutoff = (now.timestamp_millis() - self.retention.as_millis() as i64).min(self.watermark_ms - self.settle_ms);
+            let deleted = self
+                .log
+                .delete_many(doc! { field::CHANGED_AT: { "$lt": bson::DateTime::from_millis(cutoff) } })
+                .run()
+                .context("pruning the change log failed")?;
+            Ok(deleted.deleted_count)
+        });
+        match pruned {
+            Ok(0) => {}
+            Ok(deleted) => tracing::debug!(deleted, "pruned the change log"),
+            Err(err) => tracing::warn!("{err:#}"),
+        }
     }
 }
 
-fn fingerprint(observation: &Option<Observation>) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    observation.hash(&mut hasher);
-    hasher.finish()
-}
-
 /// The server's clock (`hello.localTime`), which `$currentDate` also uses.
-pub fn server_time(source: &MongoSource) -> Result<bson::DateTime> {
-    let client = mongodb::sync::Client::with_uri_str(&source.uri)?;
+fn server_time(client: &Client, uri: &str) -> Result<bson::DateTime> {
     let hello = client
         .database("admin")
         .run_command(doc! { "hello": 1 })
         .run()
-        .with_context(|| format!("cannot reach MongoDB at {}", source.uri))?;
+        .with_context(|| format!("cannot reach MongoDB at {uri}"))?;
     Ok(hello.get_datetime("localTime").copied().unwrap_or_else(|_| {
         tracing::warn!("the server does not report localTime; using this machine's clock");
         bson::DateTime::now()

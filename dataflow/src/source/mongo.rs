@@ -97,14 +97,17 @@ fn ranges_from_sample(mut sample: Vec<String>, shares: usize) -> Vec<KeyRange> {
 
 impl MongoSource {
     pub fn connect(&self) -> Result<Collection<RawDocumentBuf>> {
+        Ok(self.client()?.database(&self.db).collection(&self.collection))
+    }
+
+    pub fn client(&self) -> Result<Client> {
         let mut options = ClientOptions::parse(&self.uri)
             .run()
             .with_context(|| format!("{:?} is not a valid MongoDB connection string", self.uri))?;
         options.server_selection_timeout = Some(self.timeout);
         options.connect_timeout = Some(self.timeout);
         options.app_name = Some("iot-dataflow".into());
-        let client = Client::with_options(options)?;
-        Ok(client.database(&self.db).collection(&self.collection))
+        Ok(Client::with_options(options)?)
     }
 
     fn unreachable(&self) -> String {
@@ -285,7 +288,7 @@ fn count_document(document: &RawDocumentBuf, counts: &mut Consolidator, stats: &
     }
 }
 
-fn describe_id(id: Option<RawBsonRef<'_>>) -> String {
+pub(crate) fn describe_id(id: Option<RawBsonRef<'_>>) -> String {
     match id {
         Some(RawBsonRef::String(id)) => id.to_owned(),
         Some(other) => Bson::try_from(other.to_raw_bson())

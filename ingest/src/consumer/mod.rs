@@ -344,7 +344,7 @@ async fn dead_letter<H>(
 /// acknowledged them or a shutdown comes.
 pub async fn write_durably(
     store: &crate::store::Store,
-    writes: &[(bson::Document, bson::Document)],
+    writes: &[iot_schema::write::Write],
     metrics: &Metrics,
     backoff: Backoff,
     shutdown: &Shutdown,
