@@ -12,7 +12,8 @@ pub fn read_error_counts(path: &Path) -> Result<BTreeMap<String, u64>> {
     let mut reader = csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
     let header: Vec<String> = reader.headers()?.iter().map(str::to_owned).collect();
     ensure!(
-        header.first().map(String::as_str) == Some("ProducerID") && header.get(1).map(String::as_str) == Some("total_errors"),
+        header.first().map(String::as_str) == Some("ProducerID")
+            && header.get(1).map(String::as_str) == Some("total_errors"),
         "unexpected header {header:?}"
     );
     let mut rows = BTreeMap::new();

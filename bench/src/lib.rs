@@ -97,19 +97,9 @@ pub fn generate(spec: &Spec, mut each: impl FnMut(&Record)) -> Answer {
             truth[p].judged += 1;
             Some(ground_truth)
         };
-        each(&Record {
-            doc_id: iot_schema::doc_id(&names[p], id),
-            id,
-            producer_id: &names[p],
-            ground_truth,
-            inferred,
-        });
+        each(&Record { doc_id: iot_schema::doc_id(&names[p], id), id, producer_id: &names[p], ground_truth, inferred });
     }
-    names
-        .into_iter()
-        .zip(truth)
-        .filter(|(_, t)| t.judged + t.pending > 0)
-        .collect()
+    names.into_iter().zip(truth).filter(|(_, t)| t.judged + t.pending > 0).collect()
 }
 
 /// Writes the records as JSON Lines, or as one JSON array (the original pipeline's export).

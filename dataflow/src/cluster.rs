@@ -106,7 +106,8 @@ impl ClusterArgs {
     {
         let config = self.timely_config()?;
         let watchdog = self.connect_watchdog();
-        let guards = timely::execute(config, work).map_err(|err| anyhow::anyhow!("cannot start the timely cluster: {err}"))?;
+        let guards =
+            timely::execute(config, work).map_err(|err| anyhow::anyhow!("cannot start the timely cluster: {err}"))?;
         watchdog.connected();
         guards
             .join()
@@ -132,8 +133,7 @@ impl ConnectWatchdog {
 
 /// Reads `host:port` lines; blank lines and `#` comments are ignored.
 pub fn read_hostfile(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read host file {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read host file {}", path.display()))?;
     let mut addresses = Vec::new();
     for (number, line) in text.lines().enumerate() {
         let line = line.trim();

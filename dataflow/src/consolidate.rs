@@ -29,11 +29,8 @@ impl Consolidator {
     }
 
     pub fn add(&mut self, producer_id: &str, ground_truth: &str, inferred: Option<&str>, diff: isize) {
-        let key = (
-            self.intern(producer_id),
-            self.intern(ground_truth),
-            inferred.map_or(NONE, |label| self.intern(label)),
-        );
+        let key =
+            (self.intern(producer_id), self.intern(ground_truth), inferred.map_or(NONE, |label| self.intern(label)));
         *self.counts.entry(key).or_default() += diff;
     }
 
@@ -75,10 +72,7 @@ mod tests {
         out.sort();
         assert_eq!(
             out,
-            vec![
-                (Observation::new("p", "cat", None), 1),
-                (Observation::new("p", "cat", Some("dog")), 1000),
-            ]
+            vec![(Observation::new("p", "cat", None), 1), (Observation::new("p", "cat", Some("dog")), 1000),]
         );
         assert!(c.is_empty());
     }

@@ -37,9 +37,7 @@ mod tests {
     use super::*;
 
     /// Runs `error_counts` over several rounds of updates and returns the tallies after each.
-    fn tallies_after_each_round(
-        rounds: Vec<Vec<(Observation, isize)>>,
-    ) -> Vec<BTreeMap<String, Tally>> {
+    fn tallies_after_each_round(rounds: Vec<Vec<(Observation, isize)>>) -> Vec<BTreeMap<String, Tally>> {
         timely::execute_directly(move |worker| {
             let output = Rc::new(RefCell::new(BTreeMap::<(String, Tally), isize>::new()));
             let sink = output.clone();
@@ -114,11 +112,7 @@ mod tests {
         let rounds = vec![
             vec![(obs("a", "cat", None), 1), (obs("a", "dog", Some("dog")), 1)],
             // The pending record gets a wrong label; the correct one is deleted.
-            vec![
-                (obs("a", "cat", None), -1),
-                (obs("a", "cat", Some("dog")), 1),
-                (obs("a", "dog", Some("dog")), -1),
-            ],
+            vec![(obs("a", "cat", None), -1), (obs("a", "cat", Some("dog")), 1), (obs("a", "dog", Some("dog")), -1)],
             // The last record goes too: the producer disappears.
             vec![(obs("a", "cat", Some("dog")), -1)],
         ];

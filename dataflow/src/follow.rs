@@ -164,7 +164,8 @@ fn follow_changes(
     while !options.stop.load(Ordering::SeqCst) {
         let deadline = Instant::now() + options.poll_interval;
         while Instant::now() < deadline && !options.stop.load(Ordering::SeqCst) {
-            worker.step_or_park(Some(deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(50))));
+            worker
+                .step_or_park(Some(deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(50))));
         }
         if poller.fell_behind() {
             bail!(

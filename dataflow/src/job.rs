@@ -7,9 +7,9 @@ use std::rc::Rc;
 
 use anyhow::Result;
 use differential_dataflow::input::Input;
-use timely::dataflow::operators::{Exchange, Inspect, Probe};
-use timely::container::CapacityContainerBuilder;
 use differential_dataflow::VecCollection;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::{Exchange, Inspect, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle, Stream};
 use timely::worker::Worker;
 
@@ -123,10 +123,7 @@ fn count_on_worker(worker: &mut Worker, job: &CountJob, progress: &Progress) -> 
 
 /// The table as of the last completed time: the rows whose updates add up to one.
 pub fn current_table(rows: &Rows) -> BTreeMap<String, Tally> {
-    rows.iter()
-        .filter(|(_, diff)| **diff > 0)
-        .map(|((producer, tally), _)| (producer.clone(), *tally))
-        .collect()
+    rows.iter().filter(|(_, diff)| **diff > 0).map(|((producer, tally), _)| (producer.clone(), *tally)).collect()
 }
 
 /// Worker 0 plans the `_id` ranges; a tiny dataflow hands each worker its own.

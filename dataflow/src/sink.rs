@@ -16,14 +16,12 @@ pub fn write_csv(path: &Path, table: &BTreeMap<String, Tally>, detail: bool) -> 
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create the output folder {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the output folder {}", dir.display()))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("cannot write in the output folder {}", dir.display()))?;
     write_rows(tmp.as_file_mut(), table, detail)?;
     tmp.as_file().sync_all()?;
-    tmp.persist(path)
-        .with_context(|| format!("cannot replace {}", path.display()))?;
+    tmp.persist(path).with_context(|| format!("cannot replace {}", path.display()))?;
     Ok(())
 }
 

@@ -19,11 +19,7 @@ pub fn dataflow() -> Command {
 pub fn count(dir: &Path, name: &str, args: &[&str]) -> (BTreeMap<String, u64>, Output) {
     let output = dir.join(name);
     let result = dataflow().arg("count").args(args).arg("--output").arg(&output).output().unwrap();
-    assert!(
-        result.status.success(),
-        "dataflow {args:?} failed:\n{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
+    assert!(result.status.success(), "dataflow {args:?} failed:\n{}", String::from_utf8_lossy(&result.stderr));
     (read_error_counts(&output).unwrap(), result)
 }
 

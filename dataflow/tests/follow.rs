@@ -115,7 +115,10 @@ fn write_changes(db: &Database, model: &Model, writers: usize) -> Model {
                                 } else {
                                     truth.clone()
                                 };
-                                apply(db, write::store_inference(&message(id, &producer, &truth), &flipped, "test", now));
+                                apply(
+                                    db,
+                                    write::store_inference(&message(id, &producer, &truth), &flipped, "test", now),
+                                );
                                 mine.insert(id.clone(), (producer, truth, Some(flipped), false));
                             }
                             3 => {
@@ -220,8 +223,14 @@ fn sigterm_stops_cleanly_with_the_csv_in_place() {
     let log = db.client.database(&db.name).collection::<Document>(&write::change_log("inferences"));
     let hour_ago = bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() - 3_600_000);
     let some_id = model.keys().next().unwrap().clone();
-    log.insert_one(bson::doc! { "_id": "old", field::CHANGED_RECORD: &some_id, field::CHANGED_AT: hour_ago }).run().unwrap();
-    log.insert_one(bson::doc! { "_id": "recent", field::CHANGED_RECORD: &some_id, field::CHANGED_AT: bson::DateTime::now() }).run().unwrap();
+    log.insert_one(bson::doc! { "_id": "old", field::CHANGED_RECORD: &some_id, field::CHANGED_AT: hour_ago })
+        .run()
+        .unwrap();
+    log.insert_one(
+        bson::doc! { "_id": "recent", field::CHANGED_RECORD: &some_id, field::CHANGED_AT: bson::DateTime::now() },
+    )
+    .run()
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("follow.csv");
     let uri = mongo_uri();
@@ -289,23 +298,41 @@ fn late_and_same_millisecond_changes_are_not_missed() {
     wait_for_csv(&output, &errors_of(&model), Duration::from_secs(60));
 
     // Records the model got right, so that making them wrong moves a count.
-    let mut ids: Vec<String> =
-        model.iter().filter(|(_, (_, truth, inferred, _))| inferred.as_ref() == Some(truth)).map(|(id, _)| id.clone()).collect();
+    let mut ids: Vec<String> = model
+        .iter()
+        .filter(|(_, (_, truth, inferred, _))| inferred.as_ref() == Some(truth))
+        .map(|(id, _)| id.clone())
+        .collect();
     ids.sort();
     let seen = flip(&database, &model, &ids[0]);
     model.insert(ids[0].clone(), seen);
     wait_for_csv(&output, &errors_of(&model), Duration::from_secs(30));
     let log = database.collection::<Document>(&write::change_log("inferences"));
-    let seen_at = *log.find_one(bson::doc! { field::CHANGED_RECORD: &ids[0] }).run().unwrap().unwrap().get_datetime(field::CHANGED_AT).unwrap();
+    let seen_at = *log
+        .find_one(bson::doc! { field::CHANGED_RECORD: &ids[0] })
+        .run()
+        .unwrap()
+        .unwrap()
+        .get_datetime(field::CHANGED_AT)
+        .unwrap();
     // Give the follower time for a few more polls past that entry.
     std::thread::sleep(Duration::from_millis(500));
 
     for (id, at) in [(&ids[1], seen_at.timestamp_millis() - 1_000), (&ids[2], seen_at.timestamp_millis())] {
-        let write = write::store_inference(&message(id, &model[id].0, &model[id].1), "not-a-label", "test", bson::DateTime::now());
+        let write = write::store_inference(
+            &message(id, &model[id].0, &model[id].1),
+            "not-a-label",
+            "test",
+            bson::DateTime::now(),
+        );
         let Upsert { filter, update } = write.record;
         database.collection::<Document>("inferences").update_one(filter, update).upsert(true).run().unwrap();
         let at = bson::DateTime::from_millis(at);
-        log.insert_one(bson::doc! { "_id": bson::oid::ObjectId::new(), field::CHANGED_RECORD: id, field::CHANGED_AT: at }).run().unwrap();
+        log.insert_one(
+            bson::doc! { "_id": bson::oid::ObjectId::new(), field::CHANGED_RECORD: id, field::CHANGED_AT: at },
+        )
+        .run()
+        .unwrap();
         let (producer, truth, _, _) = model[id].clone();
         model.insert(id.clone(), (producer, truth, Some("not-a-label".into()), false));
     }

@@ -93,21 +93,11 @@ impl Batcher {
             input: Vec::new(),
         };
         let flag = AliveFlag(Arc::clone(&alive));
-        let handle = std::thread::Builder::new()
-            .name("inference".into())
-            .spawn(move || {
-                let _flag = flag;
-                worker.run();
-            })?;
-        Ok((
-            Batcher {
-                jobs,
-                in_preparation,
-                alive,
-                image_len,
-            },
-            handle,
-        ))
+        let handle = std::thread::Builder::new().name("inference".into()).spawn(move || {
+            let _flag = flag;
+            worker.run();
+        })?;
+        Ok((Batcher { jobs, in_preparation, alive, image_len }, handle))
     }
 
     pub fn is_alive(&self) -> bool {
@@ -117,16 +107,11 @@ impl Batcher {
     /// Call before decoding an image; drop the guard once the image is submitted (or refused).
     pub fn preparing(&self) -> PreparationGuard {
         self.in_preparation.fetch_add(1, Ordering::AcqRel);
-        PreparationGuard {
-            counter: Arc::clone(&self.in_preparation),
-        }
+        PreparationGuard { counter: Arc::clone(&self.in_preparation) }
     }
 
     /// Queues one preprocessed image; the returned receiver yields its prediction.
-    pub fn submit(
-        &self,
-        pixels: Vec<f32>,
-    ) -> Result<oneshot::Receiver<Result<Prediction, InferError>>, InferError> {
+    pub fn submit(&self, pixels: Vec<f32>) -> Result<oneshot::Receiver<Result<Prediction, InferError>>, InferError> {
         if pixels.len() != self.image_len {
             return Err(InferError::Failed(format!(
                 "image tensor has {} values, expected {}",
@@ -135,13 +120,7 @@ impl Batcher {
             )));
         }
         let (reply, result) = oneshot::channel();
-        self.jobs
-            .send(Job {
-                pixels,
-                queued_at: Instant::now(),
-                reply,
-            })
-            .map_err(|_| InferError::Stopped)?;
+        self.jobs.send(Job { pixels, queued_at: Instant::now(), reply }).map_err(|_| InferError::Stopped)?;
         Ok(result)
     }
 }
@@ -206,8 +185,7 @@ impl Worker {
         let started = Instant::now();
         self.input.clear();
         for job in batch.iter() {
-            self.metrics
-                .observe_queue_wait(started.duration_since(job.queued_at));
+            self.metrics.observe_queue_wait(started.duration_since(job.queued_at));
             self.input.extend_from_slice(&job.pixels);
         }
         let classifier = &mut self.classifier;
@@ -216,21 +194,16 @@ impl Worker {
         let elapsed = started.elapsed();
         let results: Result<Vec<Prediction>, InferError> = match outcome {
             Ok(Ok(predictions)) if predictions.len() == count => Ok(predictions),
-            Ok(Ok(predictions)) => Err(InferError::Failed(format!(
-                "{} predictions for {count} images",
-                predictions.len()
-            ))),
+            Ok(Ok(predictions)) => {
+                Err(InferError::Failed(format!("{} predictions for {count} images", predictions.len())))
+            }
             Ok(Err(e)) => Err(InferError::Failed(format!("{e:#}"))),
             Err(_) => Err(InferError::Failed("ONNX Runtime call panicked".into())),
         };
         match results {
             Ok(predictions) => {
                 self.metrics.observe_batch(count, elapsed);
-                tracing::debug!(
-                    batch = count,
-                    ms = elapsed.as_secs_f64() * 1e3,
-                    "batch done"
-                );
+                tracing::debug!(batch = count, ms = elapsed.as_secs_f64() * 1e3, "batch done");
                 for (job, prediction) in batch.drain(..).zip(predictions) {
                     // The caller may have gone away (client disconnected): nothing to do then.
                     let _ = job.reply.send(Ok(prediction));

@@ -134,16 +134,9 @@ mod tests {
 
     #[test]
     fn flags_parse_with_defaults() {
-        let args = Args::try_parse_from([
-            "infer_service",
-            "--model",
-            "m.onnx",
-            "--classes",
-            "c.txt",
-            "--max-batch",
-            "8",
-        ])
-        .unwrap();
+        let args =
+            Args::try_parse_from(["infer_service", "--model", "m.onnx", "--classes", "c.txt", "--max-batch", "8"])
+                .unwrap();
         let config = args.service_config();
         assert_eq!(config.max_batch, 8);
         assert_eq!(config.max_wait, Duration::from_millis(DEFAULT_MAX_WAIT_MS));
@@ -152,16 +145,9 @@ mod tests {
 
     #[test]
     fn bad_flags_are_refused() {
-        assert!(Args::try_parse_from([
-            "infer_service",
-            "--model",
-            "m.onnx",
-            "--classes",
-            "c",
-            "--max-batch",
-            "0"
-        ])
-        .is_err());
+        assert!(
+            Args::try_parse_from(["infer_service", "--model", "m.onnx", "--classes", "c", "--max-batch", "0"]).is_err()
+        );
         assert!(Args::try_parse_from([
             "infer_service",
             "--model",
@@ -172,15 +158,7 @@ mod tests {
             "0.5"
         ])
         .is_err());
-        assert!(Args::try_parse_from([
-            "infer_service",
-            "--model",
-            "m.onnx",
-            "--classes",
-            "c",
-            "--listen",
-            "nowhere"
-        ])
-        .is_err());
+        assert!(Args::try_parse_from(["infer_service", "--model", "m.onnx", "--classes", "c", "--listen", "nowhere"])
+            .is_err());
     }
 }

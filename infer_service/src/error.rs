@@ -61,10 +61,9 @@ impl ErrorKind {
 
     pub fn status(self) -> StatusCode {
         match self {
-            ErrorKind::MalformedJson
-            | ErrorKind::BadBase64
-            | ErrorKind::NotAnImage
-            | ErrorKind::EmptyImages => StatusCode::BAD_REQUEST,
+            ErrorKind::MalformedJson | ErrorKind::BadBase64 | ErrorKind::NotAnImage | ErrorKind::EmptyImages => {
+                StatusCode::BAD_REQUEST
+            }
             ErrorKind::UnsupportedContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::BodyTooLarge | ErrorKind::ImageTooLarge | ErrorKind::TooManyImages => {
                 StatusCode::PAYLOAD_TOO_LARGE
@@ -85,10 +84,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(kind: ErrorKind, reason: impl Into<String>) -> ApiError {
-        ApiError {
-            kind,
-            reason: reason.into(),
-        }
+        ApiError { kind, reason: reason.into() }
     }
 
     /// Prefixes the reason with where in the request the problem is (e.g. `images[3]`).
@@ -102,9 +98,7 @@ impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> ApiError {
         let kind = match &rejection {
             JsonRejection::MissingJsonContentType(_) => ErrorKind::UnsupportedContentType,
-            JsonRejection::JsonDataError(_) | JsonRejection::JsonSyntaxError(_) => {
-                ErrorKind::MalformedJson
-            }
+            JsonRejection::JsonDataError(_) | JsonRejection::JsonSyntaxError(_) => ErrorKind::MalformedJson,
             _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => ErrorKind::BodyTooLarge,
             _ => ErrorKind::MalformedJson,
         };
@@ -134,11 +128,7 @@ impl From<InferError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (
-            self.kind.status(),
-            Json(ErrorResponse { error: self.reason }),
-        )
-            .into_response();
+        let mut response = (self.kind.status(), Json(ErrorResponse { error: self.reason })).into_response();
         // Read back by the metrics middleware to count errors by kind.
         response.extensions_mut().insert(self.kind);
         response

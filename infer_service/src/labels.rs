@@ -12,24 +12,18 @@ pub struct ClassList {
 
 impl ClassList {
     pub fn load(path: &Path) -> anyhow::Result<ClassList> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read classes file {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read classes file {}", path.display()))?;
         ClassList::parse(&text).with_context(|| format!("bad classes file {}", path.display()))
     }
 
     pub fn parse(text: &str) -> anyhow::Result<ClassList> {
-        let names: Vec<String> = text
-            .lines()
-            .map(|line| line.trim_end_matches('\r').to_string())
-            .collect();
+        let names: Vec<String> = text.lines().map(|line| line.trim_end_matches('\r').to_string()).collect();
         if names.is_empty() {
             bail!("no class names");
         }
         if let Some(blank) = names.iter().position(|n| n.trim().is_empty()) {
-            bail!(
-                "line {} is blank; expected one class name per line",
-                blank + 1
-            );
+            bail!("line {} is blank; expected one class name per line", blank + 1);
         }
         Ok(ClassList { names })
     }
@@ -62,29 +56,20 @@ struct LabelRow {
 
 impl LabelMap {
     pub fn load(path: &Path, classes: &ClassList) -> anyhow::Result<LabelMap> {
-        let file = std::fs::File::open(path)
-            .with_context(|| format!("cannot read label map {}", path.display()))?;
-        LabelMap::from_reader(file, classes)
-            .with_context(|| format!("bad label map {}", path.display()))
+        let file = std::fs::File::open(path).with_context(|| format!("cannot read label map {}", path.display()))?;
+        LabelMap::from_reader(file, classes).with_context(|| format!("bad label map {}", path.display()))
     }
 
     /// Every class must appear exactly once, under the same name as in the classes file (so a
     /// map made for another class list is refused rather than silently mislabelling).
-    pub fn from_reader(
-        reader: impl std::io::Read,
-        classes: &ClassList,
-    ) -> anyhow::Result<LabelMap> {
+    pub fn from_reader(reader: impl std::io::Read, classes: &ClassList) -> anyhow::Result<LabelMap> {
         let mut labels: Vec<Option<String>> = vec![None; classes.len()];
         let mut csv = csv::Reader::from_reader(reader);
         for (row_number, row) in csv.deserialize::<LabelRow>().enumerate() {
             let line = row_number + 2; // header is line 1
             let row = row.with_context(|| format!("line {line}"))?;
             let Some(expected) = classes.name(row.imagenet_index) else {
-                bail!(
-                    "line {line}: index {} is beyond the {} classes",
-                    row.imagenet_index,
-                    classes.len()
-                );
+                bail!("line {line}: index {} is beyond the {} classes", row.imagenet_index, classes.len());
             };
             if row.imagenet_class != expected {
                 bail!(
@@ -102,22 +87,11 @@ impl LabelMap {
             }
             *slot = Some(row.label);
         }
-        let missing: Vec<usize> = labels
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| l.is_none())
-            .map(|(i, _)| i)
-            .collect();
+        let missing: Vec<usize> = labels.iter().enumerate().filter(|(_, l)| l.is_none()).map(|(i, _)| i).collect();
         if !missing.is_empty() {
-            bail!(
-                "{} classes have no label (first: {:?})",
-                missing.len(),
-                &missing[..missing.len().min(5)]
-            );
+            bail!("{} classes have no label (first: {:?})", missing.len(), &missing[..missing.len().min(5)]);
         }
-        Ok(LabelMap {
-            labels: labels.into_iter().flatten().collect(),
-        })
+        Ok(LabelMap { labels: labels.into_iter().flatten().collect() })
     }
 
     pub fn label(&self, index: usize) -> Option<&str> {
@@ -181,10 +155,7 @@ mod tests {
         assert_eq!(labeller.class_name(1), Some("tabby, tabby cat"));
 
         let missing = "imagenet_index,imagenet_class,label\n0,\"tench, Tinca tinca\",other\n";
-        assert!(LabelMap::from_reader(missing.as_bytes(), &classes())
-            .unwrap_err()
-            .to_string()
-            .contains("no label"));
+        assert!(LabelMap::from_reader(missing.as_bytes(), &classes()).unwrap_err().to_string().contains("no label"));
         let renamed = good.replace("\"tabby, tabby cat\"", "tabby");
         assert!(LabelMap::from_reader(renamed.as_bytes(), &classes()).is_err());
         let beyond = format!("{good}3,extra,other\n");

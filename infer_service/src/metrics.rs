@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use crate::error::ErrorKind;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -21,59 +20,41 @@ pub struct Metrics {
     images: IntCounter,
 }
 
-const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
-];
+const LATENCY_BUCKETS: &[f64] = &[0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 impl Metrics {
     pub fn new(model_id: &str) -> prometheus::Result<Metrics> {
         let registry = Registry::new();
         let http_requests = IntCounterVec::new(
-            Opts::new(
-                "infer_http_requests_total",
-                "HTTP requests by route and status code",
-            ),
+            Opts::new("infer_http_requests_total", "HTTP requests by route and status code"),
             &["route", "status"],
         )?;
         let http_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "infer_http_request_duration_seconds",
-                "HTTP request latency by route",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new("infer_http_request_duration_seconds", "HTTP request latency by route")
+                .buckets(LATENCY_BUCKETS.to_vec()),
             &["route"],
         )?;
-        let errors = IntCounterVec::new(
-            Opts::new("infer_errors_total", "Refused or failed requests by kind"),
-            &["kind"],
-        )?;
+        let errors =
+            IntCounterVec::new(Opts::new("infer_errors_total", "Refused or failed requests by kind"), &["kind"])?;
         // Every kind is exposed from the start (at 0), so rates and alerts need no special case.
         for kind in ErrorKind::ALL {
             errors.with_label_values(&[kind.as_str()]);
         }
         let batch_size = Histogram::with_opts(
-            HistogramOpts::new("infer_batch_size", "Images per ONNX Runtime run")
-                .buckets(BATCH_BUCKETS.to_vec()),
+            HistogramOpts::new("infer_batch_size", "Images per ONNX Runtime run").buckets(BATCH_BUCKETS.to_vec()),
         )?;
         let batch_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "infer_batch_duration_seconds",
-                "Duration of one ONNX Runtime run",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new("infer_batch_duration_seconds", "Duration of one ONNX Runtime run")
+                .buckets(LATENCY_BUCKETS.to_vec()),
         )?;
         let queue_wait = Histogram::with_opts(
-            HistogramOpts::new(
-                "infer_queue_wait_seconds",
-                "Time an image waited for its batch to start",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new("infer_queue_wait_seconds", "Time an image waited for its batch to start")
+                .buckets(LATENCY_BUCKETS.to_vec()),
         )?;
         let images = IntCounter::new("infer_images_total", "Images classified")?;
         let model_info = IntGauge::with_opts(
-            Opts::new("infer_model_info", "The loaded model (always 1)")
-                .const_label("model_id", model_id),
+            Opts::new("infer_model_info", "The loaded model (always 1)").const_label("model_id", model_id),
         )?;
         model_info.set(1);
 
@@ -85,25 +66,12 @@ impl Metrics {
         registry.register(Box::new(queue_wait.clone()))?;
         registry.register(Box::new(images.clone()))?;
         registry.register(Box::new(model_info))?;
-        Ok(Metrics {
-            registry,
-            http_requests,
-            http_duration,
-            errors,
-            batch_size,
-            batch_duration,
-            queue_wait,
-            images,
-        })
+        Ok(Metrics { registry, http_requests, http_duration, errors, batch_size, batch_duration, queue_wait, images })
     }
 
     pub fn observe_request(&self, route: &str, status: u16, elapsed: Duration) {
-        self.http_requests
-            .with_label_values(&[route, &status.to_string()])
-            .inc();
-        self.http_duration
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
+        self.http_requests.with_label_values(&[route, &status.to_string()]).inc();
+        self.http_duration.with_label_values(&[route]).observe(elapsed.as_secs_f64());
     }
 
     pub fn count_error(&self, kind: &str) {

@@ -25,8 +25,7 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// Reads the spec from a loaded session (see [`ModelSpec::from_outlets`]).
     pub fn from_session(session: &Session) -> anyhow::Result<ModelSpec> {
-        let describe =
-            |outlet: &ort::value::Outlet| (outlet.name().to_owned(), outlet.dtype().clone());
+        let describe = |outlet: &ort::value::Outlet| (outlet.name().to_owned(), outlet.dtype().clone());
         let inputs: Vec<(String, ValueType)> = session.inputs().iter().map(describe).collect();
         let outputs: Vec<(String, ValueType)> = session.outputs().iter().map(describe).collect();
         ModelSpec::from_outlets(&inputs, &outputs)
@@ -34,25 +33,14 @@ impl ModelSpec {
 
     /// Refuses anything but a single NCHW f32 image input (`[N, 3, H, W]`, H and W fixed); the
     /// first output must hold f32 scores `[N, C]` (or `[N, C, 1, 1]`).
-    pub fn from_outlets(
-        inputs: &[(String, ValueType)],
-        outputs: &[(String, ValueType)],
-    ) -> anyhow::Result<ModelSpec> {
+    pub fn from_outlets(inputs: &[(String, ValueType)], outputs: &[(String, ValueType)]) -> anyhow::Result<ModelSpec> {
         let [(input_name, input_type)] = inputs else {
             let names: Vec<&str> = inputs.iter().map(|(name, _)| name.as_str()).collect();
-            bail!(
-                "model has {} inputs ({names:?}); expected exactly one image input [N,3,H,W]",
-                inputs.len()
-            );
+            bail!("model has {} inputs ({names:?}); expected exactly one image input [N,3,H,W]", inputs.len());
         };
-        let (ty, dims) = tensor_layout(input_type)
-            .with_context(|| format!("model input `{input_name}` is not a tensor"))?;
-        if ty != TensorElementType::Float32
-            || dims.len() != 4
-            || dims[1] != 3
-            || dims[2] <= 0
-            || dims[3] <= 0
-        {
+        let (ty, dims) =
+            tensor_layout(input_type).with_context(|| format!("model input `{input_name}` is not a tensor"))?;
+        if ty != TensorElementType::Float32 || dims.len() != 4 || dims[1] != 3 || dims[2] <= 0 || dims[3] <= 0 {
             bail!(
                 "model input `{input_name}` is {ty:?} {dims:?}; expected float32 [N,3,H,W] with \
                  fixed H and W (NCHW RGB, the ImageNet convention)"
@@ -63,8 +51,8 @@ impl ModelSpec {
         let Some((output_name, output_type)) = outputs.first() else {
             bail!("model declares no output");
         };
-        let (out_ty, out_dims) = tensor_layout(output_type)
-            .with_context(|| format!("model output `{output_name}` is not a tensor"))?;
+        let (out_ty, out_dims) =
+            tensor_layout(output_type).with_context(|| format!("model output `{output_name}` is not a tensor"))?;
         let trailing_ones = out_dims.len() >= 2 && out_dims[2..].iter().all(|&d| d == 1);
         if out_ty != TensorElementType::Float32 || !trailing_ones {
             bail!(
@@ -152,31 +140,21 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    pub fn load(
-        env: &Environment,
-        model: &Path,
-        options: &SessionOptions,
-    ) -> anyhow::Result<Classifier> {
+    pub fn load(env: &Environment, model: &Path, options: &SessionOptions) -> anyhow::Result<Classifier> {
         let mut builder = Session::builder(env)
             .map_err(|e| anyhow::anyhow!("{e}"))?
             .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         if let Some(threads) = options.intra_threads {
-            builder = builder
-                .with_intra_threads(threads)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            builder = builder.with_intra_threads(threads).map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         let session = builder
             .commit_from_file(model)
             .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| format!("cannot load ONNX model {}", model.display()))?;
-        let spec = ModelSpec::from_session(&session)
-            .with_context(|| format!("unsupported model {}", model.display()))?;
-        Ok(Classifier {
-            session,
-            spec,
-            padded: Vec::new(),
-        })
+        let spec =
+            ModelSpec::from_session(&session).with_context(|| format!("unsupported model {}", model.display()))?;
+        Ok(Classifier { session, spec, padded: Vec::new() })
     }
 
     pub fn spec(&self) -> &ModelSpec {
@@ -192,10 +170,7 @@ impl Classifier {
     pub fn scores(&mut self, pixels: &[f32], count: usize) -> anyhow::Result<Vec<Vec<f32>>> {
         let image_len = self.spec.image_len();
         if count == 0 || pixels.len() != count * image_len {
-            bail!(
-                "batch holds {} values, expected {count} images of {image_len}",
-                pixels.len()
-            );
+            bail!("batch holds {} values, expected {count} images of {image_len}", pixels.len());
         }
         let batch = match self.spec.fixed_batch {
             Some(fixed) if count > fixed => {
@@ -213,8 +188,7 @@ impl Classifier {
             &self.padded
         };
         let shape = [batch, 3, self.spec.height, self.spec.width];
-        let tensor =
-            TensorRef::from_array_view((shape, input)).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let tensor = TensorRef::from_array_view((shape, input)).map_err(|e| anyhow::anyhow!("{e}"))?;
         let outputs = self
             .session
             .run(ort::inputs![self.spec.input_name.as_str() => tensor])
@@ -223,10 +197,7 @@ impl Classifier {
             .try_extract_tensor::<f32>()
             .map_err(|e| anyhow::anyhow!("model output is not f32: {e}"))?;
         if values.is_empty() || values.len() % batch != 0 {
-            bail!(
-                "model returned {} scores for a batch of {batch}",
-                values.len()
-            );
+            bail!("model returned {} scores for a batch of {batch}", values.len());
         }
         let per_image = values.len() / batch;
         if let Some(expected) = self.spec.num_classes {
@@ -234,11 +205,7 @@ impl Classifier {
                 bail!("model returned {per_image} scores per image, declared {expected}");
             }
         }
-        Ok(values
-            .chunks_exact(per_image)
-            .take(count)
-            .map(<[f32]>::to_vec)
-            .collect())
+        Ok(values.chunks_exact(per_image).take(count).map(<[f32]>::to_vec).collect())
     }
 
     /// Top-1 prediction for each of `count` images.
@@ -281,9 +248,7 @@ mod tests {
         assert_eq!(spec.num_classes, Some(1000));
         assert_eq!(spec.image_len(), 3 * 299 * 320);
 
-        let fixed =
-            ModelSpec::from_outlets(&[outlet("x", &[4, 3, 8, 8])], &[outlet("y", &[4, -1])])
-                .unwrap();
+        let fixed = ModelSpec::from_outlets(&[outlet("x", &[4, 3, 8, 8])], &[outlet("y", &[4, -1])]).unwrap();
         assert_eq!(fixed.fixed_batch, Some(4));
         assert_eq!(fixed.num_classes, None);
     }
@@ -292,27 +257,15 @@ mod tests {
     fn other_layouts_are_refused_with_the_reason() {
         let out = [outlet("y", &[-1, 1000])];
         let refusal = |inputs: &[(String, ValueType)], outputs: &[(String, ValueType)]| {
-            ModelSpec::from_outlets(inputs, outputs)
-                .unwrap_err()
-                .to_string()
+            ModelSpec::from_outlets(inputs, outputs).unwrap_err().to_string()
         };
-        assert!(refusal(&[outlet("nhwc", &[-1, 224, 224, 3])], &out)
-            .contains("expected float32 [N,3,H,W]"));
+        assert!(refusal(&[outlet("nhwc", &[-1, 224, 224, 3])], &out).contains("expected float32 [N,3,H,W]"));
         assert!(refusal(&[outlet("any", &[-1, 3, -1, -1])], &out).contains("fixed H and W"));
-        let int_input = (
-            "u8".to_owned(),
-            tensor(TensorElementType::Uint8, &[-1, 3, 224, 224]),
-        );
+        let int_input = ("u8".to_owned(), tensor(TensorElementType::Uint8, &[-1, 3, 224, 224]));
         assert!(refusal(&[int_input], &out).contains("Uint8"));
-        assert!(
-            refusal(&[outlet("a", &[-1, 3, 8, 8]), outlet("b", &[1])], &out).contains("2 inputs")
-        );
+        assert!(refusal(&[outlet("a", &[-1, 3, 8, 8]), outlet("b", &[1])], &out).contains("2 inputs"));
         assert!(refusal(&[outlet("x", &[-1, 3, 8, 8])], &[]).contains("no output"));
-        assert!(refusal(
-            &[outlet("x", &[-1, 3, 8, 8])],
-            &[outlet("map", &[-1, 10, 7, 7])]
-        )
-        .contains("scores [N,C]"));
+        assert!(refusal(&[outlet("x", &[-1, 3, 8, 8])], &[outlet("map", &[-1, 10, 7, 7])]).contains("scores [N,C]"));
     }
 
     #[test]
@@ -332,23 +285,13 @@ mod tests {
 
     #[test]
     fn ties_go_to_the_lowest_index() {
-        assert_eq!(
-            Prediction::from_scores(&[0.5, 2.0, 1.0, 2.0])
-                .unwrap()
-                .class_index,
-            1
-        );
+        assert_eq!(Prediction::from_scores(&[0.5, 2.0, 1.0, 2.0]).unwrap().class_index, 1);
     }
 
     #[test]
     fn nan_rows_have_no_prediction() {
         assert!(Prediction::from_scores(&[f32::NAN, f32::NAN]).is_none());
         assert!(Prediction::from_scores(&[]).is_none());
-        assert_eq!(
-            Prediction::from_scores(&[f32::NAN, -1.0])
-                .unwrap()
-                .class_index,
-            1
-        );
+        assert_eq!(Prediction::from_scores(&[f32::NAN, -1.0]).unwrap().class_index, 1);
     }
 }

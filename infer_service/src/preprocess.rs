@@ -24,12 +24,7 @@ pub enum ImageError {
     #[error("unsupported image format {0}; send JPEG or PNG")]
     UnsupportedFormat(String),
     #[error("image is {width}x{height} = {pixels} pixels, more than the limit of {limit}")]
-    TooLarge {
-        width: u32,
-        height: u32,
-        pixels: u64,
-        limit: u64,
-    },
+    TooLarge { width: u32, height: u32, pixels: u64, limit: u64 },
     #[error("image has no pixels ({width}x{height})")]
     Empty { width: u32, height: u32 },
     #[error("cannot decode image: {0}")]
@@ -57,13 +52,7 @@ impl Preprocessor {
                 *slot = (v as f32 / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
             }
         }
-        Preprocessor {
-            height,
-            width,
-            resize_ratio: resize_ratio.max(1.0),
-            max_pixels,
-            lut,
-        }
+        Preprocessor { height, width, resize_ratio: resize_ratio.max(1.0), max_pixels, lut }
     }
 
     pub fn tensor_len(&self) -> usize {
@@ -89,29 +78,20 @@ impl Preprocessor {
             Some(ImageFormat::Jpeg | ImageFormat::Png) => {}
             Some(other) => return Err(ImageError::UnsupportedFormat(format!("{other:?}"))),
         }
-        let (width, height) = probe
-            .into_dimensions()
-            .map_err(|e| ImageError::Corrupt(e.to_string()))?;
+        let (width, height) = probe.into_dimensions().map_err(|e| ImageError::Corrupt(e.to_string()))?;
         let pixels = u64::from(width) * u64::from(height);
         if pixels == 0 {
             return Err(ImageError::Empty { width, height });
         }
         if pixels > self.max_pixels {
-            return Err(ImageError::TooLarge {
-                width,
-                height,
-                pixels,
-                limit: self.max_pixels,
-            });
+            return Err(ImageError::TooLarge { width, height, pixels, limit: self.max_pixels });
         }
         let mut decoder = reader().map_err(|e| ImageError::Corrupt(e.to_string()))?;
         // Room for the largest pixel format (16-bit RGBA) of an image within our limit.
         let mut limits = Limits::default();
         limits.max_alloc = Some(limits.max_alloc.unwrap_or(0).max(pixels.saturating_mul(8)));
         decoder.limits(limits);
-        let image = decoder
-            .decode()
-            .map_err(|e| ImageError::Corrupt(e.to_string()))?;
+        let image = decoder.decode().map_err(|e| ImageError::Corrupt(e.to_string()))?;
         Ok(image.into_rgb8())
     }
 
@@ -136,14 +116,7 @@ impl Preprocessor {
             height: self.height,
         };
         if (new_w, new_h) == image.dimensions() {
-            return image::imageops::crop_imm(
-                image,
-                window.left,
-                window.top,
-                window.width,
-                window.height,
-            )
-            .to_image();
+            return image::imageops::crop_imm(image, window.left, window.top, window.width, window.height).to_image();
         }
         resample::resize_window(image, new_w, new_h, window)
     }
@@ -171,12 +144,7 @@ mod tests {
     fn png(image: &RgbImage) -> Vec<u8> {
         let mut out = Vec::new();
         image::codecs::png::PngEncoder::new(&mut out)
-            .write_image(
-                image.as_raw(),
-                image.width(),
-                image.height(),
-                image::ExtendedColorType::Rgb8,
-            )
+            .write_image(image.as_raw(), image.width(), image.height(), image::ExtendedColorType::Rgb8)
             .unwrap();
         out
     }
@@ -231,29 +199,13 @@ mod tests {
     #[test]
     fn refusals_name_their_reason() {
         let p = Preprocessor::new(224, 224, DEFAULT_RESIZE_RATIO, 1000);
-        assert_eq!(
-            p.prepare(b"hello world").unwrap_err(),
-            ImageError::UnknownFormat
-        );
+        assert_eq!(p.prepare(b"hello world").unwrap_err(), ImageError::UnknownFormat);
         let big = png(&RgbImage::new(40, 30));
-        assert!(matches!(
-            p.prepare(&big).unwrap_err(),
-            ImageError::TooLarge {
-                width: 40,
-                height: 30,
-                ..
-            }
-        ));
+        assert!(matches!(p.prepare(&big).unwrap_err(), ImageError::TooLarge { width: 40, height: 30, .. }));
         let mut truncated = png(&RgbImage::from_pixel(20, 20, Rgb([1, 2, 3])));
         truncated.truncate(truncated.len() / 2);
-        assert!(matches!(
-            p.prepare(&truncated).unwrap_err(),
-            ImageError::Corrupt(_)
-        ));
+        assert!(matches!(p.prepare(&truncated).unwrap_err(), ImageError::Corrupt(_)));
         let gif = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;";
-        assert!(matches!(
-            p.prepare(gif).unwrap_err(),
-            ImageError::UnsupportedFormat(_)
-        ));
+        assert!(matches!(p.prepare(gif).unwrap_err(), ImageError::UnsupportedFormat(_)));
     }
 }

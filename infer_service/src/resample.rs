@@ -57,9 +57,7 @@ impl AxisWeights {
             let center = (out as f64 + 0.5) * scale;
             // Truncation toward zero, then clamping, as the reference implementation does.
             let lo = ((center - support + 0.5) as i64).max(0) as usize;
-            let hi = ((center + support + 0.5) as i64)
-                .min(in_size as i64)
-                .max(lo as i64 + 1) as usize;
+            let hi = ((center + support + 0.5) as i64).min(in_size as i64).max(lo as i64 + 1) as usize;
             let n = (hi - lo).min(max_taps);
             let mut total = 0.0;
             for (x, w) in real.iter_mut().enumerate().take(n) {
@@ -69,29 +67,17 @@ impl AxisWeights {
             for (x, w) in real.iter().enumerate().take(n) {
                 let normalised = if total != 0.0 { w / total } else { *w };
                 let fixed = normalised * f64::from(1u32 << PRECISION_BITS);
-                weights[slot * max_taps + x] = if fixed < 0.0 {
-                    (fixed - 0.5) as i32
-                } else {
-                    (fixed + 0.5) as i32
-                };
+                weights[slot * max_taps + x] = if fixed < 0.0 { (fixed - 0.5) as i32 } else { (fixed + 0.5) as i32 };
             }
             start.push(lo);
             taps.push(n);
         }
-        AxisWeights {
-            start,
-            taps,
-            max_taps,
-            weights,
-        }
+        AxisWeights { start, taps, max_taps, weights }
     }
 
     fn of(&self, slot: usize) -> (usize, &[i32]) {
         let offset = slot * self.max_taps;
-        (
-            self.start[slot],
-            &self.weights[offset..offset + self.taps[slot]],
-        )
+        (self.start[slot], &self.weights[offset..offset + self.taps[slot]])
     }
 }
 
@@ -100,12 +86,7 @@ fn clip8(accumulated: i32) -> u8 {
 }
 
 /// The `window` of `image` resized to `new_width`×`new_height` (bilinear, Pillow's arithmetic).
-pub fn resize_window(
-    image: &RgbImage,
-    new_width: u32,
-    new_height: u32,
-    window: Window,
-) -> RgbImage {
+pub fn resize_window(image: &RgbImage, new_width: u32, new_height: u32, window: Window) -> RgbImage {
     let (in_w, in_h) = (image.width() as usize, image.height() as usize);
     let (out_w, out_h) = (window.width as usize, window.height as usize);
     if in_w == 0 || in_h == 0 || out_w == 0 || out_h == 0 {
@@ -116,10 +97,7 @@ pub fn resize_window(
 
     // Source rows the vertical pass reads.
     let first_row = vertical.start[0];
-    let last_row = (0..out_h)
-        .map(|y| vertical.start[y] + vertical.taps[y])
-        .max()
-        .unwrap_or(first_row);
+    let last_row = (0..out_h).map(|y| vertical.start[y] + vertical.taps[y]).max().unwrap_or(first_row);
     let src = image.as_raw();
 
     // Horizontal pass over those rows only.
@@ -167,44 +145,24 @@ mod tests {
     use image::Rgb;
 
     fn full(width: u32, height: u32) -> Window {
-        Window {
-            left: 0,
-            top: 0,
-            width,
-            height,
-        }
+        Window { left: 0, top: 0, width, height }
     }
 
     #[test]
     fn same_size_is_the_identity() {
-        let image = RgbImage::from_fn(7, 5, |x, y| {
-            Rgb([(x * 30) as u8, (y * 50) as u8, (x * y) as u8])
-        });
+        let image = RgbImage::from_fn(7, 5, |x, y| Rgb([(x * 30) as u8, (y * 50) as u8, (x * y) as u8]));
         assert_eq!(resize_window(&image, 7, 5, full(7, 5)), image);
     }
 
     #[test]
     fn window_equals_crop_of_full_resize() {
-        let image = RgbImage::from_fn(13, 9, |x, y| {
-            Rgb([(x * 19) as u8, (y * 27) as u8, ((x + y) * 11) as u8])
-        });
+        let image = RgbImage::from_fn(13, 9, |x, y| Rgb([(x * 19) as u8, (y * 27) as u8, ((x + y) * 11) as u8]));
         for (w, h) in [(40, 30), (6, 4), (29, 7)] {
             let whole = resize_window(&image, w, h, full(w, h));
-            let window = Window {
-                left: w / 4,
-                top: h / 3,
-                width: w / 2,
-                height: h / 2,
-            };
+            let window = Window { left: w / 4, top: h / 3, width: w / 2, height: h / 2 };
             let part = resize_window(&image, w, h, window);
-            let cropped = image::imageops::crop_imm(
-                &whole,
-                window.left,
-                window.top,
-                window.width,
-                window.height,
-            )
-            .to_image();
+            let cropped =
+                image::imageops::crop_imm(&whole, window.left, window.top, window.width, window.height).to_image();
             assert_eq!(part, cropped, "{w}x{h}");
         }
     }
@@ -212,9 +170,7 @@ mod tests {
     #[test]
     fn uniform_stays_uniform_and_upscaling_interpolates() {
         let flat = RgbImage::from_pixel(3, 3, Rgb([17, 200, 99]));
-        assert!(resize_window(&flat, 10, 8, full(10, 8))
-            .pixels()
-            .all(|p| p.0 == [17, 200, 99]));
+        assert!(resize_window(&flat, 10, 8, full(10, 8)).pixels().all(|p| p.0 == [17, 200, 99]));
         // Two pixels 0 and 200 doubled: centres at 0.25 and 0.75 of the first/second pixel.
         let pair = RgbImage::from_fn(2, 1, |x, _| Rgb([(x * 200) as u8; 3]));
         let out = resize_window(&pair, 4, 1, full(4, 1));

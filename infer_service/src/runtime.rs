@@ -19,10 +19,7 @@ pub fn locate_onnxruntime(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
         if path.is_file() {
             return Ok(path.to_path_buf());
         }
-        bail!(
-            "ONNX Runtime library {} does not exist (from --ort-dylib / {ORT_DYLIB_ENV})",
-            path.display()
-        );
+        bail!("ONNX Runtime library {} does not exist (from --ort-dylib / {ORT_DYLIB_ENV})", path.display());
     }
     let mut starts = Vec::new();
     if let Ok(exe) = std::env::current_exe() {
@@ -48,10 +45,7 @@ pub fn locate_onnxruntime(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
 
 /// First `dir/relative` that exists for `dir` = `start` and each of its ancestors.
 pub fn search_upwards(start: &Path, relative: &str) -> Option<PathBuf> {
-    start
-        .ancestors()
-        .map(|dir| dir.join(relative))
-        .find(|candidate| candidate.is_file())
+    start.ancestors().map(|dir| dir.join(relative)).find(|candidate| candidate.is_file())
 }
 
 // ONNX Runtime allows a single environment per process (ort refuses a second `build`), and the
@@ -60,9 +54,7 @@ static ENVIRONMENT: Mutex<Option<(PathBuf, Environment)>> = Mutex::new(None);
 
 /// Loads ONNX Runtime from `library` (once per process) and returns the shared environment.
 pub fn environment(library: &Path) -> anyhow::Result<Environment> {
-    let mut slot = ENVIRONMENT
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut slot = ENVIRONMENT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some((loaded_from, env)) = slot.as_ref() {
         if loaded_from != library {
             tracing::warn!(
@@ -103,10 +95,7 @@ mod tests {
     #[test]
     fn search_upwards_gives_none_when_absent() {
         let root = tempfile::tempdir().unwrap();
-        assert_eq!(
-            search_upwards(root.path(), "no/such/libonnxruntime.so"),
-            None
-        );
+        assert_eq!(search_upwards(root.path(), "no/such/libonnxruntime.so"), None);
     }
 
     #[test]

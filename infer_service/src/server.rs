@@ -15,8 +15,8 @@ use base64::engine::DecodePaddingMode;
 use base64::Engine;
 
 use crate::api::{
-    HealthResponse, InferRequest, InferResponse, InferResult, LegacyInferRequest,
-    LegacyInferResponse, ROUTE_HEALTH, ROUTE_INFER, ROUTE_LEGACY, ROUTE_METRICS,
+    HealthResponse, InferRequest, InferResponse, InferResult, LegacyInferRequest, LegacyInferResponse, ROUTE_HEALTH,
+    ROUTE_INFER, ROUTE_LEGACY, ROUTE_METRICS,
 };
 use crate::batcher::{Batcher, InferError};
 use crate::error::{ApiError, ErrorKind};
@@ -49,10 +49,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route(ROUTE_METRICS, get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(
-            Arc::clone(&state),
-            track_requests,
-        ))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), track_requests))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
@@ -63,9 +60,7 @@ async fn legacy_infer(
 ) -> Result<Json<LegacyInferResponse>, ApiError> {
     let Json(request) = payload?;
     let result = classify_one(state, request.image).await?;
-    Ok(Json(LegacyInferResponse {
-        inferred: result.label,
-    }))
+    Ok(Json(LegacyInferResponse { inferred: result.label }))
 }
 
 async fn infer(
@@ -74,60 +69,33 @@ async fn infer(
 ) -> Result<Json<InferResponse>, ApiError> {
     let Json(request) = payload?;
     let results = classify_all(Arc::clone(&state), request.images).await?;
-    Ok(Json(InferResponse {
-        model_id: state.model_id.clone(),
-        results,
-    }))
+    Ok(Json(InferResponse { model_id: state.model_id.clone(), results }))
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Result<Json<HealthResponse>, ApiError> {
     if !state.batcher.is_alive() {
-        return Err(ApiError::new(
-            ErrorKind::Unavailable,
-            "the inference thread has stopped",
-        ));
+        return Err(ApiError::new(ErrorKind::Unavailable, "the inference thread has stopped"));
     }
-    Ok(Json(HealthResponse {
-        status: "ok".into(),
-        model_id: state.model_id.clone(),
-    }))
+    Ok(Json(HealthResponse { status: "ok".into(), model_id: state.model_id.clone() }))
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.metrics.render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render()).into_response()
 }
 
 async fn not_found(request: Request) -> ApiError {
-    ApiError::new(
-        ErrorKind::NotFound,
-        format!("no route {} {}", request.method(), request.uri().path()),
-    )
+    ApiError::new(ErrorKind::NotFound, format!("no route {} {}", request.method(), request.uri().path()))
 }
 
 async fn method_not_allowed(request: Request) -> ApiError {
     ApiError::new(
         ErrorKind::MethodNotAllowed,
-        format!(
-            "method {} not allowed on {}",
-            request.method(),
-            request.uri().path()
-        ),
+        format!("method {} not allowed on {}", request.method(), request.uri().path()),
     )
 }
 
 /// Counts every request by matched route and status, and refused ones by error kind.
-async fn track_requests(
-    State(state): State<Arc<AppState>>,
-    request: Request,
-    next: Next,
-) -> Response {
+async fn track_requests(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -135,63 +103,36 @@ async fn track_requests(
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status();
-    state
-        .metrics
-        .observe_request(&route, status.as_u16(), started.elapsed());
+    state.metrics.observe_request(&route, status.as_u16(), started.elapsed());
     if let Some(kind) = response.extensions().get::<ErrorKind>() {
         state.metrics.count_error(kind.as_str());
         if status.is_server_error() {
-            tracing::error!(
-                route,
-                status = status.as_u16(),
-                kind = kind.as_str(),
-                "request failed"
-            );
+            tracing::error!(route, status = status.as_u16(), kind = kind.as_str(), "request failed");
         } else {
-            tracing::info!(
-                route,
-                status = status.as_u16(),
-                kind = kind.as_str(),
-                "request refused"
-            );
+            tracing::info!(route, status = status.as_u16(), kind = kind.as_str(), "request refused");
         }
     }
     response
 }
 
 /// Classifies the images of one request concurrently; fails with the first bad image.
-async fn classify_all(
-    state: Arc<AppState>,
-    images: Vec<String>,
-) -> Result<Vec<InferResult>, ApiError> {
+async fn classify_all(state: Arc<AppState>, images: Vec<String>) -> Result<Vec<InferResult>, ApiError> {
     if images.is_empty() {
-        return Err(ApiError::new(
-            ErrorKind::EmptyImages,
-            "`images` is empty; send at least one base64 image",
-        ));
+        return Err(ApiError::new(ErrorKind::EmptyImages, "`images` is empty; send at least one base64 image"));
     }
     if images.len() > state.max_images_per_request {
         return Err(ApiError::new(
             ErrorKind::TooManyImages,
-            format!(
-                "{} images in one request; the limit is {}",
-                images.len(),
-                state.max_images_per_request
-            ),
+            format!("{} images in one request; the limit is {}", images.len(), state.max_images_per_request),
         ));
     }
-    let mut tasks: Vec<_> = images
-        .into_iter()
-        .map(|image| tokio::spawn(classify_one(Arc::clone(&state), image)))
-        .collect();
+    let mut tasks: Vec<_> =
+        images.into_iter().map(|image| tokio::spawn(classify_one(Arc::clone(&state), image))).collect();
     let mut results = Vec::with_capacity(tasks.len());
     for index in 0..tasks.len() {
         let outcome = match (&mut tasks[index]).await {
             Ok(outcome) => outcome.map_err(|e| e.at(&format!("images[{index}]"))),
-            Err(join_error) => Err(ApiError::new(
-                ErrorKind::InferenceFailed,
-                format!("images[{index}]: {join_error}"),
-            )),
+            Err(join_error) => Err(ApiError::new(ErrorKind::InferenceFailed, format!("images[{index}]: {join_error}"))),
         };
         match outcome {
             Ok(result) => results.push(result),
@@ -215,12 +156,7 @@ async fn classify_one(state: Arc<AppState>, encoded: String) -> Result<InferResu
         Ok(worker_state.preprocessor.prepare(&bytes)?)
     })
     .await
-    .map_err(|e| {
-        ApiError::new(
-            ErrorKind::InferenceFailed,
-            format!("preprocessing task failed: {e}"),
-        )
-    })??;
+    .map_err(|e| ApiError::new(ErrorKind::InferenceFailed, format!("preprocessing task failed: {e}")))??;
     let pending = state.batcher.submit(pixels)?;
     drop(preparing);
     let prediction = pending.await.map_err(|_| InferError::Stopped)??;
@@ -229,10 +165,7 @@ async fn classify_one(state: Arc<AppState>, encoded: String) -> Result<InferResu
 
 fn describe(state: &AppState, prediction: Prediction) -> Result<InferResult, ApiError> {
     let index = prediction.class_index;
-    let (Some(class_name), Some(label)) = (
-        state.labeller.class_name(index),
-        state.labeller.label(index),
-    ) else {
+    let (Some(class_name), Some(label)) = (state.labeller.class_name(index), state.labeller.label(index)) else {
         return Err(ApiError::new(
             ErrorKind::InferenceFailed,
             format!("model predicted class {index}, which has no name"),
@@ -249,10 +182,7 @@ fn describe(state: &AppState, prediction: Prediction) -> Result<InferResult, Api
 /// Standard base64, padding optional; line breaks and spaces are ignored, as is a
 /// `data:<type>;base64,` prefix.
 pub fn decode_base64(text: &str) -> Result<Vec<u8>, ApiError> {
-    let body = match text
-        .strip_prefix("data:")
-        .and_then(|rest| rest.split_once(";base64,"))
-    {
+    let body = match text.strip_prefix("data:").and_then(|rest| rest.split_once(";base64,")) {
         Some((_, payload)) => payload,
         None => text,
     };
@@ -262,12 +192,7 @@ pub fn decode_base64(text: &str) -> Result<Vec<u8>, ApiError> {
     } else {
         BASE64.decode(body)
     };
-    let bytes = decoded.map_err(|e| {
-        ApiError::new(
-            ErrorKind::BadBase64,
-            format!("image is not valid base64: {e}"),
-        )
-    })?;
+    let bytes = decoded.map_err(|e| ApiError::new(ErrorKind::BadBase64, format!("image is not valid base64: {e}")))?;
     if bytes.is_empty() {
         return Err(ApiError::new(ErrorKind::NotAnImage, "image is empty"));
     }
@@ -283,18 +208,12 @@ mod tests {
         assert_eq!(decode_base64("aGVsbG8=").unwrap(), b"hello");
         assert_eq!(decode_base64("aGVsbG8").unwrap(), b"hello");
         assert_eq!(decode_base64("aGVs\nbG8=\n").unwrap(), b"hello");
-        assert_eq!(
-            decode_base64("data:image/png;base64,aGVsbG8=").unwrap(),
-            b"hello"
-        );
+        assert_eq!(decode_base64("data:image/png;base64,aGVsbG8=").unwrap(), b"hello");
     }
 
     #[test]
     fn bad_base64_is_refused_with_its_kind() {
-        assert_eq!(
-            decode_base64("not base64!!").unwrap_err().kind,
-            ErrorKind::BadBase64
-        );
+        assert_eq!(decode_base64("not base64!!").unwrap_err().kind, ErrorKind::BadBase64);
         assert_eq!(decode_base64("").unwrap_err().kind, ErrorKind::NotAnImage);
     }
 }

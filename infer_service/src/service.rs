@@ -38,13 +38,8 @@ impl Service {
             Some(id) => id.clone(),
             None => default_model_id(&config.model)?,
         };
-        let classifier = Classifier::load(
-            &env,
-            &config.model,
-            &SessionOptions {
-                intra_threads: config.intra_threads,
-            },
-        )?;
+        let classifier =
+            Classifier::load(&env, &config.model, &SessionOptions { intra_threads: config.intra_threads })?;
         let spec = classifier.spec().clone();
 
         let classes = ClassList::load(&config.classes)?;
@@ -63,15 +58,11 @@ impl Service {
             None => None,
         };
         let (height, width) = (u32::try_from(spec.height)?, u32::try_from(spec.width)?);
-        let preprocessor =
-            Preprocessor::new(height, width, config.resize_ratio, config.max_image_pixels);
+        let preprocessor = Preprocessor::new(height, width, config.resize_ratio, config.max_image_pixels);
         let metrics = Metrics::new(&model_id).context("cannot register metrics")?;
-        let batch = BatchConfig {
-            max_batch: config.max_batch,
-            max_wait: config.max_wait,
-        };
-        let (batcher, inference_thread) = Batcher::spawn(classifier, batch, metrics.clone())
-            .context("cannot start the inference thread")?;
+        let batch = BatchConfig { max_batch: config.max_batch, max_wait: config.max_wait };
+        let (batcher, inference_thread) =
+            Batcher::spawn(classifier, batch, metrics.clone()).context("cannot start the inference thread")?;
         tracing::info!(
             model_id,
             model = %config.model.display(),
@@ -92,11 +83,7 @@ impl Service {
             metrics,
             max_images_per_request: config.max_images_per_request,
         };
-        Ok(Service {
-            state: Arc::new(state),
-            inference_thread,
-            max_body_bytes: config.max_body_bytes,
-        })
+        Ok(Service { state: Arc::new(state), inference_thread, max_body_bytes: config.max_body_bytes })
     }
 
     pub fn model_id(&self) -> &str {
@@ -114,16 +101,9 @@ impl Service {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let router = self.router();
-        let Service {
-            state,
-            inference_thread,
-            ..
-        } = self;
+        let Service { state, inference_thread, .. } = self;
         drop(state);
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("HTTP server failed")?;
+        axum::serve(listener, router).with_graceful_shutdown(shutdown).await.context("HTTP server failed")?;
         // The inference thread ends once the last request task lets go of the state.
         let deadline = Instant::now() + Duration::from_secs(5);
         while !inference_thread.is_finished() && Instant::now() < deadline {
@@ -143,23 +123,18 @@ impl Service {
 
 /// `<file stem>-<first 12 hex digits of the file's sha256>`.
 pub fn default_model_id(model: &Path) -> anyhow::Result<String> {
-    let mut file = std::fs::File::open(model)
-        .with_context(|| format!("cannot open model {}", model.display()))?;
+    let mut file = std::fs::File::open(model).with_context(|| format!("cannot open model {}", model.display()))?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
     loop {
-        let read = file
-            .read(&mut buffer)
-            .with_context(|| format!("cannot read model {}", model.display()))?;
+        let read = file.read(&mut buffer).with_context(|| format!("cannot read model {}", model.display()))?;
         if read == 0 {
             break;
         }
         hasher.update(&buffer[..read]);
     }
     let digest = hex::encode(hasher.finalize());
-    let stem = model
-        .file_stem()
-        .map_or_else(|| "model".into(), |s| s.to_string_lossy());
+    let stem = model.file_stem().map_or_else(|| "model".into(), |s| s.to_string_lossy());
     Ok(format!("{stem}-{}", &digest[..12]))
 }
 
@@ -173,14 +148,9 @@ pub struct RunningService {
 
 impl RunningService {
     /// Loads `config` and serves it on `listen` (port 0 picks a free port).
-    pub async fn start(
-        config: ServiceConfig,
-        listen: SocketAddr,
-    ) -> anyhow::Result<RunningService> {
+    pub async fn start(config: ServiceConfig, listen: SocketAddr) -> anyhow::Result<RunningService> {
         let service = tokio::task::spawn_blocking(move || Service::load(&config)).await??;
-        let listener = TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
+        let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
         let model_id = service.model_id().to_owned();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -188,12 +158,7 @@ impl RunningService {
             let _ = stopped.await;
         }));
         tracing::info!(%addr, "listening");
-        Ok(RunningService {
-            addr,
-            model_id,
-            stop: Some(stop),
-            task,
-        })
+        Ok(RunningService { addr, model_id, stop: Some(stop), task })
     }
 
     pub fn addr(&self) -> SocketAddr {

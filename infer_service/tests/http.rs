@@ -9,8 +9,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use image::{ImageEncoder, RgbImage};
 use infer_service::api::{
-    ErrorResponse, HealthResponse, InferRequest, InferResponse, LegacyInferRequest,
-    LegacyInferResponse,
+    ErrorResponse, HealthResponse, InferRequest, InferResponse, LegacyInferRequest, LegacyInferResponse,
 };
 use infer_service::{RunningService, ServiceConfig};
 use reqwest::StatusCode;
@@ -27,16 +26,11 @@ async fn start(configure: impl FnOnce(&mut ServiceConfig)) -> RunningService {
     config.label_map = Some(common::label_map());
     config.ort_library = Some(common::onnxruntime());
     configure(&mut config);
-    RunningService::start(config, "127.0.0.1:0".parse().expect("address"))
-        .await
-        .expect("service starts")
+    RunningService::start(config, "127.0.0.1:0".parse().expect("address")).await.expect("service starts")
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("HTTP client")
+    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("HTTP client")
 }
 
 fn record_base64(index: usize) -> String {
@@ -46,12 +40,7 @@ fn record_base64(index: usize) -> String {
 fn jpeg_base64(image: &RgbImage) -> String {
     let mut out = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
-        .write_image(
-            image.as_raw(),
-            image.width(),
-            image.height(),
-            image::ExtendedColorType::Rgb8,
-        )
+        .write_image(image.as_raw(), image.width(), image.height(), image::ExtendedColorType::Rgb8)
         .expect("JPEG encoding");
     BASE64.encode(out)
 }
@@ -61,11 +50,7 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &byte in bytes {
         crc ^= u32::from(byte);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
         }
     }
     !crc
@@ -87,34 +72,17 @@ fn png_claiming(width: u32, height: u32) -> Vec<u8> {
     header.extend(height.to_be_bytes());
     header.extend([8, 2, 0, 0, 0]); // 8-bit RGB, no interlace
     chunk(&mut png, b"IHDR", &header);
-    chunk(
-        &mut png,
-        b"IDAT",
-        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
-    );
+    chunk(&mut png, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
     chunk(&mut png, b"IEND", &[]);
     png
 }
 
-async fn post_json(
-    client: &reqwest::Client,
-    url: &str,
-    body: &serde_json::Value,
-) -> reqwest::Response {
-    client
-        .post(url)
-        .json(body)
-        .send()
-        .await
-        .expect("request sent")
+async fn post_json(client: &reqwest::Client, url: &str, body: &serde_json::Value) -> reqwest::Response {
+    client.post(url).json(body).send().await.expect("request sent")
 }
 
 async fn metrics_text(client: &reqwest::Client, service: &RunningService) -> String {
-    let response = client
-        .get(format!("{}/metrics", service.url()))
-        .send()
-        .await
-        .expect("metrics");
+    let response = client.get(format!("{}/metrics", service.url())).send().await.expect("metrics");
     assert_eq!(response.status(), StatusCode::OK);
     response.text().await.expect("metrics body")
 }
@@ -132,30 +100,15 @@ async fn health_legacy_and_batch_api_answer() {
     let service = start(|_| {}).await;
     let client = client();
 
-    let health: HealthResponse = client
-        .get(format!("{}/healthz", service.url()))
-        .send()
-        .await
-        .expect("healthz")
-        .json()
-        .await
-        .expect("JSON");
+    let health: HealthResponse =
+        client.get(format!("{}/healthz", service.url())).send().await.expect("healthz").json().await.expect("JSON");
     assert_eq!(health.status, "ok");
-    assert_eq!(
-        health.model_id,
-        format!("mobilenetv2-12-int8-{INT8_MODEL_SHA_PREFIX}")
-    );
+    assert_eq!(health.model_id, format!("mobilenetv2-12-int8-{INT8_MODEL_SHA_PREFIX}"));
     assert_eq!(health.model_id, service.model_id());
 
     // The Flask-compatible route.
-    let legacy = post_json(
-        &client,
-        &service.url(),
-        &json!(LegacyInferRequest {
-            image: record_base64(FROG_RECORD)
-        }),
-    )
-    .await;
+    let legacy =
+        post_json(&client, &service.url(), &json!(LegacyInferRequest { image: record_base64(FROG_RECORD) })).await;
     assert_eq!(legacy.status(), StatusCode::OK);
     let legacy: LegacyInferResponse = legacy.json().await.expect("JSON");
     assert_eq!(legacy.inferred, "frog");
@@ -166,16 +119,13 @@ async fn health_legacy_and_batch_api_answer() {
     image::codecs::png::PngEncoder::new(&mut grey_png)
         .write_image(grey.as_raw(), 48, 40, image::ExtendedColorType::L8)
         .expect("PNG");
-    let rgba = image::RgbaImage::from_fn(30, 50, |x, y| {
-        image::Rgba([x as u8 * 8, y as u8 * 5, 90, 128])
-    });
+    let rgba = image::RgbaImage::from_fn(30, 50, |x, y| image::Rgba([x as u8 * 8, y as u8 * 5, 90, 128]));
     let mut rgba_png = Vec::new();
     image::codecs::png::PngEncoder::new(&mut rgba_png)
         .write_image(rgba.as_raw(), 30, 50, image::ExtendedColorType::Rgba8)
         .expect("PNG");
-    let photo = RgbImage::from_fn(640, 480, |x, y| {
-        image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
-    });
+    let photo =
+        RgbImage::from_fn(640, 480, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8]));
     let images = vec![
         record_base64(FROG_RECORD),
         jpeg_base64(&common::cifar_record(2).1),
@@ -183,38 +133,24 @@ async fn health_legacy_and_batch_api_answer() {
         BASE64.encode(rgba_png),
         jpeg_base64(&photo),
     ];
-    let response = post_json(
-        &client,
-        &format!("{}/v1/infer", service.url()),
-        &json!(InferRequest { images }),
-    )
-    .await;
+    let response = post_json(&client, &format!("{}/v1/infer", service.url()), &json!(InferRequest { images })).await;
     assert_eq!(response.status(), StatusCode::OK);
     let response: InferResponse = response.json().await.expect("JSON");
     assert_eq!(response.model_id, service.model_id());
     assert_eq!(response.results.len(), 5);
     let frog = &response.results[0];
     assert_eq!(frog.class_index, TAILED_FROG);
-    assert!(
-        frog.class_name.starts_with("tailed frog"),
-        "{}",
-        frog.class_name
-    );
+    assert!(frog.class_name.starts_with("tailed frog"), "{}", frog.class_name);
     assert_eq!(frog.label, "frog");
     let classes = std::fs::read_to_string(common::imagenet_classes()).expect("classes");
     let classes: Vec<&str> = classes.lines().collect();
     let map = std::fs::read_to_string(common::label_map()).expect("label map");
     for result in &response.results {
-        assert!(
-            result.score > 0.0 && result.score <= 1.0,
-            "score {}",
-            result.score
-        );
+        assert!(result.score > 0.0 && result.score <= 1.0, "score {}", result.score);
         assert_eq!(result.class_name, classes[result.class_index]);
         let row = map.lines().nth(result.class_index + 1).expect("map row");
         assert!(
-            row.starts_with(&format!("{},", result.class_index))
-                && row.ends_with(&format!(",{}", result.label)),
+            row.starts_with(&format!("{},", result.class_index)) && row.ends_with(&format!(",{}", result.label)),
             "{row}"
         );
     }
@@ -238,20 +174,8 @@ async fn bad_requests_get_4xx_with_a_reason_and_the_service_keeps_serving() {
     truncated.truncate(truncated.len() / 2);
 
     let json_cases: Vec<(&str, &str, serde_json::Value, StatusCode, &str)> = vec![
-        (
-            "bad base64",
-            &infer,
-            json!({"images": ["@@@ not base64 @@@"]}),
-            StatusCode::BAD_REQUEST,
-            "base64",
-        ),
-        (
-            "bad base64 (legacy)",
-            &root,
-            json!({"image": "%%%"}),
-            StatusCode::BAD_REQUEST,
-            "base64",
-        ),
+        ("bad base64", &infer, json!({"images": ["@@@ not base64 @@@"]}), StatusCode::BAD_REQUEST, "base64"),
+        ("bad base64 (legacy)", &root, json!({"image": "%%%"}), StatusCode::BAD_REQUEST, "base64"),
         (
             "not an image",
             &infer,
@@ -280,13 +204,7 @@ async fn bad_requests_get_4xx_with_a_reason_and_the_service_keeps_serving() {
             StatusCode::PAYLOAD_TOO_LARGE,
             "100000x100000",
         ),
-        (
-            "empty list",
-            &infer,
-            json!({"images": []}),
-            StatusCode::BAD_REQUEST,
-            "empty",
-        ),
+        ("empty list", &infer, json!({"images": []}), StatusCode::BAD_REQUEST, "empty"),
         (
             "too many images",
             &infer,
@@ -294,20 +212,8 @@ async fn bad_requests_get_4xx_with_a_reason_and_the_service_keeps_serving() {
             StatusCode::PAYLOAD_TOO_LARGE,
             "limit is 4",
         ),
-        (
-            "wrong shape",
-            &infer,
-            json!({"imgs": [good.clone()]}),
-            StatusCode::BAD_REQUEST,
-            "images",
-        ),
-        (
-            "wrong shape (legacy)",
-            &root,
-            json!({"images": [good.clone()]}),
-            StatusCode::BAD_REQUEST,
-            "image",
-        ),
+        ("wrong shape", &infer, json!({"imgs": [good.clone()]}), StatusCode::BAD_REQUEST, "images"),
+        ("wrong shape (legacy)", &root, json!({"images": [good.clone()]}), StatusCode::BAD_REQUEST, "image"),
         (
             "body too large",
             &infer,
@@ -327,19 +233,13 @@ async fn bad_requests_get_4xx_with_a_reason_and_the_service_keeps_serving() {
     let raw_cases: Vec<(&str, reqwest::RequestBuilder, StatusCode, &str)> = vec![
         (
             "malformed JSON",
-            client
-                .post(&infer)
-                .header("content-type", "application/json")
-                .body("{\"images\": [\"abc\""),
+            client.post(&infer).header("content-type", "application/json").body("{\"images\": [\"abc\""),
             StatusCode::BAD_REQUEST,
             "JSON",
         ),
         (
             "wrong content type",
-            client
-                .post(&infer)
-                .header("content-type", "text/plain")
-                .body(good_request.to_string()),
+            client.post(&infer).header("content-type", "text/plain").body(good_request.to_string()),
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "Content-Type",
         ),
@@ -351,18 +251,11 @@ async fn bad_requests_get_4xx_with_a_reason_and_the_service_keeps_serving() {
         ),
         (
             "unknown route",
-            client
-                .post(format!("{root}/v2/nothing"))
-                .json(&good_request),
+            client.post(format!("{root}/v2/nothing")).json(&good_request),
             StatusCode::NOT_FOUND,
             "/v2/nothing",
         ),
-        (
-            "wrong method",
-            client.get(&infer),
-            StatusCode::METHOD_NOT_ALLOWED,
-            "GET",
-        ),
+        ("wrong method", client.get(&infer), StatusCode::METHOD_NOT_ALLOWED, "GET"),
     ];
     for (name, request, status, reason) in raw_cases {
         let response = request.send().await.expect("request sent");
@@ -390,38 +283,16 @@ async fn bad_requests_get_4xx_with_a_reason_and_the_service_keeps_serving() {
             "{kind}\n{metrics}"
         );
     }
-    assert_eq!(
-        sample(
-            &metrics,
-            "infer_http_requests_total{route=\"/\",status=\"200\"}"
-        ),
-        Some(16.0),
-        "{metrics}"
-    );
+    assert_eq!(sample(&metrics, "infer_http_requests_total{route=\"/\",status=\"200\"}"), Some(16.0), "{metrics}");
     service.shutdown().await.expect("clean shutdown");
 }
 
 async fn check_refusal(name: &str, response: reqwest::Response, status: StatusCode, reason: &str) {
     assert_eq!(response.status(), status, "{name}: status");
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    assert!(
-        content_type.starts_with("application/json"),
-        "{name}: content type {content_type}"
-    );
-    let body: ErrorResponse = response
-        .json()
-        .await
-        .unwrap_or_else(|e| panic!("{name}: error body is not JSON: {e}"));
-    assert!(
-        body.error.contains(reason),
-        "{name}: reason `{}` lacks `{reason}`",
-        body.error
-    );
+    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    assert!(content_type.starts_with("application/json"), "{name}: content type {content_type}");
+    let body: ErrorResponse = response.json().await.unwrap_or_else(|e| panic!("{name}: error body is not JSON: {e}"));
+    assert!(body.error.contains(reason), "{name}: reason `{}` lacks `{reason}`", body.error);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,12 +309,7 @@ async fn concurrent_requests_are_batched_and_metrics_are_exposed() {
             let body = json!({"images": [record_base64(i)]});
             tokio::spawn(async move {
                 barrier.wait().await;
-                let response = client
-                    .post(&url)
-                    .json(&body)
-                    .send()
-                    .await
-                    .expect("request sent");
+                let response = client.post(&url).json(&body).send().await.expect("request sent");
                 assert_eq!(response.status(), StatusCode::OK);
                 let response: InferResponse = response.json().await.expect("JSON");
                 response.results[0].clone()
@@ -465,14 +331,8 @@ async fn concurrent_requests_are_batched_and_metrics_are_exposed() {
     let images = sample(&metrics, "infer_batch_size_sum").expect("batch sum");
     let single = sample(&metrics, "infer_batch_size_bucket{le=\"1\"}").expect("bucket 1");
     assert_eq!(images, requests as f64, "{metrics}");
-    assert!(
-        single < batches,
-        "no batch held more than one image: {batches} batches, {single} of size 1"
-    );
-    assert!(
-        batches < requests as f64,
-        "{batches} batches for {requests} images"
-    );
+    assert!(single < batches, "no batch held more than one image: {batches} batches, {single} of size 1");
+    assert!(batches < requests as f64, "{batches} batches for {requests} images");
 
     for name in [
         "infer_http_requests_total{route=\"/v1/infer\",status=\"200\"}",
@@ -482,20 +342,10 @@ async fn concurrent_requests_are_batched_and_metrics_are_exposed() {
         "infer_images_total",
         &format!("infer_model_info{{model_id=\"{}\"}}", service.model_id()),
     ] {
-        assert!(
-            sample(&metrics, name).is_some(),
-            "metrics lack {name}\n{metrics}"
-        );
+        assert!(sample(&metrics, name).is_some(), "metrics lack {name}\n{metrics}");
     }
-    assert_eq!(
-        sample(&metrics, "infer_images_total"),
-        Some(requests as f64)
-    );
-    assert_eq!(
-        sample(&metrics, "infer_errors_total{kind=\"bad_base64\"}"),
-        Some(0.0),
-        "{metrics}"
-    );
+    assert_eq!(sample(&metrics, "infer_images_total"), Some(requests as f64));
+    assert_eq!(sample(&metrics, "infer_errors_total{kind=\"bad_base64\"}"), Some(0.0), "{metrics}");
     service.shutdown().await.expect("clean shutdown");
 }
 
@@ -509,28 +359,13 @@ async fn shutdown_lets_in_flight_requests_finish_then_closes_the_port() {
         .map(|i| {
             let (client, url) = (client.clone(), url.clone());
             let body = json!({"images": [record_base64(i)]});
-            tokio::spawn(async move {
-                client
-                    .post(&url)
-                    .json(&body)
-                    .send()
-                    .await
-                    .map(|r| r.status())
-            })
+            tokio::spawn(async move { client.post(&url).json(&body).send().await.map(|r| r.status()) })
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
     service.shutdown().await.expect("clean shutdown");
     for task in tasks {
-        assert_eq!(
-            task.await
-                .expect("task")
-                .expect("in-flight request answered"),
-            StatusCode::OK
-        );
+        assert_eq!(task.await.expect("task").expect("in-flight request answered"), StatusCode::OK);
     }
-    assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "port still open after shutdown"
-    );
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "port still open after shutdown");
 }

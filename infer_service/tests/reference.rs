@@ -28,9 +28,7 @@ struct Reference {
 
 impl Reference {
     fn file(&self, name: &str) -> &[u8] {
-        self.files
-            .get(name)
-            .unwrap_or_else(|| panic!("reference.py wrote no {name}"))
+        self.files.get(name).unwrap_or_else(|| panic!("reference.py wrote no {name}"))
     }
 
     fn records(&self) -> &[Value] {
@@ -65,15 +63,11 @@ fn reference() -> &'static Reference {
         let mut files = HashMap::new();
         for entry in std::fs::read_dir(dir.path()).expect("reference output") {
             let path = entry.expect("directory entry").path();
-            let name = path
-                .file_name()
-                .expect("file name")
-                .to_string_lossy()
-                .into_owned();
+            let name = path.file_name().expect("file name").to_string_lossy().into_owned();
             files.insert(name, std::fs::read(&path).expect("reference file"));
         }
-        let results = serde_json::from_slice(files.get("results.json").expect("results.json"))
-            .expect("results.json is JSON");
+        let results =
+            serde_json::from_slice(files.get("results.json").expect("results.json")).expect("results.json is JSON");
         Reference { files, results }
     })
 }
@@ -84,19 +78,11 @@ fn classifier() -> Classifier {
 }
 
 fn f32_values(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }
 
 fn python_logits(record: &Value, key: &str) -> Vec<f32> {
-    record[key]
-        .as_array()
-        .expect(key)
-        .iter()
-        .map(|v| v.as_f64().expect("number") as f32)
-        .collect()
+    record[key].as_array().expect(key).iter().map(|v| v.as_f64().expect("number") as f32).collect()
 }
 
 /// First index of the largest score (numpy's `argmax`).
@@ -106,23 +92,13 @@ fn argmax(row: &[f32]) -> usize {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 /// Prepares each record's file `name(i)` with `preprocessor` and runs them as one batch.
-fn rust_side(
-    preprocessor: &Preprocessor,
-    name: impl Fn(usize) -> String,
-) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+fn rust_side(preprocessor: &Preprocessor, name: impl Fn(usize) -> String) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
     let tensors: Vec<Vec<f32>> = (0..RECORDS)
-        .map(|i| {
-            preprocessor
-                .prepare(reference().file(&name(i)))
-                .expect("reference image decodes")
-        })
+        .map(|i| preprocessor.prepare(reference().file(&name(i))).expect("reference image decodes"))
         .collect();
     let batch: Vec<f32> = tensors.concat();
     let scores = classifier().scores(&batch, RECORDS).expect("model runs");
@@ -148,15 +124,8 @@ fn assert_same_as_python(suffix: &str, tensor: &str, variant: &str) {
     let (tensors, scores) = rust_side(&preprocessor, |i| format!("rec{i}_{suffix}.png"));
     for (i, record) in reference.records().iter().enumerate() {
         let python_tensor = f32_values(reference.file(&format!("{tensor}{i}.f32")));
-        assert_eq!(
-            tensors[i].len(),
-            python_tensor.len(),
-            "{suffix} {i}: tensor length"
-        );
-        let first_difference = tensors[i]
-            .iter()
-            .zip(&python_tensor)
-            .position(|(a, b)| a.to_bits() != b.to_bits());
+        assert_eq!(tensors[i].len(), python_tensor.len(), "{suffix} {i}: tensor length");
+        let first_difference = tensors[i].iter().zip(&python_tensor).position(|(a, b)| a.to_bits() != b.to_bits());
         assert_eq!(
             first_difference.map(|at| (at, tensors[i][at], python_tensor[at])),
             None,
@@ -195,15 +164,9 @@ fn known_records_give_their_known_classes() {
     let preprocessor = Preprocessor::new(224, 224, 1.0, u64::MAX);
     let (_, scores) = rust_side(&preprocessor, |i| format!("rec{i}_32.png"));
     let rust: Vec<usize> = scores.iter().map(|row| argmax(row)).collect();
-    let python: Vec<usize> = reference
-        .records()
-        .iter()
-        .map(|r| r["direct_top1"].as_u64().expect("top1") as usize)
-        .collect();
-    assert_eq!(
-        python, SOURCES_TOP1_DIRECT,
-        "Python reference disagrees with SOURCES.md"
-    );
+    let python: Vec<usize> =
+        reference.records().iter().map(|r| r["direct_top1"].as_u64().expect("top1") as usize).collect();
+    assert_eq!(python, SOURCES_TOP1_DIRECT, "Python reference disagrees with SOURCES.md");
     assert_eq!(rust[2], 628, "record 2 (ship) should be 628 liner");
     assert_eq!(rust[4], 32, "record 4 (frog) should be 32 tailed frog");
     assert_eq!(rust, SOURCES_TOP1_DIRECT);

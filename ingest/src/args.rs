@@ -7,12 +7,7 @@ use clap::Args;
 #[derive(Clone, Debug, Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers, comma-separated.
-    #[arg(
-        long,
-        env = "IOT_KAFKA_BROKERS",
-        default_value = "127.0.0.1:9092",
-        value_name = "HOST:PORT,..."
-    )]
+    #[arg(long, env = "IOT_KAFKA_BROKERS", default_value = "127.0.0.1:9092", value_name = "HOST:PORT,...")]
     pub brokers: String,
     /// Topic the images travel on.
     #[arg(long, env = "IOT_TOPIC", default_value = iot_schema::TOPIC_IMAGES)]
@@ -26,12 +21,7 @@ pub struct KafkaArgs {
 #[derive(Clone, Debug, Args)]
 pub struct MongoArgs {
     /// MongoDB connection string.
-    #[arg(
-        long,
-        env = "IOT_MONGO_URI",
-        default_value = "mongodb://127.0.0.1:27017",
-        value_name = "URI"
-    )]
+    #[arg(long, env = "IOT_MONGO_URI", default_value = "mongodb://127.0.0.1:27017", value_name = "URI")]
     pub mongo_uri: String,
     /// Database.
     #[arg(long, env = "IOT_MONGO_DB", default_value = iot_schema::DEFAULT_DB)]
@@ -51,44 +41,19 @@ pub struct ConsumerArgs {
     #[arg(long, env = "IOT_DLQ_TOPIC", default_value = iot_schema::TOPIC_DEAD_LETTERS)]
     pub dlq_topic: String,
     /// Longest wait for a batch to fill before it is handled anyway.
-    #[arg(
-        long,
-        env = "IOT_BATCH_LINGER_MS",
-        default_value_t = 20,
-        value_name = "MS"
-    )]
+    #[arg(long, env = "IOT_BATCH_LINGER_MS", default_value_t = 20, value_name = "MS")]
     pub batch_linger_ms: u64,
     /// Kafka consumer session timeout: how soon a crashed instance's partitions move to another.
-    #[arg(
-        long,
-        env = "IOT_SESSION_TIMEOUT_MS",
-        default_value_t = 10_000,
-        value_name = "MS"
-    )]
+    #[arg(long, env = "IOT_SESSION_TIMEOUT_MS", default_value_t = 10_000, value_name = "MS")]
     pub session_timeout_ms: u64,
     /// First retry delay when a service (MongoDB, the inference service, Kafka) fails.
-    #[arg(
-        long,
-        env = "IOT_RETRY_INITIAL_MS",
-        default_value_t = 200,
-        value_name = "MS"
-    )]
+    #[arg(long, env = "IOT_RETRY_INITIAL_MS", default_value_t = 200, value_name = "MS")]
     pub retry_initial_ms: u64,
     /// Longest retry delay.
-    #[arg(
-        long,
-        env = "IOT_RETRY_MAX_MS",
-        default_value_t = 10_000,
-        value_name = "MS"
-    )]
+    #[arg(long, env = "IOT_RETRY_MAX_MS", default_value_t = 10_000, value_name = "MS")]
     pub retry_max_ms: u64,
     /// How long a shutdown waits for in-flight work before committing what is done.
-    #[arg(
-        long,
-        env = "IOT_SHUTDOWN_GRACE_S",
-        default_value_t = 20,
-        value_name = "SECONDS"
-    )]
+    #[arg(long, env = "IOT_SHUTDOWN_GRACE_S", default_value_t = 20, value_name = "SECONDS")]
     pub shutdown_grace_s: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, env = "IOT_METRICS_LISTEN", value_name = "ADDR")]
@@ -106,9 +71,7 @@ impl ConsumerArgs {
 
 pub fn parse_key_value(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
-        Some((key, value)) if !key.trim().is_empty() => {
-            Ok((key.trim().to_owned(), value.to_owned()))
-        }
+        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
         _ => Err(format!("expected KEY=VALUE, got {text:?}")),
     }
 }

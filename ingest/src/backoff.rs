@@ -19,12 +19,7 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(initial: Duration, max: Duration) -> Backoff {
-        Backoff {
-            initial,
-            max: max.max(initial),
-            jitter: 0.25,
-            attempt: 0,
-        }
+        Backoff { initial, max: max.max(initial), jitter: 0.25, attempt: 0 }
     }
 
     pub fn without_jitter(mut self) -> Backoff {
@@ -120,18 +115,7 @@ mod tests {
     fn doubles_up_to_the_cap() {
         let mut b = Backoff::new(ms(100), ms(1000)).without_jitter();
         let delays: Vec<_> = (0..7).map(|_| b.next_delay()).collect();
-        assert_eq!(
-            delays,
-            [
-                ms(100),
-                ms(200),
-                ms(400),
-                ms(800),
-                ms(1000),
-                ms(1000),
-                ms(1000)
-            ]
-        );
+        assert_eq!(delays, [ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000), ms(1000)]);
         b.reset();
         assert_eq!(b.next_delay(), ms(100));
     }
@@ -162,22 +146,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retry_keeps_going_until_success() {
         let mut calls = 0;
-        let got = retry(
-            "op",
-            Backoff::new(ms(10), ms(40)),
-            &Shutdown::never(),
-            || {
-                calls += 1;
-                let n = calls;
-                async move {
-                    if n < 5 {
-                        Err("down")
-                    } else {
-                        Ok(n)
-                    }
+        let got = retry("op", Backoff::new(ms(10), ms(40)), &Shutdown::never(), || {
+            calls += 1;
+            let n = calls;
+            async move {
+                if n < 5 {
+                    Err("down")
+                } else {
+                    Ok(n)
                 }
-            },
-        )
+            }
+        })
         .await;
         assert_eq!(got, Ok(5));
     }
@@ -189,10 +168,7 @@ mod tests {
             tokio::time::sleep(ms(1000)).await;
             trigger.trigger();
         });
-        let got: Result<(), _> = retry("op", Backoff::new(ms(10), ms(100)), &shutdown, || async {
-            Err("down")
-        })
-        .await;
+        let got: Result<(), _> = retry("op", Backoff::new(ms(10), ms(100)), &shutdown, || async { Err("down") }).await;
         assert_eq!(got, Err(ShutdownRequested));
         stopper.await.unwrap();
     }

@@ -26,22 +26,13 @@ pub struct BenchArgs {
     #[arg(long, env = "IOT_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub brokers: String,
     /// MongoDB connection string.
-    #[arg(
-        long,
-        env = "IOT_MONGO_URI",
-        default_value = "mongodb://127.0.0.1:27017"
-    )]
+    #[arg(long, env = "IOT_MONGO_URI", default_value = "mongodb://127.0.0.1:27017")]
     pub mongo_uri: String,
     /// The running inference service.
     #[arg(long, env = "IOT_INFER_URL", default_value = "http://127.0.0.1:5000")]
     pub infer_url: String,
     /// Producer counts to run, one run each.
-    #[arg(
-        long = "producers",
-        env = "IOT_BENCH_PRODUCERS",
-        value_delimiter = ',',
-        default_value = "1,2,4"
-    )]
+    #[arg(long = "producers", env = "IOT_BENCH_PRODUCERS", value_delimiter = ',', default_value = "1,2,4")]
     pub producer_counts: Vec<u32>,
     /// Images per run, split evenly among the producers.
     #[arg(long, env = "IOT_BENCH_IMAGES", default_value_t = 2000)]
@@ -108,8 +99,7 @@ impl RunFigures {
 }
 
 fn parse<T: Parser>(name: &str, flags: Vec<String>) -> Result<T> {
-    T::try_parse_from(std::iter::once(name.to_owned()).chain(flags))
-        .map_err(|e| anyhow::anyhow!("{name}: {e}"))
+    T::try_parse_from(std::iter::once(name.to_owned()).chain(flags)).map_err(|e| anyhow::anyhow!("{name}: {e}"))
 }
 
 fn ratio(numerator: f64, denominator: u64) -> f64 {
@@ -121,8 +111,7 @@ fn ratio(numerator: f64, denominator: u64) -> f64 {
 }
 
 pub async fn run(args: BenchArgs, shutdown: Shutdown) -> Result<()> {
-    std::fs::create_dir_all(&args.out_dir)
-        .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
+    std::fs::create_dir_all(&args.out_dir).with_context(|| format!("cannot create {}", args.out_dir.display()))?;
     let mut figures = Vec::new();
     for &producers in &args.producer_counts {
         if shutdown.is_requested() {
@@ -171,11 +160,7 @@ pub fn table(figures: &[RunFigures]) -> String {
 async fn bench_once(args: &BenchArgs, producers: u32, outer: &Shutdown) -> Result<RunFigures> {
     let per_producer = (args.images / producers as u64).max(1);
     let total = per_producer * producers as u64;
-    let tag = format!(
-        "bench-{}-{}-{producers}p",
-        std::process::id(),
-        crate::now_ms()
-    );
+    let tag = format!("bench-{}-{}-{producers}p", std::process::id(), crate::now_ms());
     let topic = tag.clone();
     let dlq = format!("{tag}.dlq");
     let db = tag.replace('-', "_");
@@ -183,11 +168,7 @@ async fn bench_once(args: &BenchArgs, producers: u32, outer: &Shutdown) -> Resul
     let truth_log = args.out_dir.join(format!("truth-{producers}p.csv"));
     // A fresh latency log per run: the infer-consumer appends.
     let _ = std::fs::remove_file(&latency_log);
-    let kafka = KafkaArgs {
-        brokers: args.brokers.clone(),
-        topic: topic.clone(),
-        kafka_opts: Vec::new(),
-    };
+    let kafka = KafkaArgs { brokers: args.brokers.clone(), topic: topic.clone(), kafka_opts: Vec::new() };
     crate::kafka::create_topics(&kafka, &[&topic, &dlq], args.partitions).await?;
     let common = vec![
         format!("--brokers={}", args.brokers),
@@ -197,10 +178,7 @@ async fn bench_once(args: &BenchArgs, producers: u32, outer: &Shutdown) -> Resul
         format!("--dlq-topic={dlq}"),
     ];
     let mut db_flags = common.clone();
-    db_flags.extend([
-        format!("--group={tag}-db"),
-        format!("--batch-size={}", args.batch_size),
-    ]);
+    db_flags.extend([format!("--group={tag}-db"), format!("--batch-size={}", args.batch_size)]);
     let mut infer_flags = common;
     infer_flags.extend([
         format!("--group={tag}-infer"),
@@ -216,11 +194,7 @@ async fn bench_once(args: &BenchArgs, producers: u32, outer: &Shutdown) -> Resul
         format!("--topic={topic}"),
         format!("--producers={producers}"),
         format!("--count={per_producer}"),
-        format!(
-            "--rate={}",
-            args.total_rate
-                .map_or(args.rate, |total| total / producers as f64)
-        ),
+        format!("--rate={}", args.total_rate.map_or(args.rate, |total| total / producers as f64)),
         "--disjoint-ids".to_owned(),
         format!("--image-limit={}", args.image_limit),
         format!("--truth-log={}", truth_log.display()),
@@ -233,16 +207,8 @@ async fn bench_once(args: &BenchArgs, producers: u32, outer: &Shutdown) -> Resul
     let (stop_consumers, consumers_shutdown) = shutdown::channel();
     let db_metrics = Metrics::new();
     let infer_metrics = Metrics::new();
-    let db_task = tokio::spawn(crate::consumer::db::run(
-        db_args,
-        db_metrics.clone(),
-        consumers_shutdown.clone(),
-    ));
-    let infer_task = tokio::spawn(crate::consumer::infer::run(
-        infer_args,
-        infer_metrics.clone(),
-        consumers_shutdown,
-    ));
+    let db_task = tokio::spawn(crate::consumer::db::run(db_args, db_metrics.clone(), consumers_shutdown.clone()));
+    let infer_task = tokio::spawn(crate::consumer::infer::run(infer_args, infer_metrics.clone(), consumers_shutdown));
     // Let both groups join before the clock starts.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
@@ -250,10 +216,7 @@ async fn bench_once(args: &BenchArgs, producers: u32, outer: &Shutdown) -> Resul
     let produced = crate::producer::run(producer_args, outer.clone()).await?;
     let produce_s = produced.elapsed.as_secs_f64();
     if produced.acknowledged != total {
-        bail!(
-            "only {} of {total} messages were acknowledged",
-            produced.acknowledged
-        );
+        bail!("only {} of {total} messages were acknowledged", produced.acknowledged);
     }
     let deadline = started + Duration::from_secs(args.timeout_s);
     let (mut stored_s, mut inferred_s) = (None, None);
@@ -268,11 +231,7 @@ async fn bench_once(args: &BenchArgs, producers: u32, outer: &Shutdown) -> Resul
         }
         if db_task.is_finished() || infer_task.is_finished() {
             stop_consumers.trigger();
-            bail!(
-                "a consumer stopped early: {:?} / {:?}",
-                db_task.await,
-                infer_task.await
-            );
+            bail!("a consumer stopped early: {:?} / {:?}", db_task.await, infer_task.await);
         }
         if stored_s.is_none() && get(&db_metrics.written) >= total {
             stored_s = Some(started.elapsed().as_secs_f64());
@@ -301,11 +260,7 @@ async fn bench_once(args: &BenchArgs, producers: u32, outer: &Shutdown) -> Resul
         bail!("MongoDB holds {complete} complete records, expected {total}");
     }
     if !args.keep {
-        store
-            .database()
-            .drop()
-            .await
-            .context("cannot drop the bench database")?;
+        store.database().drop().await.context("cannot drop the bench database")?;
         crate::kafka::delete_topics(&kafka, &[&topic, &dlq]).await?;
     }
 
@@ -317,26 +272,11 @@ async fn bench_once(args: &BenchArgs, producers: u32, outer: &Shutdown) -> Resul
         produce_s,
         stored_s: stored_s.unwrap_or_default(),
         inferred_s: inferred_s.unwrap_or_default(),
-        infer_ms_per_image: ratio(
-            ms(get(&infer_metrics.infer_nanos)),
-            get(&infer_metrics.infer_images),
-        ),
-        infer_ms_per_request: ratio(
-            ms(get(&infer_metrics.infer_nanos)),
-            get(&infer_metrics.infer_requests),
-        ),
-        db_write_ms_per_batch: ratio(
-            ms(get(&db_metrics.mongo_write_nanos)),
-            get(&db_metrics.mongo_batches),
-        ),
-        db_records_per_batch: ratio(
-            get(&db_metrics.written) as f64,
-            get(&db_metrics.mongo_batches),
-        ),
-        infer_write_ms_per_batch: ratio(
-            ms(get(&infer_metrics.mongo_write_nanos)),
-            get(&infer_metrics.mongo_batches),
-        ),
+        infer_ms_per_image: ratio(ms(get(&infer_metrics.infer_nanos)), get(&infer_metrics.infer_images)),
+        infer_ms_per_request: ratio(ms(get(&infer_metrics.infer_nanos)), get(&infer_metrics.infer_requests)),
+        db_write_ms_per_batch: ratio(ms(get(&db_metrics.mongo_write_nanos)), get(&db_metrics.mongo_batches)),
+        db_records_per_batch: ratio(get(&db_metrics.written) as f64, get(&db_metrics.mongo_batches)),
+        infer_write_ms_per_batch: ratio(ms(get(&infer_metrics.mongo_write_nanos)), get(&infer_metrics.mongo_batches)),
         infer_retries: get(&infer_metrics.infer_retries),
         latency_p50_ms: percentile(&latencies, 50.0).unwrap_or_default(),
         latency_p99_ms: percentile(&latencies, 99.0).unwrap_or_default(),
@@ -373,12 +313,6 @@ mod tests {
             latency_log: PathBuf::new(),
         };
         let text = table(&[f]);
-        assert!(
-            text.lines()
-                .nth(2)
-                .unwrap()
-                .starts_with("| 2 | 1000 | 250.0 | 2000 | 1000 |"),
-            "{text}"
-        );
+        assert!(text.lines().nth(2).unwrap().starts_with("| 2 | 1000 | 250.0 | 2000 | 1000 |"), "{text}");
     }
 }

@@ -14,10 +14,7 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     crate::logging::init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => return report_outcome(Err(err.into())),
     };

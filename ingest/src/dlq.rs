@@ -45,19 +45,14 @@ impl DeadLetter {
         DeadLetter {
             reason: reason.to_string(),
             reason_code: reason.code().to_owned(),
-            key: inbound
-                .key
-                .as_ref()
-                .map(|k| String::from_utf8_lossy(k).into_owned()),
+            key: inbound.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
             topic: inbound.pos.topic.clone(),
             partition: inbound.pos.partition,
             offset: inbound.pos.offset,
             consumer_group: group.to_owned(),
             payload: text.map(str::to_owned),
             payload_base64: match (raw, text) {
-                (Some(bytes), None) => {
-                    Some(base64::engine::general_purpose::STANDARD.encode(bytes))
-                }
+                (Some(bytes), None) => Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
                 _ => None,
             },
             dead_lettered_at: crate::now_ms(),
@@ -68,30 +63,12 @@ impl DeadLetter {
         let partition = self.partition.to_string();
         let offset = self.offset.to_string();
         OwnedHeaders::new()
-            .insert(Header {
-                key: "reason",
-                value: Some(self.reason.as_str()),
-            })
-            .insert(Header {
-                key: "reason_code",
-                value: Some(self.reason_code.as_str()),
-            })
-            .insert(Header {
-                key: "source_topic",
-                value: Some(self.topic.as_str()),
-            })
-            .insert(Header {
-                key: "source_partition",
-                value: Some(partition.as_str()),
-            })
-            .insert(Header {
-                key: "source_offset",
-                value: Some(offset.as_str()),
-            })
-            .insert(Header {
-                key: "consumer_group",
-                value: Some(self.consumer_group.as_str()),
-            })
+            .insert(Header { key: "reason", value: Some(self.reason.as_str()) })
+            .insert(Header { key: "reason_code", value: Some(self.reason_code.as_str()) })
+            .insert(Header { key: "source_topic", value: Some(self.topic.as_str()) })
+            .insert(Header { key: "source_partition", value: Some(partition.as_str()) })
+            .insert(Header { key: "source_offset", value: Some(offset.as_str()) })
+            .insert(Header { key: "consumer_group", value: Some(self.consumer_group.as_str()) })
     }
 }
 
@@ -126,25 +103,14 @@ impl DeadLetters {
         // Serializing a struct of strings and integers cannot fail.
         let value = serde_json::to_vec(&letter).unwrap_or_default();
         let headers = letter.headers();
-        let what = format!(
-            "dead-lettering the record at {}:{}",
-            inbound.pos.partition, inbound.pos.offset
-        );
+        let what = format!("dead-lettering the record at {}:{}", inbound.pos.partition, inbound.pos.offset);
         retry(&what, self.backoff.clone(), shutdown, || {
-            let mut record = FutureRecord::to(&self.topic)
-                .payload(&value)
-                .headers(headers.clone());
+            let mut record = FutureRecord::to(&self.topic).payload(&value).headers(headers.clone());
             if let Some(key) = &inbound.key {
                 record = record.key(key.as_slice());
             }
             let producer = self.producer.clone();
-            async move {
-                producer
-                    .send(record, Duration::from_secs(30))
-                    .await
-                    .map(|_| ())
-                    .map_err(|(e, _)| e)
-            }
+            async move { producer.send(record, Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e) }
         })
         .await
     }
@@ -157,11 +123,7 @@ mod tests {
 
     fn inbound(key: Option<&[u8]>, payload: Option<&[u8]>) -> Inbound {
         Inbound {
-            pos: Position {
-                topic: "iot_images".into(),
-                partition: 2,
-                offset: 41,
-            },
+            pos: Position { topic: "iot_images".into(), partition: 2, offset: 41 },
             key: key.map(<[u8]>::to_vec),
             payload: payload.map(<[u8]>::to_vec),
         }
@@ -169,18 +131,12 @@ mod tests {
 
     #[test]
     fn envelope_carries_reason_position_and_text_payload() {
-        let letter = DeadLetter::new(
-            &inbound(Some(b"cam-1"), Some(b"{\"ID\":1}")),
-            &Malformed::MissingField("ProducerID"),
-            "g",
-        );
+        let letter =
+            DeadLetter::new(&inbound(Some(b"cam-1"), Some(b"{\"ID\":1}")), &Malformed::MissingField("ProducerID"), "g");
         assert_eq!(letter.reason, "missing field `ProducerID`");
         assert_eq!(letter.reason_code, "missing_field");
         assert_eq!(letter.key.as_deref(), Some("cam-1"));
-        assert_eq!(
-            (letter.topic.as_str(), letter.partition, letter.offset),
-            ("iot_images", 2, 41)
-        );
+        assert_eq!((letter.topic.as_str(), letter.partition, letter.offset), ("iot_images", 2, 41));
         assert_eq!(letter.payload.as_deref(), Some("{\"ID\":1}"));
         assert_eq!(letter.payload_base64, None);
         let json: serde_json::Value = serde_json::to_value(&letter).unwrap();
@@ -191,11 +147,7 @@ mod tests {
 
     #[test]
     fn binary_payload_is_kept_in_base64() {
-        let letter = DeadLetter::new(
-            &inbound(None, Some(&[0xff, 0x00])),
-            &Malformed::NotUtf8,
-            "g",
-        );
+        let letter = DeadLetter::new(&inbound(None, Some(&[0xff, 0x00])), &Malformed::NotUtf8, "g");
         assert_eq!(letter.key, None);
         assert_eq!(letter.payload, None);
         assert_eq!(letter.payload_base64.as_deref(), Some("/wA="));
@@ -206,11 +158,7 @@ mod tests {
         use rdkafka::message::Headers;
         let letter = DeadLetter::new(&inbound(Some(b"k"), None), &Malformed::Empty, "g");
         let headers = letter.headers();
-        let reason = headers
-            .iter()
-            .find(|h| h.key == "reason")
-            .and_then(|h| h.value)
-            .unwrap();
+        let reason = headers.iter().find(|h| h.key == "reason").and_then(|h| h.value).unwrap();
         assert_eq!(reason, b"the message has no payload");
         assert_eq!(headers.count(), 6);
     }

@@ -58,10 +58,7 @@ impl InferClient {
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(30))
             .build()?;
-        Ok(InferClient {
-            http,
-            base: base_url.trim_end_matches('/').to_owned(),
-        })
+        Ok(InferClient { http, base: base_url.trim_end_matches('/').to_owned() })
     }
 
     pub fn base_url(&self) -> &str {
@@ -79,10 +76,7 @@ impl InferClient {
             .await
             .map_err(|e| InferError::Unavailable(format!("{url}: {e}")))?;
         let status = response.status().as_u16();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| InferError::Unavailable(format!("{url}: {e}")))?;
+        let body = response.bytes().await.map_err(|e| InferError::Unavailable(format!("{url}: {e}")))?;
         interpret(status, &body, images.len())
     }
 
@@ -97,14 +91,10 @@ impl InferClient {
 /// anything else as unavailability.
 pub fn interpret(status: u16, body: &[u8], images: usize) -> Result<InferReply, InferError> {
     if (200..300).contains(&status) {
-        let reply: InferReply = serde_json::from_slice(body).map_err(|e| {
-            InferError::Unavailable(format!("unreadable reply ({e}): {}", excerpt(body)))
-        })?;
+        let reply: InferReply = serde_json::from_slice(body)
+            .map_err(|e| InferError::Unavailable(format!("unreadable reply ({e}): {}", excerpt(body))))?;
         if reply.results.len() != images {
-            return Err(InferError::Unavailable(format!(
-                "{} results for {images} images",
-                reply.results.len()
-            )));
+            return Err(InferError::Unavailable(format!("{} results for {images} images", reply.results.len())));
         }
         return Ok(reply);
     }
@@ -112,9 +102,7 @@ pub fn interpret(status: u16, body: &[u8], images: usize) -> Result<InferReply, 
     struct ErrorBody {
         error: String,
     }
-    let reason = serde_json::from_slice::<ErrorBody>(body)
-        .map(|e| e.error)
-        .unwrap_or_else(|_| excerpt(body));
+    let reason = serde_json::from_slice::<ErrorBody>(body).map(|e| e.error).unwrap_or_else(|_| excerpt(body));
     if is_rejection(status) {
         Err(InferError::Rejected { status, reason })
     } else {
@@ -143,58 +131,31 @@ mod tests {
 
     #[test]
     fn a_reply_with_the_wrong_number_of_results_is_retried() {
-        assert!(matches!(
-            interpret(200, OK.as_bytes(), 3),
-            Err(InferError::Unavailable(_))
-        ));
-        assert!(matches!(
-            interpret(200, b"<html>", 1),
-            Err(InferError::Unavailable(_))
-        ));
+        assert!(matches!(interpret(200, OK.as_bytes(), 3), Err(InferError::Unavailable(_))));
+        assert!(matches!(interpret(200, b"<html>", 1), Err(InferError::Unavailable(_))));
     }
 
     #[test]
     fn input_errors_are_rejections_with_the_reason() {
-        let err =
-            interpret(400, br#"{"error":"image 0 is not a decodable image"}"#, 1).unwrap_err();
-        assert_eq!(
-            err,
-            InferError::Rejected {
-                status: 400,
-                reason: "image 0 is not a decodable image".into()
-            }
-        );
-        assert!(matches!(
-            interpret(413, b"too big", 1),
-            Err(InferError::Rejected { status: 413, .. })
-        ));
+        let err = interpret(400, br#"{"error":"image 0 is not a decodable image"}"#, 1).unwrap_err();
+        assert_eq!(err, InferError::Rejected { status: 400, reason: "image 0 is not a decodable image".into() });
+        assert!(matches!(interpret(413, b"too big", 1), Err(InferError::Rejected { status: 413, .. })));
     }
 
     #[test]
     fn server_and_routing_errors_are_retried() {
         for status in [500, 502, 503, 404, 405, 408, 429] {
-            assert!(
-                matches!(interpret(status, b"{}", 1), Err(InferError::Unavailable(_))),
-                "{status}"
-            );
+            assert!(matches!(interpret(status, b"{}", 1), Err(InferError::Unavailable(_))), "{status}");
         }
     }
 
     #[tokio::test]
     async fn a_closed_port_is_unavailable() {
         // Bind then drop a listener to get a port nobody listens on.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let client =
-            InferClient::new(&format!("http://127.0.0.1:{port}/"), Duration::from_secs(2)).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let client = InferClient::new(&format!("http://127.0.0.1:{port}/"), Duration::from_secs(2)).unwrap();
         assert_eq!(client.base_url(), format!("http://127.0.0.1:{port}"));
-        assert!(matches!(
-            client.infer(&["aGk="]).await,
-            Err(InferError::Unavailable(_))
-        ));
+        assert!(matches!(client.infer(&["aGk="]).await, Err(InferError::Unavailable(_))));
         assert!(!client.healthy().await);
     }
 }

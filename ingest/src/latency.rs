@@ -43,8 +43,7 @@ pub struct LatencyLog {
 impl LatencyLog {
     pub fn open(path: &Path) -> Result<LatencyLog> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
         let file = OpenOptions::new()
             .create(true)
@@ -52,19 +51,12 @@ impl LatencyLog {
             .open(path)
             .with_context(|| format!("cannot open the latency log {}", path.display()))?;
         let empty = file.metadata()?.len() == 0;
-        let writer = csv::WriterBuilder::new()
-            .has_headers(empty)
-            .from_writer(file);
-        Ok(LatencyLog {
-            writer: Mutex::new(writer),
-        })
+        let writer = csv::WriterBuilder::new().has_headers(empty).from_writer(file);
+        Ok(LatencyLog { writer: Mutex::new(writer) })
     }
 
     pub fn append(&self, rows: &[LatencyRow]) -> Result<()> {
-        let mut writer = self
-            .writer
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let mut writer = self.writer.lock().unwrap_or_else(|poison| poison.into_inner());
         for row in rows {
             writer.serialize(row)?;
         }
@@ -73,14 +65,11 @@ impl LatencyLog {
 }
 
 pub fn read(path: &Path) -> Result<Vec<LatencyRow>> {
-    let mut reader =
-        csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut reader = csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut rows = Vec::new();
     for (n, row) in reader.deserialize().enumerate() {
         // Line n+2: the header is line 1.
-        rows.push(
-            row.with_context(|| format!("{} line {}: not a latency row", path.display(), n + 2))?,
-        );
+        rows.push(row.with_context(|| format!("{} line {}: not a latency row", path.display(), n + 2))?);
     }
     Ok(rows)
 }
@@ -93,19 +82,10 @@ mod tests {
     fn appends_across_reopenings_with_one_header() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lat.csv");
-        LatencyLog::open(&path)
-            .unwrap()
-            .append(&[LatencyRow::new("a", 1, 100, 150)])
-            .unwrap();
-        LatencyLog::open(&path)
-            .unwrap()
-            .append(&[LatencyRow::new("b", 2, 100, 130)])
-            .unwrap();
+        LatencyLog::open(&path).unwrap().append(&[LatencyRow::new("a", 1, 100, 150)]).unwrap();
+        LatencyLog::open(&path).unwrap().append(&[LatencyRow::new("b", 2, 100, 130)]).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(
-            text,
-            "ProducerID,ID,SentAt,InferredAt,latency_ms\na,1,100,150,50\nb,2,100,130,30\n"
-        );
+        assert_eq!(text, "ProducerID,ID,SentAt,InferredAt,latency_ms\na,1,100,150,50\nb,2,100,130,30\n");
         assert_eq!(read(&path).unwrap()[1].latency_ms, 30);
     }
 
@@ -113,11 +93,7 @@ mod tests {
     fn a_bad_row_is_reported_by_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lat.csv");
-        std::fs::write(
-            &path,
-            "ProducerID,ID,SentAt,InferredAt,latency_ms\na,1,2,3,1\na,x,2,3,1\n",
-        )
-        .unwrap();
+        std::fs::write(&path, "ProducerID,ID,SentAt,InferredAt,latency_ms\na,1,2,3,1\na,x,2,3,1\n").unwrap();
         let err = format!("{:#}", read(&path).unwrap_err());
         assert!(err.contains("line 3"), "{err}");
     }

@@ -76,12 +76,7 @@ pub struct Parsed {
 }
 
 /// Fields without which a record cannot be stored (`SentAt` is optional).
-const REQUIRED: [&str; 4] = [
-    field::ID,
-    field::PRODUCER_ID,
-    field::GROUND_TRUTH,
-    field::DATA,
-];
+const REQUIRED: [&str; 4] = [field::ID, field::PRODUCER_ID, field::GROUND_TRUTH, field::DATA];
 
 /// Largest image side accepted, so that a hostile header cannot make us allocate gigabytes.
 const MAX_IMAGE_SIDE: u32 = 8192;
@@ -91,16 +86,14 @@ const MAX_IMAGE_SIDE: u32 = 8192;
 pub fn parse(payload: Option<&[u8]>) -> Result<ImageMessage, Malformed> {
     let bytes = payload.filter(|p| !p.is_empty()).ok_or(Malformed::Empty)?;
     let text = std::str::from_utf8(bytes).map_err(|_| Malformed::NotUtf8)?;
-    let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| Malformed::NotJson(e.to_string()))?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| Malformed::NotJson(e.to_string()))?;
     let object = value.as_object().ok_or(Malformed::NotObject)?;
     for name in REQUIRED {
         if object.get(name).is_none_or(serde_json::Value::is_null) {
             return Err(Malformed::MissingField(name));
         }
     }
-    let msg: ImageMessage =
-        serde_json::from_value(value).map_err(|e| Malformed::InvalidField(e.to_string()))?;
+    let msg: ImageMessage = serde_json::from_value(value).map_err(|e| Malformed::InvalidField(e.to_string()))?;
     if msg.producer_id.trim().is_empty() {
         return Err(Malformed::InvalidField("`ProducerID` is empty".into()));
     }
@@ -121,9 +114,7 @@ pub fn check_image(data: &str) -> Result<(), Malformed> {
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
     reader.limits(limits);
-    reader
-        .decode()
-        .map_err(|e| Malformed::BadImage(e.to_string()))?;
+    reader.decode().map_err(|e| Malformed::BadImage(e.to_string()))?;
     Ok(())
 }
 
@@ -134,9 +125,7 @@ pub fn decode_base64(data: &str) -> Result<Vec<u8>, Malformed> {
         base64::engine::GeneralPurposeConfig::new()
             .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
     );
-    LENIENT
-        .decode(data.trim())
-        .map_err(|e| Malformed::BadBase64(e.to_string()))
+    LENIENT.decode(data.trim()).map_err(|e| Malformed::BadBase64(e.to_string()))
 }
 
 #[cfg(test)]
@@ -147,8 +136,7 @@ mod tests {
     fn png_base64() -> String {
         let img = image::RgbImage::from_pixel(4, 4, image::Rgb([200, 10, 10]));
         let mut out = Vec::new();
-        img.write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png)
-            .unwrap();
+        img.write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png).unwrap();
         STANDARD.encode(out)
     }
 
@@ -163,10 +151,7 @@ mod tests {
     #[test]
     fn a_good_message_parses() {
         let msg = parse(Some(&payload(good()))).unwrap();
-        assert_eq!(
-            (msg.id, msg.producer_id.as_str(), msg.sent_at_ms),
-            (4, "cam-1", Some(17))
-        );
+        assert_eq!((msg.id, msg.producer_id.as_str(), msg.sent_at_ms), (4, "cam-1", Some(17)));
     }
 
     #[test]
@@ -205,16 +190,10 @@ mod tests {
         for name in REQUIRED {
             let mut json = good();
             json.as_object_mut().unwrap().remove(name);
-            assert_eq!(
-                parse(Some(&payload(json))),
-                Err(Malformed::MissingField(name))
-            );
+            assert_eq!(parse(Some(&payload(json))), Err(Malformed::MissingField(name)));
             let mut json = good();
             json[name] = serde_json::Value::Null;
-            assert_eq!(
-                parse(Some(&payload(json))),
-                Err(Malformed::MissingField(name))
-            );
+            assert_eq!(parse(Some(&payload(json))), Err(Malformed::MissingField(name)));
         }
     }
 
@@ -223,36 +202,24 @@ mod tests {
         let mut json = good();
         json["ID"] = "seven".into();
         let err = parse(Some(&payload(json))).unwrap_err();
-        assert!(
-            matches!(&err, Malformed::InvalidField(why) if why.contains("invalid type")),
-            "{err:?}"
-        );
+        assert!(matches!(&err, Malformed::InvalidField(why) if why.contains("invalid type")), "{err:?}");
         let mut json = good();
         json["SentAt"] = "yesterday".into();
-        assert_eq!(
-            parse(Some(&payload(json))).unwrap_err().code(),
-            "invalid_field"
-        );
+        assert_eq!(parse(Some(&payload(json))).unwrap_err().code(), "invalid_field");
     }
 
     #[test]
     fn an_empty_producer_id() {
         let mut json = good();
         json["ProducerID"] = " ".into();
-        assert_eq!(
-            parse(Some(&payload(json))).unwrap_err().code(),
-            "invalid_field"
-        );
+        assert_eq!(parse(Some(&payload(json))).unwrap_err().code(), "invalid_field");
     }
 
     #[test]
     fn data_that_is_not_base64() {
         let mut json = good();
         json["Data"] = "not base64!!".into();
-        assert_eq!(
-            parse(Some(&payload(json))).unwrap_err().code(),
-            "bad_base64"
-        );
+        assert_eq!(parse(Some(&payload(json))).unwrap_err().code(), "bad_base64");
     }
 
     #[test]
@@ -281,15 +248,8 @@ mod tests {
 
     #[test]
     fn key_text_of_a_keyless_record() {
-        let inbound = Inbound {
-            pos: Position {
-                topic: "t".into(),
-                partition: 0,
-                offset: 0,
-            },
-            key: None,
-            payload: None,
-        };
+        let inbound =
+            Inbound { pos: Position { topic: "t".into(), partition: 0, offset: 0 }, key: None, payload: None };
         assert_eq!(inbound.key_text(), "<no key>");
     }
 }

@@ -48,10 +48,7 @@ impl OffsetTracker {
 
     /// A record was read from Kafka: it blocks commits at its offset until `completed`.
     pub fn received(&mut self, pos: &Position) {
-        let part = self
-            .partitions
-            .entry((pos.topic.clone(), pos.partition))
-            .or_default();
+        let part = self.partitions.entry((pos.topic.clone(), pos.partition)).or_default();
         // The first record read from a partition is where the group's committed position
         // already stands: committing it again would say nothing new.
         part.committed.get_or_insert(pos.offset);
@@ -75,10 +72,7 @@ impl OffsetTracker {
 
     /// Number of receptions not handled yet, over all partitions.
     pub fn open_count(&self) -> usize {
-        self.partitions
-            .values()
-            .map(|p| p.open.values().map(|c| *c as usize).sum::<usize>())
-            .sum()
+        self.partitions.values().map(|p| p.open.values().map(|c| *c as usize).sum::<usize>()).sum()
     }
 
     /// Offsets to commit now `(topic, partition, next offset to read)`: the partitions whose
@@ -104,10 +98,7 @@ impl OffsetTracker {
         let mut commits: Vec<_> = self
             .partitions
             .iter()
-            .filter_map(|((topic, partition), part)| {
-                part.committed
-                    .map(|offset| (topic.clone(), *partition, offset))
-            })
+            .filter_map(|((topic, partition), part)| part.committed.map(|offset| (topic.clone(), *partition, offset)))
             .collect();
         commits.sort();
         commits
@@ -119,11 +110,7 @@ mod tests {
     use super::*;
 
     fn at(partition: i32, offset: i64) -> Position {
-        Position {
-            topic: "t".into(),
-            partition,
-            offset,
-        }
+        Position { topic: "t".into(), partition, offset }
     }
 
     #[test]
@@ -178,11 +165,7 @@ mod tests {
         t.received(&at(0, 5));
         t.completed(&at(0, 5));
         t.completed(&at(0, 6));
-        assert_eq!(
-            t.take_commits(),
-            [],
-            "one copy of offset 5 is still in flight"
-        );
+        assert_eq!(t.take_commits(), [], "one copy of offset 5 is still in flight");
         t.completed(&at(0, 5));
         assert_eq!(t.take_commits(), [("t".into(), 0, 7)]);
     }

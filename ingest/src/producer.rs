@@ -29,12 +29,7 @@ pub struct ProducerArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
     /// A ProducerID to send as (repeatable; comma-separated in the environment).
-    #[arg(
-        long = "producer-id",
-        env = "IOT_PRODUCER_IDS",
-        value_delimiter = ',',
-        conflicts_with = "producers"
-    )]
+    #[arg(long = "producer-id", env = "IOT_PRODUCER_IDS", value_delimiter = ',', conflicts_with = "producers")]
     pub producer_ids: Vec<String>,
     /// Number of producers, named PREFIX1..PREFIXN (default 1 when no --producer-id is given).
     #[arg(long, env = "IOT_PRODUCERS", value_parser = clap::value_parser!(u32).range(1..))]
@@ -49,12 +44,7 @@ pub struct ProducerArgs {
     #[arg(long, env = "IOT_CIFAR_CLASSES", value_name = "FILE")]
     pub cifar_classes: Option<PathBuf>,
     /// Read images from DIR/LABEL/*.{jpg,jpeg,png} instead.
-    #[arg(
-        long,
-        env = "IOT_IMAGES_DIR",
-        value_name = "DIR",
-        conflicts_with = "synthetic"
-    )]
+    #[arg(long, env = "IOT_IMAGES_DIR", value_name = "DIR", conflicts_with = "synthetic")]
     pub images: Option<PathBuf>,
     /// Make coloured-square images with known labels instead (no files needed).
     #[arg(long, env = "IOT_SYNTHETIC")]
@@ -100,28 +90,18 @@ impl ProducerArgs {
             return self.producer_ids.clone();
         }
         let n = self.producers.unwrap_or(1);
-        (1..=n)
-            .map(|k| format!("{}{k}", self.producer_prefix))
-            .collect()
+        (1..=n).map(|k| format!("{}{k}", self.producer_prefix)).collect()
     }
 
     pub fn source(&self) -> Result<ImageSource> {
         if self.synthetic {
-            return Ok(ImageSource::Synthetic(Synthetic {
-                side: self.synthetic_size,
-            }));
+            return Ok(ImageSource::Synthetic(Synthetic { side: self.synthetic_size }));
         }
         if let Some(dir) = &self.images {
             return Ok(ImageSource::Folder(FolderImages::open(dir)?));
         }
-        let assets = self
-            .assets_dir
-            .clone()
-            .unwrap_or_else(crate::assets::default_dir);
-        let batch = self
-            .cifar
-            .clone()
-            .unwrap_or_else(|| assets.join(crate::assets::CIFAR_BATCH_FILE));
+        let assets = self.assets_dir.clone().unwrap_or_else(crate::assets::default_dir);
+        let batch = self.cifar.clone().unwrap_or_else(|| assets.join(crate::assets::CIFAR_BATCH_FILE));
         let classes = match &self.cifar_classes {
             Some(path) => path.clone(),
             None => batch.with_file_name(crate::assets::CIFAR_CLASSES_FILE),
@@ -137,12 +117,7 @@ impl ProducerArgs {
 
     /// The IDs producer number `ordinal` (0-based) sends.
     pub fn ids(&self, ordinal: u64) -> std::ops::Range<u64> {
-        let first = self.start_id
-            + if self.disjoint_ids {
-                ordinal * self.count
-            } else {
-                0
-            };
+        let first = self.start_id + if self.disjoint_ids { ordinal * self.count } else { 0 };
         first..first + self.count
     }
 }
@@ -177,27 +152,18 @@ pub async fn run(args: ProducerArgs, shutdown: Shutdown) -> Result<ProduceSummar
         bail!("--rate must be a number >= 0, got {}", args.rate);
     }
     let source = args.source()?;
-    let truth = args
-        .truth_log
-        .as_deref()
-        .map(TruthLog::create)
-        .transpose()?;
+    let truth = args.truth_log.as_deref().map(TruthLog::create).transpose()?;
     let total = args.count * ids.len() as u64;
     let progress = ProgressBar::new(total).with_style(
-        ProgressStyle::with_template(
-            "{spinner} {pos}/{len} acknowledged {per_sec} [{elapsed_precise}] {wide_bar}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("{spinner} {pos}/{len} acknowledged {per_sec} [{elapsed_precise}] {wide_bar}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let shared = Arc::new(Shared {
         kafka: crate::kafka::producer(&args.kafka)?,
         topic: args.kafka.topic.clone(),
         source,
         image_limit: args.image_limit,
-        encoding: Encoding {
-            format: args.format,
-            jpeg_quality: args.jpeg_quality,
-        },
+        encoding: Encoding { format: args.format, jpeg_quality: args.jpeg_quality },
         truth,
         progress,
         acknowledged: AtomicU64::new(0),
@@ -208,11 +174,7 @@ pub async fn run(args: ProducerArgs, shutdown: Shutdown) -> Result<ProduceSummar
         args.count,
         ids.join(","),
         args.kafka.topic,
-        if args.rate > 0.0 {
-            format!("{} msg/s each", args.rate)
-        } else {
-            "full speed".into()
-        }
+        if args.rate > 0.0 { format!("{} msg/s each", args.rate) } else { "full speed".into() }
     );
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -221,9 +183,7 @@ pub async fn run(args: ProducerArgs, shutdown: Shutdown) -> Result<ProduceSummar
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         let (rate, in_flight) = (args.rate, args.in_flight as usize);
-        tasks.spawn(
-            async move { produce(&shared, &producer_id, ids, rate, in_flight, shutdown).await },
-        );
+        tasks.spawn(async move { produce(&shared, &producer_id, ids, rate, in_flight, shutdown).await });
     }
     let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {
@@ -233,10 +193,7 @@ pub async fn run(args: ProducerArgs, shutdown: Shutdown) -> Result<ProduceSummar
         }
     }
     // Deliveries were all awaited; this only drains anything librdkafka still holds.
-    shared
-        .kafka
-        .flush(Duration::from_secs(30))
-        .context("cannot flush the Kafka producer")?;
+    shared.kafka.flush(Duration::from_secs(30)).context("cannot flush the Kafka producer")?;
     if let Some(truth) = &shared.truth {
         truth.flush()?;
     }
@@ -251,20 +208,13 @@ pub async fn run(args: ProducerArgs, shutdown: Shutdown) -> Result<ProduceSummar
         summary.acknowledged,
         summary.elapsed.as_secs_f64(),
         summary.acknowledged as f64 / summary.elapsed.as_secs_f64().max(1e-9),
-        if shutdown.is_requested() {
-            ", stopped early by a signal"
-        } else {
-            ""
-        }
+        if shutdown.is_requested() { ", stopped early by a signal" } else { "" }
     );
     if let Some(err) = first_error {
         return Err(err);
     }
     if summary.failed > 0 {
-        bail!(
-            "{} message(s) were not acknowledged by Kafka (see the errors above)",
-            summary.failed
-        );
+        bail!("{} message(s) were not acknowledged by Kafka (see the errors above)", summary.failed);
     }
     Ok(summary)
 }
@@ -344,10 +294,7 @@ async fn enqueue(
 }
 
 /// Waits for the oldest unacknowledged message; logs it in the truth log if Kafka took it.
-async fn settle_oldest(
-    shared: &Shared,
-    pending: &mut VecDeque<(TruthRow, DeliveryFuture)>,
-) -> Result<()> {
+async fn settle_oldest(shared: &Shared, pending: &mut VecDeque<(TruthRow, DeliveryFuture)>) -> Result<()> {
     let Some((row, delivery)) = pending.pop_front() else {
         return Ok(());
     };
@@ -408,10 +355,7 @@ mod tests {
 
     #[test]
     fn a_missing_cifar_file_says_what_to_do() {
-        let err = parse(&["--cifar", "/nonexistent/batch.bin"])
-            .unwrap()
-            .source()
-            .unwrap_err();
+        let err = parse(&["--cifar", "/nonexistent/batch.bin"]).unwrap().source().unwrap_err();
         assert!(err.to_string().contains("--synthetic"), "{err}");
     }
 }

@@ -22,30 +22,16 @@ pub struct ReportArgs {
     #[arg(long = "run", env = "IOT_LATENCY_RUNS", value_delimiter = ';', required = true, value_parser = parse_run)]
     pub runs: Vec<RunSpec>,
     /// Combined CSV: `run,ProducerID,ID,SentAt,InferredAt,latency_ms`.
-    #[arg(
-        long,
-        env = "IOT_LATENCY_CSV",
-        default_value = "latency_combined.csv",
-        value_name = "FILE"
-    )]
+    #[arg(long, env = "IOT_LATENCY_CSV", default_value = "latency_combined.csv", value_name = "FILE")]
     pub output_csv: PathBuf,
     /// The CDF plot (PNG).
-    #[arg(
-        long,
-        env = "IOT_LATENCY_PLOT",
-        default_value = "latency_cdf.png",
-        value_name = "FILE"
-    )]
+    #[arg(long, env = "IOT_LATENCY_PLOT", default_value = "latency_cdf.png", value_name = "FILE")]
     pub plot: PathBuf,
     /// TrueType font for the plot's text.
     #[arg(long, env = "IOT_PLOT_FONT", default_value = DEFAULT_FONT, value_name = "FILE")]
     pub font: PathBuf,
     /// Plot title.
-    #[arg(
-        long,
-        env = "IOT_PLOT_TITLE",
-        default_value = "End-to-end latency (producer send to inference)"
-    )]
+    #[arg(long, env = "IOT_PLOT_TITLE", default_value = "End-to-end latency (producer send to inference)")]
     pub title: String,
     /// Plot size in pixels, WIDTHxHEIGHT.
     #[arg(long, env = "IOT_PLOT_SIZE", default_value = "1000x650", value_parser = parse_size)]
@@ -59,39 +45,19 @@ pub struct RunSpec {
 }
 
 pub fn parse_run(text: &str) -> Result<RunSpec, String> {
-    let (label, files) = text
-        .split_once('=')
-        .ok_or_else(|| format!("expected LABEL=FILE[,FILE...], got {text:?}"))?;
-    let files: Vec<PathBuf> = files
-        .split(',')
-        .map(str::trim)
-        .filter(|f| !f.is_empty())
-        .map(PathBuf::from)
-        .collect();
+    let (label, files) = text.split_once('=').ok_or_else(|| format!("expected LABEL=FILE[,FILE...], got {text:?}"))?;
+    let files: Vec<PathBuf> = files.split(',').map(str::trim).filter(|f| !f.is_empty()).map(PathBuf::from).collect();
     if label.trim().is_empty() || files.is_empty() {
         return Err(format!("expected LABEL=FILE[,FILE...], got {text:?}"));
     }
-    Ok(RunSpec {
-        label: label.trim().to_owned(),
-        files,
-    })
+    Ok(RunSpec { label: label.trim().to_owned(), files })
 }
 
 fn parse_size(text: &str) -> Result<(u32, u32), String> {
-    let parse = |s: &str| {
-        s.trim()
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (200..=8000).contains(n))
-    };
-    match text
-        .split_once(['x', 'X'])
-        .map(|(w, h)| (parse(w), parse(h)))
-    {
+    let parse = |s: &str| s.trim().parse::<u32>().ok().filter(|n| (200..=8000).contains(n));
+    match text.split_once(['x', 'X']).map(|(w, h)| (parse(w), parse(h))) {
         Some((Some(w), Some(h))) => Ok((w, h)),
-        _ => Err(format!(
-            "expected WIDTHxHEIGHT with sides 200..8000, got {text:?}"
-        )),
+        _ => Err(format!("expected WIDTHxHEIGHT with sides 200..8000, got {text:?}")),
     }
 }
 
@@ -118,14 +84,8 @@ impl RunLatencies {
             }
         }
         let mut rows: Vec<LatencyRow> = first.into_values().collect();
-        rows.sort_by(|a, b| {
-            (a.latency_ms, &a.producer_id, a.id).cmp(&(b.latency_ms, &b.producer_id, b.id))
-        });
-        RunLatencies {
-            label: label.to_owned(),
-            duplicates: total - rows.len(),
-            rows,
-        }
+        rows.sort_by(|a, b| (a.latency_ms, &a.producer_id, a.id).cmp(&(b.latency_ms, &b.producer_id, b.id)));
+        RunLatencies { label: label.to_owned(), duplicates: total - rows.len(), rows }
     }
 
     /// Latencies in ascending order.
@@ -160,11 +120,7 @@ pub fn cdf_points(sorted: &[i64]) -> Vec<(f64, f64)> {
 pub fn summary_line(run: &RunLatencies) -> String {
     let sorted = run.sorted_ms();
     let p = |q| percentile(&sorted, q).map_or("-".to_owned(), |v| v.to_string());
-    let mean = if sorted.is_empty() {
-        0.0
-    } else {
-        sorted.iter().sum::<i64>() as f64 / sorted.len() as f64
-    };
+    let mean = if sorted.is_empty() { 0.0 } else { sorted.iter().sum::<i64>() as f64 / sorted.len() as f64 };
     format!(
         "{:<16} {:>7} {:>9.1} {:>7} {:>7} {:>7} {:>7}",
         run.label,
@@ -177,8 +133,7 @@ pub fn summary_line(run: &RunLatencies) -> String {
     )
 }
 
-pub const SUMMARY_HEADER: &str =
-    "run               records   mean_ms  p50_ms  p90_ms  p99_ms  max_ms";
+pub const SUMMARY_HEADER: &str = "run               records   mean_ms  p50_ms  p90_ms  p99_ms  max_ms";
 
 pub fn run(args: &ReportArgs) -> Result<Vec<RunLatencies>> {
     let mut runs = Vec::new();
@@ -188,11 +143,7 @@ pub fn run(args: &ReportArgs) -> Result<Vec<RunLatencies>> {
             rows.extend(latency::read(file)?);
         }
         if rows.is_empty() {
-            bail!(
-                "run {:?} has no latency rows in {:?}",
-                spec.label,
-                spec.files
-            );
+            bail!("run {:?} has no latency rows in {:?}", spec.label, spec.files);
         }
         runs.push(RunLatencies::from_rows(&spec.label, rows));
     }
@@ -202,31 +153,16 @@ pub fn run(args: &ReportArgs) -> Result<Vec<RunLatencies>> {
     for run in &runs {
         println!("{}", summary_line(run));
         if run.duplicates > 0 {
-            println!(
-                "  ({} repeated inference(s) ignored: the first one counts)",
-                run.duplicates
-            );
+            println!("  ({} repeated inference(s) ignored: the first one counts)", run.duplicates);
         }
     }
-    println!(
-        "wrote {} and {}",
-        args.output_csv.display(),
-        args.plot.display()
-    );
+    println!("wrote {} and {}", args.output_csv.display(), args.plot.display());
     Ok(runs)
 }
 
 pub fn write_combined(path: &Path, runs: &[RunLatencies]) -> Result<()> {
-    let mut csv =
-        csv::Writer::from_path(path).with_context(|| format!("cannot write {}", path.display()))?;
-    csv.write_record([
-        "run",
-        "ProducerID",
-        "ID",
-        "SentAt",
-        "InferredAt",
-        "latency_ms",
-    ])?;
+    let mut csv = csv::Writer::from_path(path).with_context(|| format!("cannot write {}", path.display()))?;
+    csv.write_record(["run", "ProducerID", "ID", "SentAt", "InferredAt", "latency_ms"])?;
     for run in runs {
         for row in &run.rows {
             csv.write_record([
@@ -248,12 +184,8 @@ fn register_font(path: &Path) -> Result<()> {
     static REGISTERED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     REGISTERED
         .get_or_init(|| {
-            let bytes = std::fs::read(path).map_err(|e| {
-                format!(
-                    "cannot read the font {}: {e} (pass --font FILE)",
-                    path.display()
-                )
-            })?;
+            let bytes = std::fs::read(path)
+                .map_err(|e| format!("cannot read the font {}: {e} (pass --font FILE)", path.display()))?;
             let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
             plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
                 .map_err(|_| format!("{} is not a TrueType font", path.display()))
@@ -273,12 +205,7 @@ pub fn draw_cdf(
 ) -> Result<()> {
     register_font(font)?;
     let mut pixels = vec![255u8; (width * height * 3) as usize];
-    let max_ms = runs
-        .iter()
-        .filter_map(|r| r.rows.last().map(|row| row.latency_ms))
-        .max()
-        .unwrap_or(1)
-        .max(1);
+    let max_ms = runs.iter().filter_map(|r| r.rows.last().map(|row| row.latency_ms)).max().unwrap_or(1).max(1);
     {
         let root = BitMapBackend::with_buffer(&mut pixels, (width, height)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_error)?;
@@ -311,9 +238,7 @@ pub fn draw_cdf(
                 .draw_series(LineSeries::new(points, colour.stroke_width(2)))
                 .map_err(plot_error)?
                 .label(format!("{} (n={})", run.label, run.rows.len()))
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(3))
-                });
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(3)));
         }
         chart
             .configure_series_labels()
@@ -325,11 +250,8 @@ pub fn draw_cdf(
             .map_err(plot_error)?;
         root.present().map_err(plot_error)?;
     }
-    let image = image::RgbImage::from_raw(width, height, pixels)
-        .context("plot buffer has the wrong size")?;
-    image
-        .save_with_format(path, image::ImageFormat::Png)
-        .with_context(|| format!("cannot write {}", path.display()))
+    let image = image::RgbImage::from_raw(width, height, pixels).context("plot buffer has the wrong size")?;
+    image.save_with_format(path, image::ImageFormat::Png).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Distinct, print-safe curve colours (no yellow on white).
@@ -354,10 +276,7 @@ mod tests {
     fn run_specs() {
         assert_eq!(
             parse_run("1 producer=a.csv, b.csv").unwrap(),
-            RunSpec {
-                label: "1 producer".into(),
-                files: vec!["a.csv".into(), "b.csv".into()]
-            }
+            RunSpec { label: "1 producer".into(), files: vec!["a.csv".into(), "b.csv".into()] }
         );
         assert!(parse_run("nofile").is_err());
         assert!(parse_run("=a.csv").is_err());
@@ -378,10 +297,7 @@ mod tests {
 
     #[test]
     fn cdf_merges_equal_values_and_ends_at_one() {
-        assert_eq!(
-            cdf_points(&[1, 1, 2, 4]),
-            [(1.0, 0.5), (2.0, 0.75), (4.0, 1.0)]
-        );
+        assert_eq!(cdf_points(&[1, 1, 2, 4]), [(1.0, 0.5), (2.0, 0.75), (4.0, 1.0)]);
     }
 
     #[test]
@@ -401,13 +317,8 @@ mod tests {
     fn writes_a_csv_and_a_png() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("lat.csv");
-        let rows: Vec<_> = (0..50)
-            .map(|i| LatencyRow::new("p", i, 1000, 1000 + 3 * i + 5))
-            .collect();
-        crate::latency::LatencyLog::open(&log)
-            .unwrap()
-            .append(&rows)
-            .unwrap();
+        let rows: Vec<_> = (0..50).map(|i| LatencyRow::new("p", i, 1000, 1000 + 3 * i + 5)).collect();
+        crate::latency::LatencyLog::open(&log).unwrap().append(&rows).unwrap();
         let args = ReportArgs {
             runs: vec![parse_run(&format!("1 producer={}", log.display())).unwrap()],
             output_csv: dir.path().join("all.csv"),
@@ -425,9 +336,7 @@ mod tests {
         run(&args).unwrap();
         let csv = std::fs::read_to_string(&args.output_csv).unwrap();
         assert_eq!(csv.lines().count(), 51);
-        assert!(csv.starts_with(
-            "run,ProducerID,ID,SentAt,InferredAt,latency_ms\n1 producer,p,0,1000,1005,5\n"
-        ));
+        assert!(csv.starts_with("run,ProducerID,ID,SentAt,InferredAt,latency_ms\n1 producer,p,0,1000,1005,5\n"));
         let png = image::open(&args.plot).unwrap().to_rgb8();
         assert_eq!(png.dimensions(), (400, 300));
         // Something other than the white background was drawn.

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bson::{doc, Document};
+use iot_schema::write::{Upsert, Write};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::ClientOptions;
 use mongodb::{Client, Collection, Database, IndexModel};
-use iot_schema::write::{Upsert, Write};
 use tokio::task::JoinSet;
 
 use crate::args::MongoArgs;
@@ -36,12 +36,8 @@ impl Store {
         let mut options = ClientOptions::parse(&args.mongo_uri)
             .await
             .with_context(|| format!("invalid MongoDB URI {}", args.mongo_uri))?;
-        options
-            .server_selection_timeout
-            .get_or_insert(Duration::from_secs(10));
-        options
-            .app_name
-            .get_or_insert_with(|| "iot-ingest".to_owned());
+        options.server_selection_timeout.get_or_insert(Duration::from_secs(10));
+        options.app_name.get_or_insert_with(|| "iot-ingest".to_owned());
         let client = Client::with_options(options).context("cannot create a MongoDB client")?;
         Ok(Store {
             db: client.database(&args.db),
@@ -74,12 +70,10 @@ impl Store {
         for (collection, fields) in indexes {
             for field in fields {
                 let model = IndexModel::builder().keys(doc! { *field: 1 }).build();
-                collection.create_index(model).await.with_context(|| {
-                    format!(
-                        "cannot create the {field} index on {}",
-                        collection.namespace()
-                    )
-                })?;
+                collection
+                    .create_index(model)
+                    .await
+                    .with_context(|| format!("cannot create the {field} index on {}", collection.namespace()))?;
             }
         }
         Ok(())
@@ -109,10 +103,7 @@ impl Store {
     }
 }
 
-fn collect(
-    done: Option<Result<Result<()>, tokio::task::JoinError>>,
-    first_error: &mut Option<anyhow::Error>,
-) {
+fn collect(done: Option<Result<Result<()>, tokio::task::JoinError>>, first_error: &mut Option<anyhow::Error>) {
     let outcome = match done {
         Some(Ok(result)) => result,
         Some(Err(join)) => Err(anyhow::anyhow!("an upsert task failed: {join}")),
@@ -130,11 +121,7 @@ async fn upsert(collection: &Collection<Document>, upsert: Upsert) -> Result<()>
     let Upsert { filter, update } = upsert;
     let mut attempt = 1;
     loop {
-        match collection
-            .update_one(filter.clone(), update.clone())
-            .upsert(true)
-            .await
-        {
+        match collection.update_one(filter.clone(), update.clone()).upsert(true).await {
             Ok(_) => return Ok(()),
             Err(err) if is_duplicate_key(&err) && attempt < DUPLICATE_KEY_ATTEMPTS => attempt += 1,
             Err(err) => return Err(err).with_context(|| format!("upsert of {filter} failed")),

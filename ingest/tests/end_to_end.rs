@@ -36,10 +36,7 @@ fn workspace_root() -> PathBuf {
 
 /// `target/<profile>`: where cargo put this package's binaries, and the workspace's others.
 fn profile_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_producer"))
-        .parent()
-        .expect("binary folder")
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_BIN_EXE_producer")).parent().expect("binary folder").to_path_buf()
 }
 
 /// A binary of another workspace package: built (or brought up to date) with cargo first, since
@@ -47,33 +44,19 @@ fn profile_dir() -> PathBuf {
 fn workspace_binary(package: &str, bin: &str) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut build = Command::new(cargo);
-    build
-        .current_dir(workspace_root())
-        .args(["build", "--quiet", "-p", package, "--bin", bin]);
+    build.current_dir(workspace_root()).args(["build", "--quiet", "-p", package, "--bin", bin]);
     if profile_dir().ends_with("release") {
         build.arg("--release");
     }
-    let status = build
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run cargo to build {bin}: {e}"));
-    assert!(
-        status.success(),
-        "`cargo build -p {package} --bin {bin}` failed"
-    );
+    let status = build.status().unwrap_or_else(|e| panic!("cannot run cargo to build {bin}: {e}"));
+    assert!(status.success(), "`cargo build -p {package} --bin {bin}` failed");
     let path = profile_dir().join(bin);
-    assert!(
-        path.is_file(),
-        "{} is missing after building it",
-        path.display()
-    );
+    assert!(path.is_file(), "{} is missing after building it", path.display());
     path
 }
 
 fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_owned())
+    std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned())
 }
 
 /// A file the test needs, or a failure that says how to get it.
@@ -107,11 +90,7 @@ impl Children {
     }
 
     fn take(&mut self, name: &str) -> Child {
-        let at = self
-            .running
-            .iter()
-            .position(|(n, _)| n == name)
-            .unwrap_or_else(|| panic!("no child {name}"));
+        let at = self.running.iter().position(|(n, _)| n == name).unwrap_or_else(|| panic!("no child {name}"));
         self.running.remove(at).1
     }
 
@@ -142,11 +121,7 @@ impl Children {
     fn wait_exit(&mut self, name: &str, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         loop {
-            let at = self
-                .running
-                .iter()
-                .position(|(n, _)| n == name)
-                .expect("child");
+            let at = self.running.iter().position(|(n, _)| n == name).expect("child");
             if let Ok(Some(status)) = self.running[at].1.try_wait() {
                 self.running.remove(at);
                 return status.success();
@@ -166,10 +141,7 @@ impl Children {
         };
         let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         paths.sort();
-        for path in paths
-            .into_iter()
-            .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        {
+        for path in paths.into_iter().filter(|p| p.extension().is_some_and(|e| e == "log")) {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(15).collect();
             out += &format!("\n--- {} (last lines) ---\n", path.display());
@@ -203,10 +175,7 @@ impl Drop for Cleanup {
         let (kafka, topics, store) = (self.kafka.clone(), self.topics.clone(), self.store.clone());
         // Drop runs inside the test's runtime, which cannot be blocked on: use a thread of its own.
         let cleaner = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             runtime.block_on(async {
                 if let Err(err) = store.database().drop().await {
                     eprintln!("cannot drop the test database: {err}");
@@ -223,39 +192,24 @@ impl Drop for Cleanup {
 
 fn signal_term(child: &Child) {
     // `kill` from the shell: no libc binding needed for one signal.
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("a free port")
-        .local_addr()
-        .expect("address")
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("address").port()
 }
 
 async fn wait_healthy(url: &str, within: Duration, children: &Children) {
-    let client =
-        iot_ingest::infer_client::InferClient::new(url, Duration::from_secs(2)).expect("client");
+    let client = iot_ingest::infer_client::InferClient::new(url, Duration::from_secs(2)).expect("client");
     let deadline = Instant::now() + within;
     while !client.healthy().await {
-        assert!(
-            Instant::now() < deadline,
-            "the inference service at {url} did not come up{}",
-            children.log_tails()
-        );
+        assert!(Instant::now() < deadline, "the inference service at {url} did not come up{}", children.log_tails());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 async fn count(store: &Store, filter: Document) -> u64 {
-    store
-        .collection()
-        .count_documents(filter)
-        .await
-        .expect("MongoDB count")
+    store.collection().count_documents(filter).await.expect("MongoDB count")
 }
 
 fn inferred_filter() -> Document {
@@ -290,52 +244,26 @@ async fn check_stack(kafka: &KafkaArgs, store: &Store) {
         metadata.err()
     );
     let ping = store.database().run_command(doc! { "ping": 1 }).await;
-    assert!(
-        ping.is_ok(),
-        "MongoDB does not answer ({:?}): start the stack with scripts/stack up",
-        ping.err()
-    );
+    assert!(ping.is_ok(), "MongoDB does not answer ({:?}): start the stack with scripts/stack up", ping.err());
 }
 
 /// Reads the dead-letter topic from the start until it has a letter for the malformed record
 /// from each consumer group.
-async fn read_dead_letters(
-    kafka: &KafkaArgs,
-    dlq: &str,
-    groups: &[&str],
-) -> Vec<(DeadLetter, String)> {
+async fn read_dead_letters(kafka: &KafkaArgs, dlq: &str, groups: &[&str]) -> Vec<(DeadLetter, String)> {
     let consumer: StreamConsumer =
-        iot_ingest::kafka::consumer_config(kafka, &format!("{dlq}-reader"), 6000)
-            .create()
-            .expect("DLQ reader");
+        iot_ingest::kafka::consumer_config(kafka, &format!("{dlq}-reader"), 6000).create().expect("DLQ reader");
     consumer.subscribe(&[dlq]).expect("subscribe to the DLQ");
     let mut letters = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !groups.iter().all(|g| {
-        letters
-            .iter()
-            .any(|(l, _): &(DeadLetter, String)| l.consumer_group == *g)
-    }) {
+    while !groups.iter().all(|g| letters.iter().any(|(l, _): &(DeadLetter, String)| l.consumer_group == *g)) {
         let left = deadline.saturating_duration_since(Instant::now());
-        assert!(
-            !left.is_zero(),
-            "the dead-letter topic {dlq} lacks letters from {groups:?}: got {letters:?}"
-        );
+        assert!(!left.is_zero(), "the dead-letter topic {dlq} lacks letters from {groups:?}: got {letters:?}");
         let Ok(Ok(msg)) = tokio::time::timeout(left, consumer.recv()).await else {
             continue;
         };
         let letter: DeadLetter = serde_json::from_slice(msg.payload().unwrap_or_default())
-            .unwrap_or_else(|e| {
-                panic!(
-                    "a dead letter that is not an envelope ({e}): {:?}",
-                    msg.payload()
-                )
-            });
-        assert_eq!(
-            msg.key(),
-            Some(MALFORMED_KEY.as_bytes()),
-            "dead letter keeps the original key"
-        );
+            .unwrap_or_else(|e| panic!("a dead letter that is not an envelope ({e}): {:?}", msg.payload()));
+        assert_eq!(msg.key(), Some(MALFORMED_KEY.as_bytes()), "dead letter keeps the original key");
         let reason_header = msg
             .headers()
             .and_then(|h| h.iter().find(|h| h.key == "reason").and_then(|h| h.value))
@@ -364,47 +292,20 @@ fn expected_csv(truth: &[TruthRow], inferred: &HashMap<String, String>) -> Strin
 async fn pipeline_stores_every_record_once_through_crashes_and_outages() {
     let started = Instant::now();
     let root = workspace_root();
-    let assets = PathBuf::from(env_or(
-        "IOT_ASSETS_DIR",
-        &root.join("../shared/assets").to_string_lossy(),
-    ));
-    let ort = env_or(
-        "ORT_DYLIB_PATH",
-        &root
-            .join(".cache/onnxruntime/lib/libonnxruntime.so")
-            .to_string_lossy(),
-    );
-    required(
-        PathBuf::from(&ort),
-        "run scripts/setup (or set ORT_DYLIB_PATH)",
-    );
-    let model = required(
-        assets.join("mobilenetv2-12-int8.onnx"),
-        "set IOT_ASSETS_DIR to the assets folder",
-    );
-    let classes = required(
-        assets.join("imagenet_classes.txt"),
-        "set IOT_ASSETS_DIR to the assets folder",
-    );
-    let cifar = required(
-        assets.join("cifar10_test_batch.bin"),
-        "set IOT_ASSETS_DIR to the assets folder",
-    );
-    let label_map = required(
-        root.join("data/label_maps/imagenet_to_cifar10.csv"),
-        "it is part of the repository",
-    );
+    let assets = PathBuf::from(env_or("IOT_ASSETS_DIR", &root.join("../shared/assets").to_string_lossy()));
+    let ort = env_or("ORT_DYLIB_PATH", &root.join(".cache/onnxruntime/lib/libonnxruntime.so").to_string_lossy());
+    required(PathBuf::from(&ort), "run scripts/setup (or set ORT_DYLIB_PATH)");
+    let model = required(assets.join("mobilenetv2-12-int8.onnx"), "set IOT_ASSETS_DIR to the assets folder");
+    let classes = required(assets.join("imagenet_classes.txt"), "set IOT_ASSETS_DIR to the assets folder");
+    let cifar = required(assets.join("cifar10_test_batch.bin"), "set IOT_ASSETS_DIR to the assets folder");
+    let label_map = required(root.join("data/label_maps/imagenet_to_cifar10.csv"), "it is part of the repository");
 
     let brokers = env_or("IOT_KAFKA_BROKERS", "127.0.0.1:9092");
     let mongo_uri = env_or("IOT_MONGO_URI", "mongodb://127.0.0.1:27017");
     let run = format!("e2e-{}-{}", std::process::id(), iot_ingest::now_ms());
     let (topic, dlq, db) = (run.clone(), format!("{run}.dlq"), run.replace('-', "_"));
     let (db_group, infer_group) = (format!("{run}-db"), format!("{run}-infer"));
-    let kafka = KafkaArgs {
-        brokers: brokers.clone(),
-        topic: topic.clone(),
-        kafka_opts: Vec::new(),
-    };
+    let kafka = KafkaArgs { brokers: brokers.clone(), topic: topic.clone(), kafka_opts: Vec::new() };
     let store = Store::open(&MongoArgs {
         mongo_uri: mongo_uri.clone(),
         db: db.clone(),
@@ -414,24 +315,15 @@ async fn pipeline_stores_every_record_once_through_crashes_and_outages() {
     .await
     .expect("MongoDB client");
     check_stack(&kafka, &store).await;
-    let _cleanup = Cleanup {
-        kafka: kafka.clone(),
-        topics: vec![topic.clone(), dlq.clone()],
-        store: store.clone(),
-    };
+    let _cleanup = Cleanup { kafka: kafka.clone(), topics: vec![topic.clone(), dlq.clone()], store: store.clone() };
 
     let infer_service = workspace_binary("infer-service", "infer_service");
     let dataflow = workspace_binary("iot-dataflow", "dataflow");
     let phase = |what: &str| eprintln!("[{:6.1}s] {what}", started.elapsed().as_secs_f64());
     phase("binaries ready");
     let work = tempfile::tempdir().expect("temp dir");
-    let mut children = Children {
-        logs: work.path().to_path_buf(),
-        running: Vec::new(),
-    };
-    iot_ingest::kafka::create_topics(&kafka, &[&topic, &dlq], 4)
-        .await
-        .expect("create topics");
+    let mut children = Children { logs: work.path().to_path_buf(), running: Vec::new() };
+    iot_ingest::kafka::create_topics(&kafka, &[&topic, &dlq], 4).await.expect("create topics");
 
     let port = free_port();
     let infer_url = format!("http://127.0.0.1:{port}");
@@ -468,23 +360,12 @@ async fn pipeline_stores_every_record_once_through_crashes_and_outages() {
             format!("--infer-url={infer_url}"),
             "--images-per-request=8".to_owned(),
             "--in-flight=3".to_owned(),
-            format!(
-                "--latency-log={}",
-                work.path().join(format!("latency-{n}.csv")).display()
-            ),
+            format!("--latency-log={}", work.path().join(format!("latency-{n}.csv")).display()),
         ]);
         args
     };
-    children.spawn(
-        "db-consumer",
-        Path::new(env!("CARGO_BIN_EXE_db-consumer")),
-        &db_args,
-    );
-    children.spawn(
-        "infer-consumer-1",
-        Path::new(env!("CARGO_BIN_EXE_infer-consumer")),
-        &infer_args(1),
-    );
+    children.spawn("db-consumer", Path::new(env!("CARGO_BIN_EXE_db-consumer")), &db_args);
+    children.spawn("infer-consumer-1", Path::new(env!("CARGO_BIN_EXE_infer-consumer")), &infer_args(1));
 
     let truth_path = work.path().join("truth.csv");
     let producer_args: Vec<String> = vec![
@@ -501,39 +382,21 @@ async fn pipeline_stores_every_record_once_through_crashes_and_outages() {
         "--rate=25".to_owned(),
         format!("--truth-log={}", truth_path.display()),
     ];
-    children.spawn(
-        "producer",
-        Path::new(env!("CARGO_BIN_EXE_producer")),
-        &producer_args,
-    );
+    children.spawn("producer", Path::new(env!("CARGO_BIN_EXE_producer")), &producer_args);
 
     // 1. Kill the infer-consumer without warning once it has done some work, then restart it.
     let at_kill = wait_inferred(&store, 100, Duration::from_secs(120), &children).await;
     children.kill("infer-consumer-1");
-    phase(&format!(
-        "infer-consumer killed with {at_kill} records inferred"
-    ));
-    assert!(
-        at_kill < TOTAL,
-        "the infer-consumer finished before it could be killed"
-    );
+    phase(&format!("infer-consumer killed with {at_kill} records inferred"));
+    assert!(at_kill < TOTAL, "the infer-consumer finished before it could be killed");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    children.spawn(
-        "infer-consumer-2",
-        Path::new(env!("CARGO_BIN_EXE_infer-consumer")),
-        &infer_args(2),
-    );
+    children.spawn("infer-consumer-2", Path::new(env!("CARGO_BIN_EXE_infer-consumer")), &infer_args(2));
 
     // 2. A malformed message (no GroundTruth) among the good ones.
     let malformed = br#"{"ID": 1, "ProducerID": "cam-x", "Data": "aGk="}"#;
     let producer = iot_ingest::kafka::producer(&kafka).expect("Kafka producer");
     let delivered = producer
-        .send(
-            FutureRecord::to(&topic)
-                .key(MALFORMED_KEY)
-                .payload(&malformed[..]),
-            Duration::from_secs(30),
-        )
+        .send(FutureRecord::to(&topic).key(MALFORMED_KEY).payload(&malformed[..]), Duration::from_secs(30))
         .await;
     let (malformed_partition, malformed_offset) = match delivered {
         Ok(delivery) => (delivery.partition, delivery.offset),
@@ -542,14 +405,9 @@ async fn pipeline_stores_every_record_once_through_crashes_and_outages() {
 
     // 3. Stop the inference service for a few seconds while records keep coming.
     let at_outage = wait_inferred(&store, at_kill + 150, Duration::from_secs(180), &children).await;
-    assert!(
-        at_outage < TOTAL,
-        "every record was inferred before the outage could happen"
-    );
+    assert!(at_outage < TOTAL, "every record was inferred before the outage could happen");
     let _ = children.terminate("infer-service-1", Duration::from_secs(10));
-    phase(&format!(
-        "inference service stopped with {at_outage} records inferred"
-    ));
+    phase(&format!("inference service stopped with {at_outage} records inferred"));
     tokio::time::sleep(Duration::from_secs(4)).await;
     let during_outage = count(&store, inferred_filter()).await;
     children.spawn("infer-service-2", &infer_service, &service_args);
@@ -593,58 +451,28 @@ async fn pipeline_stores_every_record_once_through_crashes_and_outages() {
     // Every acknowledged message is in the truth log, once.
     let truth = truth_log::read(&truth_path).expect("truth log");
     assert_eq!(truth.len() as u64, TOTAL, "truth log rows");
-    let expected_ids: HashSet<String> = truth
-        .iter()
-        .map(|r| iot_schema::doc_id(&r.producer_id, r.id))
-        .collect();
-    assert_eq!(
-        expected_ids.len() as u64,
-        TOTAL,
-        "truth log has duplicate records"
-    );
+    let expected_ids: HashSet<String> = truth.iter().map(|r| iot_schema::doc_id(&r.producer_id, r.id)).collect();
+    assert_eq!(expected_ids.len() as u64, TOTAL, "truth log has duplicate records");
 
     // MongoDB holds exactly those records, each once, each with metadata and an inference.
     let mut cursor = store.collection().find(doc! {}).await.expect("find");
     let mut inferred: HashMap<String, String> = HashMap::new();
-    let truth_by_id: HashMap<String, &TruthRow> = truth
-        .iter()
-        .map(|r| (iot_schema::doc_id(&r.producer_id, r.id), r))
-        .collect();
+    let truth_by_id: HashMap<String, &TruthRow> =
+        truth.iter().map(|r| (iot_schema::doc_id(&r.producer_id, r.id), r)).collect();
     while cursor.advance().await.expect("cursor") {
         let doc: Document = cursor.deserialize_current().expect("document");
         let id = doc.get_str("_id").expect("_id").to_owned();
-        let row = truth_by_id
-            .get(&id)
-            .unwrap_or_else(|| panic!("MongoDB has a record no producer sent: {doc}"));
-        assert_eq!(
-            doc.get_str("GroundTruth"),
-            Ok(row.ground_truth.as_str()),
-            "{doc}"
-        );
+        let row = truth_by_id.get(&id).unwrap_or_else(|| panic!("MongoDB has a record no producer sent: {doc}"));
+        assert_eq!(doc.get_str("GroundTruth"), Ok(row.ground_truth.as_str()), "{doc}");
         assert_eq!(doc.get_str("ModelId"), Ok("mobilenetv2-int8-e2e"), "{doc}");
-        assert!(
-            doc.get_datetime("StoredAt").is_ok() && doc.get_datetime("InferredAt").is_ok(),
-            "{doc}"
-        );
-        assert_eq!(
-            doc.get_datetime("SentAt").map(|d| d.timestamp_millis()),
-            Ok(row.sent_at_ms),
-            "{doc}"
-        );
-        let label = doc
-            .get_str("Inferred")
-            .unwrap_or_else(|_| panic!("no inference: {doc}"));
-        assert!(
-            inferred.insert(id, label.to_owned()).is_none(),
-            "a record appears twice"
-        );
+        assert!(doc.get_datetime("StoredAt").is_ok() && doc.get_datetime("InferredAt").is_ok(), "{doc}");
+        assert_eq!(doc.get_datetime("SentAt").map(|d| d.timestamp_millis()), Ok(row.sent_at_ms), "{doc}");
+        let label = doc.get_str("Inferred").unwrap_or_else(|_| panic!("no inference: {doc}"));
+        assert!(inferred.insert(id, label.to_owned()).is_none(), "a record appears twice");
     }
     assert_eq!(inferred.len() as u64, TOTAL, "records in MongoDB");
     let labels: HashSet<&str> = inferred.values().map(String::as_str).collect();
-    assert!(
-        labels.len() > 2,
-        "the model gave suspiciously few distinct labels: {labels:?}"
-    );
+    assert!(labels.len() > 2, "the model gave suspiciously few distinct labels: {labels:?}");
 
     // The malformed message is in the dead-letter topic, once per consumer group at least.
     let letters = read_dead_letters(&kafka, &dlq, &[&db_group, &infer_group]).await;
@@ -657,20 +485,12 @@ async fn pipeline_stores_every_record_once_through_crashes_and_outages() {
             (letter.topic.as_str(), letter.partition, letter.offset),
             (topic.as_str(), malformed_partition, malformed_offset)
         );
-        assert_eq!(
-            letter.payload.as_deref().map(str::as_bytes),
-            Some(&malformed[..])
-        );
+        assert_eq!(letter.payload.as_deref().map(str::as_bytes), Some(&malformed[..]));
     }
-    assert_eq!(
-        count(&store, doc! { "ProducerID": "cam-x" }).await,
-        0,
-        "the malformed record was stored"
-    );
+    assert_eq!(count(&store, doc! { "ProducerID": "cam-x" }).await, 0, "the malformed record was stored");
 
     // The consumers saw the outage and retried.
-    let infer_log =
-        std::fs::read_to_string(children.log_path("infer-consumer-2")).unwrap_or_default();
+    let infer_log = std::fs::read_to_string(children.log_path("infer-consumer-2")).unwrap_or_default();
     assert!(
         infer_log.contains("retrying in"),
         "the infer-consumer never retried during the outage{}",
@@ -697,11 +517,7 @@ async fn pipeline_stores_every_record_once_through_crashes_and_outages() {
         .expect("run dataflow");
     assert!(status.success(), "dataflow count failed");
     let produced = std::fs::read_to_string(&output).expect("dataflow CSV");
-    assert_eq!(
-        produced,
-        expected_csv(&truth, &inferred),
-        "dataflow CSV vs ground truth"
-    );
+    assert_eq!(produced, expected_csv(&truth, &inferred), "dataflow CSV vs ground truth");
 
     eprintln!(
         "end-to-end: {TOTAL} records in {:.1}s (kill at {at_kill} inferred, outage from {at_outage} to {during_outage}), {} dead letter(s)\n{produced}",

@@ -11,8 +11,7 @@ use iot_ingest::store::Store;
 use iot_schema::ImageMessage;
 
 async fn store(db: &str) -> Store {
-    let uri =
-        std::env::var("IOT_MONGO_URI").unwrap_or_else(|_| "mongodb://127.0.0.1:27017".to_owned());
+    let uri = std::env::var("IOT_MONGO_URI").unwrap_or_else(|_| "mongodb://127.0.0.1:27017".to_owned());
     let store = Store::open(&MongoArgs {
         mongo_uri: uri.clone(),
         db: db.to_owned(),
@@ -22,11 +21,7 @@ async fn store(db: &str) -> Store {
     .await
     .expect("MongoDB client");
     let ping = store.database().run_command(doc! { "ping": 1 }).await;
-    assert!(
-        ping.is_ok(),
-        "MongoDB does not answer at {uri} ({:?}): start the stack with scripts/stack up",
-        ping.err()
-    );
+    assert!(ping.is_ok(), "MongoDB does not answer at {uri} ({:?}): start the stack with scripts/stack up", ping.err());
     store
 }
 
@@ -45,21 +40,13 @@ async fn both_consumers_upserting_the_same_records_at_once_end_in_complete_docum
     let db = format!("store_test_{}_{}", std::process::id(), iot_ingest::now_ms());
     let (metadata, inference) = (store(&db).await, store(&db).await);
     metadata.ensure_indexes().await.expect("indexes");
-    inference
-        .ensure_indexes()
-        .await
-        .expect("indexes again (idempotent)");
+    inference.ensure_indexes().await.expect("indexes again (idempotent)");
 
     let messages: Vec<ImageMessage> = (0..300).map(message).collect();
     let now = bson::DateTime::now();
-    let meta_writes: Vec<_> = messages
-        .iter()
-        .map(|m| iot_schema::write::store_metadata(m, now))
-        .collect();
-    let infer_writes: Vec<_> = messages
-        .iter()
-        .map(|m| iot_schema::write::store_inference(m, "dog", "model-1", now))
-        .collect();
+    let meta_writes: Vec<_> = messages.iter().map(|m| iot_schema::write::store_metadata(m, now)).collect();
+    let infer_writes: Vec<_> =
+        messages.iter().map(|m| iot_schema::write::store_inference(m, "dog", "model-1", now)).collect();
     // Twice each, overlapping, as redeliveries would.
     let both = async {
         let a = async {
@@ -78,7 +65,9 @@ async fn both_consumers_upserting_the_same_records_at_once_end_in_complete_docum
         Ok(Ok(_)) => (
             collection.count_documents(doc! {}).await.expect("count"),
             collection
-                .count_documents(doc! { "Inferred": "dog", "StoredAt": { "$exists": true }, "UpdatedAt": { "$exists": true } })
+                .count_documents(
+                    doc! { "Inferred": "dog", "StoredAt": { "$exists": true }, "UpdatedAt": { "$exists": true } },
+                )
                 .await
                 .expect("count"),
             // One change-log entry per write; a retried write rewrites its own entry.
@@ -92,11 +81,7 @@ async fn both_consumers_upserting_the_same_records_at_once_end_in_complete_docum
     };
     // Only drop a database the server still answers for.
     if outcome.is_ok() {
-        metadata
-            .database()
-            .drop()
-            .await
-            .expect("drop the test database");
+        metadata.database().drop().await.expect("drop the test database");
     }
     match outcome {
         Err(_) => {
@@ -105,9 +90,5 @@ async fn both_consumers_upserting_the_same_records_at_once_end_in_complete_docum
         Ok(Err(err)) => panic!("upserts failed: {err:#}"),
         Ok(Ok(_)) => {}
     }
-    assert_eq!(
-        (total, complete, logged),
-        (300, 300, 600),
-        "documents, complete documents, change-log entries"
-    );
+    assert_eq!((total, complete, logged), (300, 300, 600), "documents, complete documents, change-log entries");
 }

@@ -113,8 +113,7 @@ mod tests {
 
     #[test]
     fn message_without_a_field_is_rejected() {
-        let err = serde_json::from_str::<ImageMessage>(r#"{"ID":7,"ProducerID":"p","Data":""}"#)
-            .unwrap_err();
+        let err = serde_json::from_str::<ImageMessage>(r#"{"ID":7,"ProducerID":"p","Data":""}"#).unwrap_err();
         assert!(err.to_string().contains("GroundTruth"), "{err}");
     }
 

@@ -51,7 +51,10 @@ pub struct Write {
 
 impl Write {
     fn new(doc_id: &str, set: Document) -> Write {
-        Write { record: Upsert { filter: by_doc_id(doc_id), update: stamped(set, field::UPDATED_AT) }, change: change_entry(doc_id) }
+        Write {
+            record: Upsert { filter: by_doc_id(doc_id), update: stamped(set, field::UPDATED_AT) },
+            change: change_entry(doc_id),
+        }
     }
 
     /// The `_id` of the record written.

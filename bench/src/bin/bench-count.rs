@@ -48,7 +48,11 @@ fn spec(records: u64) -> Spec {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    ensure!(args.dataflow.is_file(), "{} not found: build it with cargo build --release -p iot-dataflow", args.dataflow.display());
+    ensure!(
+        args.dataflow.is_file(),
+        "{} not found: build it with cargo build --release -p iot-dataflow",
+        args.dataflow.display()
+    );
     std::fs::create_dir_all(&args.dir)?;
     if !args.mongo_only {
         files(&args)?;
@@ -155,14 +159,28 @@ fn mongo(args: &Args, uri: &str) -> Result<()> {
     let rate = |d: Duration| args.mongo_records as f64 / d.as_secs_f64();
     println!("\n| MongoDB read of {} records | median s | records/s | vs bare cursor |", args.mongo_records);
     println!("|---|---:|---:|---:|");
-    println!("| bare single cursor (same driver, projection, batch size) | {:.2} | {:.0} | 1.00 |", bare.as_secs_f64(), rate(bare));
+    println!(
+        "| bare single cursor (same driver, projection, batch size) | {:.2} | {:.0} | 1.00 |",
+        bare.as_secs_f64(),
+        rate(bare)
+    );
     for &workers in &args.workers {
         let output = args.dir.join("bench-mongo.csv");
         let mut runs = Vec::new();
         for _ in 0..args.mongo_runs {
             let measured = measure(
                 Command::new(&args.dataflow)
-                    .args(["count", "-w", &workers.to_string(), "--mongo-uri", uri, "--db", db, "--mongo-timeout", "60"])
+                    .args([
+                        "count",
+                        "-w",
+                        &workers.to_string(),
+                        "--mongo-uri",
+                        uri,
+                        "--db",
+                        db,
+                        "--mongo-timeout",
+                        "60",
+                    ])
                     .arg("--output")
                     .arg(&output)
                     .stderr(Stdio::null()),

@@ -96,8 +96,18 @@ fn run_base(args: &Args, base: u64) -> Result<()> {
         let (doc_id, producer, truth) = flips.next().context("out of records")?;
         let wrong = LABELS.iter().find(|l| **l != truth).copied().unwrap_or("other");
         let id = doc_id.rsplit_once('/').and_then(|(_, id)| id.parse().ok()).unwrap_or(0);
-        let msg = ImageMessage { id, producer_id: producer.clone(), ground_truth: truth.into(), data: String::new(), sent_at_ms: None };
-        iot_bench::mongo::apply(&database, "inferences", &write::store_inference(&msg, wrong, "bench", bson::DateTime::now()))?;
+        let msg = ImageMessage {
+            id,
+            producer_id: producer.clone(),
+            ground_truth: truth.into(),
+            data: String::new(),
+            sent_at_ms: None,
+        };
+        iot_bench::mongo::apply(
+            &database,
+            "inferences",
+            &write::store_inference(&msg, wrong, "bench", bson::DateTime::now()),
+        )?;
         *counts.entry(producer).or_default() += 1;
         Ok(())
     };
@@ -125,7 +135,13 @@ fn run_base(args: &Args, base: u64) -> Result<()> {
         wait_until(&output, Duration::from_secs(600), |c| *c == expected)?;
         delays.push(started.elapsed());
     }
-    report(base, &format!("bursts of {}", args.burst_size), &mut delays, cpu_time(pid)? - cpu_before, args.bursts * args.burst_size);
+    report(
+        base,
+        &format!("bursts of {}", args.burst_size),
+        &mut delays,
+        cpu_time(pid)? - cpu_before,
+        args.bursts * args.burst_size,
+    );
     eprintln!(
         "base {base}: initial load {:.1} s; follower peak RSS {} MiB",
         loaded_in.as_secs_f64(),
@@ -147,7 +163,11 @@ fn report(base: u64, what: &str, delays: &mut [Duration], cpu: Duration, changes
 }
 
 /// Polls the CSV until `done` holds; returns what it says then.
-fn wait_until(path: &Path, limit: Duration, done: impl Fn(&BTreeMap<String, u64>) -> bool) -> Result<BTreeMap<String, u64>> {
+fn wait_until(
+    path: &Path,
+    limit: Duration,
+    done: impl Fn(&BTreeMap<String, u64>) -> bool,
+) -> Result<BTreeMap<String, u64>> {
     let started = Instant::now();
     while started.elapsed() < limit {
         if let Ok(counts) = read_error_counts(path) {

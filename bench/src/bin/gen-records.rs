@@ -42,7 +42,8 @@ fn main() -> Result<()> {
         seed: args.seed,
         awkward_names: args.awkward_names,
     };
-    let file = std::fs::File::create(&args.output).with_context(|| format!("cannot create {}", args.output.display()))?;
+    let file =
+        std::fs::File::create(&args.output).with_context(|| format!("cannot create {}", args.output.display()))?;
     let answer = write_records(&spec, file, args.json_array)?;
     if let Some(path) = args.answer {
         let mut csv = csv::Writer::from_path(&path)?;

@@ -103,7 +103,8 @@ impl ChangePoller {
         for entry in cursor {
             let entry = entry.context("reading the change log failed")?;
             let get = |name| entry.get(name).ok().flatten();
-            let (Some(RawBsonRef::DateTime(at)), Some(record)) = (get(field::CHANGED_AT), get(field::CHANGED_RECORD)) else {
+            let (Some(RawBsonRef::DateTime(at)), Some(record)) = (get(field::CHANGED_AT), get(field::CHANGED_RECORD))
+            else {
                 tracing::warn!(entry = %describe_id(get(field::DOC_ID)), "change-log entry without Record or ChangedAt ignored");
                 continue;
             };
@@ -185,7 +186,8 @@ impl ChangePoller {
         self.last_prune = Some(Instant::now());
         let pruned = server_time(&self.client, uri).and_then(|now| {
             // Never entries this follower has yet to read, whatever the retention.
-            let cutoff = (now.timestamp_millis() - self.retention.as_millis() as i64).min(self.watermark_ms - self.settle_ms);
+            let cutoff =
+                (now.timestamp_millis() - self.retention.as_millis() as i64).min(self.watermark_ms - self.settle_ms);
             let deleted = self
                 .log
                 .delete_many(doc! { field::CHANGED_AT: { "$lt": bson::DateTime::from_millis(cutoff) } })

@@ -196,8 +196,7 @@ fn load_array(
 ) -> Result<()> {
     let file = open_input(path)?;
     // SAFETY: the file is only read; a concurrent writer could change what we read, as with read().
-    let bytes = unsafe { memmap2::Mmap::map(&file) }
-        .with_context(|| format!("cannot map {}", path.display()))?;
+    let bytes = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let visitor = ArrayVisitor { share, counts, stats, progress };
@@ -304,8 +303,7 @@ mod tests {
 
     #[test]
     fn a_json_array_pretty_printed_or_not_gives_the_same_counts() {
-        let records: Vec<serde_json::Value> =
-            lines(500).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let records: Vec<serde_json::Value> = lines(500).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         let (from_lines, _) = load_all(&lines(500), 1);
         for text in [serde_json::to_string(&records).unwrap(), serde_json::to_string_pretty(&records).unwrap()] {
             for peers in [1, 2, 3] {
@@ -323,8 +321,16 @@ mod tests {
         assert_eq!(observations, vec![(Observation::new("a", "x", Some("x")), 1)]);
         assert_eq!(stats.records, 3);
         assert_eq!(stats.skipped, 2);
-        assert!(stats.skipped_examples[0].starts_with("line at byte 52: not a JSON object"), "{:?}", stats.skipped_examples);
-        assert!(stats.skipped_examples[1].starts_with("line at byte 61: not a JSON object"), "{:?}", stats.skipped_examples);
+        assert!(
+            stats.skipped_examples[0].starts_with("line at byte 52: not a JSON object"),
+            "{:?}",
+            stats.skipped_examples
+        );
+        assert!(
+            stats.skipped_examples[1].starts_with("line at byte 61: not a JSON object"),
+            "{:?}",
+            stats.skipped_examples
+        );
     }
 
     #[test]

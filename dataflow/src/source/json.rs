@@ -106,12 +106,7 @@ impl JsonRecord<'_> {
     }
 
     /// Counts the record, or reports why it cannot be counted.
-    pub fn count_into(
-        &self,
-        counts: &mut Consolidator,
-        stats: &mut LoadStats,
-        fallback_name: impl FnOnce() -> String,
-    ) {
+    pub fn count_into(&self, counts: &mut Consolidator, stats: &mut LoadStats, fallback_name: impl FnOnce() -> String) {
         stats.records += 1;
         if matches!(self.deleted, Some(Value::Bool(true))) {
             stats.deleted += 1;
@@ -168,10 +163,9 @@ mod tests {
 
     #[test]
     fn null_or_absent_inferred_is_pending() {
-        for line in [
-            r#"{"ProducerID":"p","GroundTruth":"cat","Inferred":null}"#,
-            r#"{"ProducerID":"p","GroundTruth":"cat"}"#,
-        ] {
+        for line in
+            [r#"{"ProducerID":"p","GroundTruth":"cat","Inferred":null}"#, r#"{"ProducerID":"p","GroundTruth":"cat"}"#]
+        {
             let (obs, _) = count(line);
             assert_eq!(obs, vec![(crate::record::Observation::new("p", "cat", None), 1)]);
         }

@@ -1,12 +1,11 @@
 //! Sources: each worker loads its own disjoint share of the records into a [`Consolidator`].
 
+pub mod changes;
 pub mod file;
 pub mod json;
-pub mod changes;
 pub mod mongo;
 
 use std::path::PathBuf;
-
 
 /// Which part of the input one worker reads: share `index` of `peers` equal shares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,4 +28,3 @@ pub enum Source {
     File(PathBuf),
     Mongo(mongo::MongoSource),
 }
-

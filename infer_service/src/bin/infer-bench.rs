@@ -27,10 +27,7 @@ use infer_service::{RunningService, ServiceConfig};
 const CIFAR_RECORD_BYTES: usize = 3073;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "infer-bench",
-    about = "Throughput and latency of infer_service against plain Python onnxruntime"
-)]
+#[command(name = "infer-bench", about = "Throughput and latency of infer_service against plain Python onnxruntime")]
 struct Args {
     /// A running service; without it, one is started in this process.
     #[arg(long)]
@@ -87,16 +84,12 @@ struct Level {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     infer_service::init_tracing();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run(args))
 }
 
 fn workspace_root() -> PathBuf {
-    let compiled = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf);
+    let compiled = Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf);
     std::env::current_dir()
         .ok()
         .and_then(|cwd| {
@@ -110,22 +103,10 @@ fn workspace_root() -> PathBuf {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let root = workspace_root();
-    let assets = args
-        .assets
-        .clone()
-        .unwrap_or_else(|| root.join("../shared/assets"));
-    let model = args
-        .model
-        .clone()
-        .unwrap_or_else(|| assets.join("mobilenetv2-12-int8.onnx"));
-    let classes = args
-        .classes
-        .clone()
-        .unwrap_or_else(|| assets.join("imagenet_classes.txt"));
-    let cifar = args
-        .cifar
-        .clone()
-        .unwrap_or_else(|| assets.join("cifar10_test_batch.bin"));
+    let assets = args.assets.clone().unwrap_or_else(|| root.join("../shared/assets"));
+    let model = args.model.clone().unwrap_or_else(|| assets.join("mobilenetv2-12-int8.onnx"));
+    let classes = args.classes.clone().unwrap_or_else(|| assets.join("imagenet_classes.txt"));
+    let cifar = args.cifar.clone().unwrap_or_else(|| assets.join("cifar10_test_batch.bin"));
     if args.images == 0 || args.requests == 0 || args.concurrency.contains(&0) {
         bail!("--images, --requests and every --concurrency level must be positive");
     }
@@ -145,10 +126,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             url
         }
     };
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .timeout(Duration::from_secs(120))
-        .build()?;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(256).timeout(Duration::from_secs(120)).build()?;
     let health: HealthResponse = client
         .get(format!("{url}/healthz"))
         .send()
@@ -166,11 +144,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let warmup = args.concurrency.iter().copied().max().unwrap_or(1);
     measure(&client, &url, &bodies, warmup, warmup * 4, None).await?;
 
-    let python = (!args.no_python).then(|| {
-        args.python
-            .clone()
-            .unwrap_or_else(|| root.join(".cache/venv/bin/python"))
-    });
+    let python = (!args.no_python).then(|| args.python.clone().unwrap_or_else(|| root.join(".cache/venv/bin/python")));
     let mut rounds: Vec<Vec<Level>> = Vec::new();
     let mut baselines: Vec<Baseline> = Vec::new();
     let mut engines: Vec<f64> = Vec::new();
@@ -178,14 +152,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for round in 1..=args.rounds.max(1) {
         let mut levels = Vec::new();
         for &concurrency in &args.concurrency {
-            levels.push(
-                measure_level(&client, &url, &bodies, concurrency, args.requests, round).await?,
-            );
+            levels.push(measure_level(&client, &url, &bodies, concurrency, args.requests, round).await?);
         }
         print_levels(&format!("round {round}"), &levels, args.requests);
         rounds.push(levels);
         let engine = rust_run_only(&model, &bodies_images, &args)?;
-        println!("round {round}: the service's engine alone (Rust ort, batch {}): {engine:.1} images/s run only", args.max_batch);
+        println!(
+            "round {round}: the service's engine alone (Rust ort, batch {}): {engine:.1} images/s run only",
+            args.max_batch
+        );
         engines.push(engine);
         if let Some(python) = &python {
             // The service is idle meanwhile (its ONNX Runtime threads sleep).
@@ -205,25 +180,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .map(|i| Level {
             concurrency: args.concurrency[i],
             images_per_s: median(rounds.iter().map(|r| r[i].images_per_s).collect()),
-            p50: Duration::from_secs_f64(median(
-                rounds.iter().map(|r| r[i].p50.as_secs_f64()).collect(),
-            )),
-            p99: Duration::from_secs_f64(median(
-                rounds.iter().map(|r| r[i].p99.as_secs_f64()).collect(),
-            )),
-            mean_batch: rounds
-                .iter()
-                .map(|r| r[i].mean_batch)
-                .collect::<Option<Vec<f64>>>()
-                .map(median),
+            p50: Duration::from_secs_f64(median(rounds.iter().map(|r| r[i].p50.as_secs_f64()).collect())),
+            p99: Duration::from_secs_f64(median(rounds.iter().map(|r| r[i].p99.as_secs_f64()).collect())),
+            mean_batch: rounds.iter().map(|r| r[i].mean_batch).collect::<Option<Vec<f64>>>().map(median),
         })
         .collect();
     println!();
-    print_levels(
-        &format!("service, median of {} rounds", rounds.len()),
-        &medians,
-        args.requests,
-    );
+    print_levels(&format!("service, median of {} rounds", rounds.len()), &medians, args.requests);
     println!(
         "the service's engine alone (Rust ort, batch {}), median of {} rounds: {:.1} images/s run only",
         args.max_batch,
@@ -242,28 +205,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
         // Ratios within each round (measured minutes apart at most), then their median: steadier
         // than a ratio of medians on a machine whose load changes.
-        let top = args
-            .concurrency
-            .iter()
-            .enumerate()
-            .max_by_key(|(_, c)| **c)
-            .map(|(i, c)| (i, *c));
+        let top = args.concurrency.iter().enumerate().max_by_key(|(_, c)| **c).map(|(i, c)| (i, *c));
         if let Some((index, concurrency)) = top {
             let ratios = |pick: fn(&Baseline) -> f64| -> Vec<f64> {
-                rounds
-                    .iter()
-                    .zip(&baselines)
-                    .map(|(levels, b)| 100.0 * levels[index].images_per_s / pick(b))
-                    .collect()
+                rounds.iter().zip(&baselines).map(|(levels, b)| 100.0 * levels[index].images_per_s / pick(b)).collect()
             };
             let (vs_end_to_end, vs_run_only) = (ratios(|b| b.end_to_end), ratios(|b| b.run_only));
-            let list = |values: &[f64]| {
-                values
-                    .iter()
-                    .map(|v| format!("{v:.0}%"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
+            let list = |values: &[f64]| values.iter().map(|v| format!("{v:.0}%")).collect::<Vec<_>>().join(", ");
             println!(
                 "service at concurrency {concurrency} vs Python, per round: {} of end to end, {} of run only",
                 list(&vs_end_to_end),
@@ -290,15 +238,12 @@ async fn measure_level(
 ) -> anyhow::Result<Level> {
     let before = batch_totals(client, url).await;
     let bar = ProgressBar::new(requests as u64).with_style(
-        ProgressStyle::with_template(
-            "round {prefix} concurrency {msg:>3} [{bar:30}] {pos}/{len} {per_sec}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("round {prefix} concurrency {msg:>3} [{bar:30}] {pos}/{len} {per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_prefix(round.to_string());
     bar.set_message(concurrency.to_string());
-    let (elapsed, mut latencies) =
-        measure(client, url, bodies, concurrency, requests, Some(&bar)).await?;
+    let (elapsed, mut latencies) = measure(client, url, bodies, concurrency, requests, Some(&bar)).await?;
     bar.finish_and_clear();
     let after = batch_totals(client, url).await;
     latencies.sort();
@@ -331,9 +276,7 @@ fn print_levels(title: &str, levels: &[Level], requests: usize) {
             level.images_per_s,
             level.p50.as_secs_f64() * 1e3,
             level.p99.as_secs_f64() * 1e3,
-            level
-                .mean_batch
-                .map_or_else(|| "-".into(), |b| format!("{b:.1}"))
+            level.mean_batch.map_or_else(|| "-".into(), |b| format!("{b:.1}"))
         );
     }
 }
@@ -349,14 +292,12 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// PNG encodings of the first `count` CIFAR-10 test records.
 fn cifar_pngs(cifar: &Path, count: usize) -> anyhow::Result<Vec<Vec<u8>>> {
-    let mut file =
-        std::fs::File::open(cifar).with_context(|| format!("cannot open {}", cifar.display()))?;
+    let mut file = std::fs::File::open(cifar).with_context(|| format!("cannot open {}", cifar.display()))?;
     let mut pngs = Vec::with_capacity(count);
     let mut record = vec![0u8; CIFAR_RECORD_BYTES];
     file.seek(SeekFrom::Start(0))?;
     for index in 0..count {
-        file.read_exact(&mut record)
-            .with_context(|| format!("{} has no record {index}", cifar.display()))?;
+        file.read_exact(&mut record).with_context(|| format!("{} has no record {index}", cifar.display()))?;
         let planes = &record[1..];
         let image = RgbImage::from_fn(32, 32, |x, y| {
             let i = (y * 32 + x) as usize;
@@ -378,11 +319,7 @@ fn cifar_pngs(cifar: &Path, count: usize) -> anyhow::Result<Vec<Vec<u8>>> {
 fn request_bodies(cifar: &Path, count: usize) -> anyhow::Result<Vec<String>> {
     cifar_pngs(cifar, count)?
         .into_iter()
-        .map(|png| {
-            Ok(serde_json::to_string(&InferRequest {
-                images: vec![BASE64.encode(png)],
-            })?)
-        })
+        .map(|png| Ok(serde_json::to_string(&InferRequest { images: vec![BASE64.encode(png)] })?))
         .collect()
 }
 
@@ -391,32 +328,15 @@ fn request_bodies(cifar: &Path, count: usize) -> anyhow::Result<Vec<String>> {
 fn rust_run_only(model: &Path, pngs: &[Vec<u8>], args: &Args) -> anyhow::Result<f64> {
     let library = infer_service::runtime::locate_onnxruntime(None)?;
     let env = infer_service::runtime::environment(&library)?;
-    let options = SessionOptions {
-        intra_threads: args.intra_threads,
-    };
+    let options = SessionOptions { intra_threads: args.intra_threads };
     let mut classifier = Classifier::load(&env, model, &options)?;
     let spec = classifier.spec().clone();
-    let preprocessor = Preprocessor::new(
-        spec.height as u32,
-        spec.width as u32,
-        DEFAULT_RESIZE_RATIO,
-        u64::MAX,
-    );
-    let tensors = pngs
-        .iter()
-        .map(|png| preprocessor.prepare(png))
-        .collect::<Result<Vec<_>, _>>()?;
+    let preprocessor = Preprocessor::new(spec.height as u32, spec.width as u32, DEFAULT_RESIZE_RATIO, u64::MAX);
+    let tensors = pngs.iter().map(|png| preprocessor.prepare(png)).collect::<Result<Vec<_>, _>>()?;
     let batch = classifier.batch_limit(args.max_batch);
     let order: Vec<usize> = (0..args.requests).map(|i| i % tensors.len()).collect();
-    let batches: Vec<Vec<f32>> = order
-        .chunks(batch)
-        .map(|chunk| {
-            chunk
-                .iter()
-                .flat_map(|&i| tensors[i].iter().copied())
-                .collect()
-        })
-        .collect();
+    let batches: Vec<Vec<f32>> =
+        order.chunks(batch).map(|chunk| chunk.iter().flat_map(|&i| tensors[i].iter().copied()).collect()).collect();
     classifier.classify(&batches[0], order.len().min(batch))?; // warm-up
     let started = Instant::now();
     for (chunk, pixels) in order.chunks(batch).zip(&batches) {
@@ -439,12 +359,8 @@ async fn measure(
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (client, endpoint, bodies, next) = (
-                client.clone(),
-                endpoint.clone(),
-                Arc::clone(bodies),
-                Arc::clone(&next),
-            );
+            let (client, endpoint, bodies, next) =
+                (client.clone(), endpoint.clone(), Arc::clone(bodies), Arc::clone(&next));
             let bar = bar.cloned();
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
@@ -491,24 +407,11 @@ fn percentile(sorted: &[Duration], quantile: f64) -> Duration {
 
 /// `(images, batches)` so far, from the service's `infer_batch_size` histogram.
 async fn batch_totals(client: &reqwest::Client, url: &str) -> Option<(f64, f64)> {
-    let text = client
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+    let text = client.get(format!("{url}/metrics")).send().await.ok()?.text().await.ok()?;
     let value = |name: &str| {
-        text.lines().find_map(|line| {
-            line.strip_prefix(name)
-                .and_then(|rest| rest.trim().parse::<f64>().ok())
-        })
+        text.lines().find_map(|line| line.strip_prefix(name).and_then(|rest| rest.trim().parse::<f64>().ok()))
     };
-    Some((
-        value("infer_batch_size_sum ")?,
-        value("infer_batch_size_count ")?,
-    ))
+    Some((value("infer_batch_size_sum ")?, value("infer_batch_size_count ")?))
 }
 
 struct Baseline {
@@ -517,13 +420,7 @@ struct Baseline {
     run_only: f64,
 }
 
-fn python_baseline(
-    python: &Path,
-    root: &Path,
-    model: &Path,
-    cifar: &Path,
-    args: &Args,
-) -> anyhow::Result<Baseline> {
+fn python_baseline(python: &Path, root: &Path, model: &Path, cifar: &Path, args: &Args) -> anyhow::Result<Baseline> {
     let script = root.join("infer_service/bench/python_baseline.py");
     eprintln!("running {} ...", script.display());
     let output = Command::new(python)
@@ -538,32 +435,15 @@ fn python_baseline(
         .arg(args.requests.to_string())
         .arg("--batch")
         .arg(args.max_batch.to_string())
-        .args(
-            args.intra_threads
-                .map(|n| vec!["--threads".to_string(), n.to_string()])
-                .unwrap_or_default(),
-        )
+        .args(args.intra_threads.map(|n| vec!["--threads".to_string(), n.to_string()]).unwrap_or_default())
         .output()
-        .with_context(|| {
-            format!(
-                "cannot run {} (set --python, or run scripts/setup)",
-                python.display()
-            )
-        })?;
+        .with_context(|| format!("cannot run {} (set --python, or run scripts/setup)", python.display()))?;
     if !output.status.success() {
-        bail!(
-            "python baseline failed ({}):\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
+        bail!("python baseline failed ({}):\n{}", output.status, String::from_utf8_lossy(&output.stderr));
     }
     let report: serde_json::Value =
         serde_json::from_slice(&output.stdout).context("python baseline printed no JSON")?;
-    let number = |key: &str| {
-        report[key]
-            .as_f64()
-            .with_context(|| format!("python baseline lacks {key}"))
-    };
+    let number = |key: &str| report[key].as_f64().with_context(|| format!("python baseline lacks {key}"));
     Ok(Baseline {
         version: report["onnxruntime"].as_str().unwrap_or("?").to_owned(),
         end_to_end: number("end_to_end_images_per_s")?,

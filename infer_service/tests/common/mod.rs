@@ -8,10 +8,7 @@ use image::{ImageEncoder, RgbImage};
 pub const CIFAR_RECORD_BYTES: usize = 3073;
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("crate sits in the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("crate sits in the workspace").to_path_buf()
 }
 
 /// `IOT_ASSETS_DIR`, else `../shared/assets` next to the repository.
@@ -61,8 +58,7 @@ pub fn python() -> PathBuf {
 /// ONNX Runtime library: `ORT_DYLIB_PATH`, else the project's installation.
 pub fn onnxruntime() -> PathBuf {
     let explicit = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from);
-    infer_service::runtime::locate_onnxruntime(explicit.as_deref())
-        .unwrap_or_else(|e| panic!("{e:#}"))
+    infer_service::runtime::locate_onnxruntime(explicit.as_deref()).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// CIFAR-10 label and 32×32 RGB picture of test record `index`.
@@ -87,12 +83,7 @@ pub fn cifar_record(index: usize) -> (u8, RgbImage) {
 pub fn png_bytes(image: &RgbImage) -> Vec<u8> {
     let mut out = Vec::new();
     image::codecs::png::PngEncoder::new(&mut out)
-        .write_image(
-            image.as_raw(),
-            image.width(),
-            image.height(),
-            image::ExtendedColorType::Rgb8,
-        )
+        .write_image(image.as_raw(), image.width(), image.height(), image::ExtendedColorType::Rgb8)
         .expect("PNG encoding of an in-memory image");
     out
 }

@@ -44,18 +44,8 @@ pub struct MetadataWriter {
 impl Handler for MetadataWriter {
     async fn handle(&self, batch: Vec<Parsed>, shutdown: &Shutdown) -> Vec<Handled> {
         let stored_at = bson::DateTime::now();
-        let writes: Vec<_> = batch
-            .iter()
-            .map(|p| iot_schema::write::store_metadata(&p.msg, stored_at))
-            .collect();
-        let written = super::write_durably(
-            &self.store,
-            &writes,
-            &self.metrics,
-            self.backoff.clone(),
-            shutdown,
-        )
-        .await;
+        let writes: Vec<_> = batch.iter().map(|p| iot_schema::write::store_metadata(&p.msg, stored_at)).collect();
+        let written = super::write_durably(&self.store, &writes, &self.metrics, self.backoff.clone(), shutdown).await;
         batch
             .into_iter()
             .map(|p| match written {
@@ -72,11 +62,7 @@ pub async fn run(args: DbConsumerArgs, metrics: Arc<Metrics>, shutdown: Shutdown
     }
     let store = Store::open(&args.mongo).await?;
     super::prepare_store(&store, args.consumer.backoff(), &shutdown).await?;
-    let handler = Arc::new(MetadataWriter {
-        store,
-        backoff: args.consumer.backoff(),
-        metrics: metrics.clone(),
-    });
+    let handler = Arc::new(MetadataWriter { store, backoff: args.consumer.backoff(), metrics: metrics.clone() });
     let settings = super::EngineSettings {
         group: args.group.clone(),
         batch_size: args.batch_size as usize,

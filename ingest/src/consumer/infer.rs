@@ -41,12 +41,7 @@ pub struct InferConsumerArgs {
     #[arg(long, env = "IOT_IN_FLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub in_flight: u64,
     /// Time limit of one inference request.
-    #[arg(
-        long,
-        env = "IOT_REQUEST_TIMEOUT_S",
-        default_value_t = 60,
-        value_name = "SECONDS"
-    )]
+    #[arg(long, env = "IOT_REQUEST_TIMEOUT_S", default_value_t = 60, value_name = "SECONDS")]
     pub request_timeout_s: u64,
     /// Append `ProducerID,ID,SentAt,InferredAt,latency_ms` for each stored inference here.
     #[arg(long, env = "IOT_LATENCY_LOG", value_name = "FILE")]
@@ -109,23 +104,14 @@ impl InferenceWriter {
 
     /// A verdict per record. When the service rejects a batch, each image is sent alone so that
     /// only the bad ones are refused.
-    async fn classify(
-        &self,
-        batch: &[Parsed],
-        shutdown: &Shutdown,
-    ) -> Result<Vec<Verdict>, ShutdownRequested> {
+    async fn classify(&self, batch: &[Parsed], shutdown: &Shutdown) -> Result<Vec<Verdict>, ShutdownRequested> {
         let images: Vec<&str> = batch.iter().map(|p| p.msg.data.as_str()).collect();
         let verdicts = |reply: InferReply| {
-            reply.results.into_iter().map(move |r| Verdict::Label {
-                label: r.label,
-                model_id: reply.model_id.clone(),
-            })
+            reply.results.into_iter().map(move |r| Verdict::Label { label: r.label, model_id: reply.model_id.clone() })
         };
         match self.infer_with_retry(&images, shutdown).await? {
             Ok(reply) => return Ok(verdicts(reply).collect()),
-            Err(InferError::Rejected { reason, .. }) if images.len() == 1 => {
-                return Ok(vec![Verdict::Refused(reason)])
-            }
+            Err(InferError::Rejected { reason, .. }) if images.len() == 1 => return Ok(vec![Verdict::Refused(reason)]),
             Err(err) => tracing::info!("{err}; sending the {} images one by one", images.len()),
         }
         let mut out = Vec::with_capacity(images.len());
@@ -143,38 +129,19 @@ impl Handler for InferenceWriter {
     async fn handle(&self, batch: Vec<Parsed>, shutdown: &Shutdown) -> Vec<Handled> {
         let verdicts = match self.classify(&batch, shutdown).await {
             Ok(verdicts) => verdicts,
-            Err(ShutdownRequested) => {
-                return batch
-                    .into_iter()
-                    .map(|p| Handled::Abandoned(p.inbound.pos))
-                    .collect()
-            }
+            Err(ShutdownRequested) => return batch.into_iter().map(|p| Handled::Abandoned(p.inbound.pos)).collect(),
         };
         let inferred_at = crate::now_ms();
         let stamp = bson::DateTime::from_millis(inferred_at);
         let mut writes = Vec::with_capacity(batch.len());
         for (parsed, verdict) in batch.iter().zip(&verdicts) {
             if let Verdict::Label { label, model_id } = verdict {
-                writes.push(iot_schema::write::store_inference(
-                    &parsed.msg,
-                    label,
-                    model_id,
-                    stamp,
-                ));
+                writes.push(iot_schema::write::store_inference(&parsed.msg, label, model_id, stamp));
             }
         }
         let written = match writes.is_empty() {
             true => Ok(()),
-            false => {
-                super::write_durably(
-                    &self.store,
-                    &writes,
-                    &self.metrics,
-                    self.backoff.clone(),
-                    shutdown,
-                )
-                .await
-            }
+            false => super::write_durably(&self.store, &writes, &self.metrics, self.backoff.clone(), shutdown).await,
         };
         if written.is_ok() {
             self.log_latencies(&batch, &verdicts, inferred_at);
@@ -201,9 +168,7 @@ impl InferenceWriter {
             .zip(verdicts)
             .filter(|(_, v)| matches!(v, Verdict::Label { .. }))
             .filter_map(|(p, _)| {
-                p.msg
-                    .sent_at_ms
-                    .map(|sent| LatencyRow::new(&p.msg.producer_id, p.msg.id, sent, inferred_at))
+                p.msg.sent_at_ms.map(|sent| LatencyRow::new(&p.msg.producer_id, p.msg.id, sent, inferred_at))
             })
             .collect();
         if let Err(err) = log.append(&rows) {
@@ -216,22 +181,12 @@ pub async fn run(args: InferConsumerArgs, metrics: Arc<Metrics>, shutdown: Shutd
     if let Some(addr) = args.consumer.metrics_listen {
         crate::metrics::serve(addr, metrics.clone(), "infer").await?;
     }
-    let client = InferClient::new(
-        &args.infer_url,
-        Duration::from_secs(args.request_timeout_s.max(1)),
-    )?;
-    let latency = args
-        .latency_log
-        .as_deref()
-        .map(LatencyLog::open)
-        .transpose()?;
+    let client = InferClient::new(&args.infer_url, Duration::from_secs(args.request_timeout_s.max(1)))?;
+    let latency = args.latency_log.as_deref().map(LatencyLog::open).transpose()?;
     let store = Store::open(&args.mongo).await?;
     super::prepare_store(&store, args.consumer.backoff(), &shutdown).await?;
     if !client.healthy().await {
-        tracing::warn!(
-            "the inference service at {} does not answer yet; records wait for it",
-            client.base_url()
-        );
+        tracing::warn!("the inference service at {} does not answer yet; records wait for it", client.base_url());
     }
     let handler = Arc::new(InferenceWriter {
         client,

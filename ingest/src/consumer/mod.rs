@@ -10,9 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -41,11 +39,7 @@ pub enum Handled {
 /// The part that differs between the two consumers: what to do with a batch of good records.
 pub trait Handler: Send + Sync + 'static {
     /// Handles every record of the batch, retrying failures until done or shut down.
-    fn handle(
-        &self,
-        batch: Vec<Parsed>,
-        shutdown: &Shutdown,
-    ) -> impl Future<Output = Vec<Handled>> + Send;
+    fn handle(&self, batch: Vec<Parsed>, shutdown: &Shutdown) -> impl Future<Output = Vec<Handled>> + Send;
 }
 
 /// How the engine runs.
@@ -119,16 +113,11 @@ pub async fn run<H: Handler>(
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
 ) -> Result<()> {
-    let config =
-        crate::kafka::consumer_config(kafka, &settings.group, settings.consumer.session_timeout_ms);
+    let config = crate::kafka::consumer_config(kafka, &settings.group, settings.consumer.session_timeout_ms);
     let consumer: StreamConsumer<EngineContext> = config
-        .create_with_context(EngineContext {
-            metrics: metrics.clone(),
-        })
+        .create_with_context(EngineContext { metrics: metrics.clone() })
         .with_context(|| format!("cannot create a Kafka consumer for {}", kafka.brokers))?;
-    consumer
-        .subscribe(&[kafka.topic.as_str()])
-        .with_context(|| format!("cannot subscribe to {}", kafka.topic))?;
+    consumer.subscribe(&[kafka.topic.as_str()]).with_context(|| format!("cannot subscribe to {}", kafka.topic))?;
     let kit = Arc::new(TaskKit {
         handler,
         dead_letters: DeadLetters {
@@ -198,11 +187,7 @@ pub async fn run<H: Handler>(
     }
 
     // Records read but not dispatched are simply not committed: they will be read again.
-    tracing::info!(
-        "stopping: {} batch(es) in flight, {} record(s) not started",
-        tasks.len(),
-        batch.len()
-    );
+    tracing::info!("stopping: {} batch(es) in flight, {} record(s) not started", tasks.len(), batch.len());
     let grace = Duration::from_secs(settings.consumer.shutdown_grace_s);
     let drained = tokio::time::timeout(grace, async {
         while let Some(joined) = tasks.join_next().await {
@@ -214,10 +199,7 @@ pub async fn run<H: Handler>(
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(
-            "{} batch(es) still busy after {grace:?}: left for redelivery",
-            tasks.len()
-        );
+        tracing::warn!("{} batch(es) still busy after {grace:?}: left for redelivery", tasks.len());
         tasks.abort_all();
     }
     let final_commits = owned(&consumer, tracker.all_commits());
@@ -239,11 +221,7 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-fn dispatch<H: Handler>(
-    tasks: &mut JoinSet<Vec<Position>>,
-    kit: &Arc<TaskKit<H>>,
-    batch: Vec<Inbound>,
-) {
+fn dispatch<H: Handler>(tasks: &mut JoinSet<Vec<Position>>, kit: &Arc<TaskKit<H>>, batch: Vec<Inbound>) {
     if batch.is_empty() {
         return;
     }
@@ -283,10 +261,7 @@ fn owned<C: ConsumerContext>(
     let Ok(assignment) = consumer.assignment() else {
         return Vec::new();
     };
-    commits
-        .into_iter()
-        .filter(|(topic, partition, _)| assignment.find_partition(topic, *partition).is_some())
-        .collect()
+    commits.into_iter().filter(|(topic, partition, _)| assignment.find_partition(topic, *partition).is_some()).collect()
 }
 
 fn to_list(commits: &[(String, i32, i64)]) -> Result<TopicPartitionList> {
@@ -314,27 +289,15 @@ async fn handle_batch<H: Handler>(kit: &TaskKit<H>, batch: Vec<Inbound>) -> Vec<
     for handled in kit.handler.handle(good, &kit.shutdown).await {
         match handled {
             Handled::Written(pos) => done.push(pos),
-            Handled::Rejected(parsed, reason) => {
-                dead_letter(kit, &parsed.inbound, &reason, &mut done).await
-            }
+            Handled::Rejected(parsed, reason) => dead_letter(kit, &parsed.inbound, &reason, &mut done).await,
             Handled::Abandoned(_) => {}
         }
     }
     done
 }
 
-async fn dead_letter<H>(
-    kit: &TaskKit<H>,
-    inbound: &Inbound,
-    reason: &Malformed,
-    done: &mut Vec<Position>,
-) {
-    if kit
-        .dead_letters
-        .send(inbound, reason, &kit.shutdown)
-        .await
-        .is_ok()
-    {
+async fn dead_letter<H>(kit: &TaskKit<H>, inbound: &Inbound, reason: &Malformed, done: &mut Vec<Position>) {
+    if kit.dead_letters.send(inbound, reason, &kit.shutdown).await.is_ok() {
         metrics::add(&kit.metrics.dead_lettered, 1);
         done.push(inbound.pos.clone());
     }
@@ -370,11 +333,7 @@ pub async fn write_durably(
 }
 
 /// Creates the contract's indexes, waiting for MongoDB if it is not up yet.
-pub async fn prepare_store(
-    store: &crate::store::Store,
-    backoff: Backoff,
-    shutdown: &Shutdown,
-) -> Result<()> {
+pub async fn prepare_store(store: &crate::store::Store, backoff: Backoff, shutdown: &Shutdown) -> Result<()> {
     crate::backoff::retry("creating MongoDB indexes", backoff, shutdown, || async {
         store.ensure_indexes().await.map_err(|e| format!("{e:#}"))
     })

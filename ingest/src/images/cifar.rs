@@ -19,17 +19,11 @@ pub struct CifarBatch {
 impl CifarBatch {
     /// Reads a batch file and its class names (one per line, in label order).
     pub fn open(batch: &Path, classes: &Path) -> Result<CifarBatch> {
-        let bytes = std::fs::read(batch)
-            .with_context(|| format!("cannot read the CIFAR-10 batch {}", batch.display()))?;
-        let names = std::fs::read_to_string(classes).with_context(|| {
-            format!("cannot read the CIFAR-10 class names {}", classes.display())
-        })?;
-        let classes = names
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_owned)
-            .collect();
+        let bytes =
+            std::fs::read(batch).with_context(|| format!("cannot read the CIFAR-10 batch {}", batch.display()))?;
+        let names = std::fs::read_to_string(classes)
+            .with_context(|| format!("cannot read the CIFAR-10 class names {}", classes.display()))?;
+        let classes = names.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
         CifarBatch::from_bytes(bytes, classes)
             .with_context(|| format!("{} is not a CIFAR-10 binary batch", batch.display()))
     }
@@ -37,24 +31,15 @@ impl CifarBatch {
     /// Checks the layout: whole records only, every label naming a class.
     pub fn from_bytes(bytes: Vec<u8>, classes: Vec<String>) -> Result<CifarBatch> {
         if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD_LEN) {
-            bail!(
-                "{} bytes is not a whole number of {RECORD_LEN}-byte records",
-                bytes.len()
-            );
+            bail!("{} bytes is not a whole number of {RECORD_LEN}-byte records", bytes.len());
         }
         if classes.is_empty() {
             bail!("no class names");
         }
-        if let Some((index, label)) = bytes
-            .chunks_exact(RECORD_LEN)
-            .map(|r| r[0])
-            .enumerate()
-            .find(|(_, l)| *l as usize >= classes.len())
+        if let Some((index, label)) =
+            bytes.chunks_exact(RECORD_LEN).map(|r| r[0]).enumerate().find(|(_, l)| *l as usize >= classes.len())
         {
-            bail!(
-                "record {index} has label {label}, but there are only {} classes",
-                classes.len()
-            );
+            bail!("record {index} has label {label}, but there are only {} classes", classes.len());
         }
         Ok(CifarBatch { bytes, classes })
     }
@@ -95,9 +80,7 @@ mod tests {
     use super::*;
 
     fn classes() -> Vec<String> {
-        ["airplane", "automobile", "bird"]
-            .map(String::from)
-            .to_vec()
+        ["airplane", "automobile", "bird"].map(String::from).to_vec()
     }
 
     /// Two records: label 2 with pixel i of each plane = (i, 2i, 3i) mod 256, then label 0 black.
@@ -127,9 +110,7 @@ mod tests {
     fn rejects_a_truncated_file() {
         let mut bytes = two_records();
         bytes.pop();
-        let err = CifarBatch::from_bytes(bytes, classes())
-            .unwrap_err()
-            .to_string();
+        let err = CifarBatch::from_bytes(bytes, classes()).unwrap_err().to_string();
         assert!(err.contains("whole number"), "{err}");
         assert!(CifarBatch::from_bytes(Vec::new(), classes()).is_err());
     }
@@ -138,24 +119,15 @@ mod tests {
     fn rejects_a_label_without_a_class() {
         let mut bytes = two_records();
         bytes[RECORD_LEN] = 7;
-        let err = CifarBatch::from_bytes(bytes, classes())
-            .unwrap_err()
-            .to_string();
+        let err = CifarBatch::from_bytes(bytes, classes()).unwrap_err().to_string();
         assert!(err.contains("record 1 has label 7"), "{err}");
     }
 
     #[test]
     fn reads_the_real_test_batch() {
         let dir = crate::assets::default_dir();
-        let (batch, names) = (
-            dir.join(crate::assets::CIFAR_BATCH_FILE),
-            dir.join(crate::assets::CIFAR_CLASSES_FILE),
-        );
-        assert!(
-            batch.is_file(),
-            "{} is missing: set IOT_ASSETS_DIR to the assets folder",
-            batch.display()
-        );
+        let (batch, names) = (dir.join(crate::assets::CIFAR_BATCH_FILE), dir.join(crate::assets::CIFAR_CLASSES_FILE));
+        assert!(batch.is_file(), "{} is missing: set IOT_ASSETS_DIR to the assets folder", batch.display());
         let batch = CifarBatch::open(&batch, &names).unwrap();
         assert_eq!(batch.len(), 10_000);
         // The official test set starts cat, ship, ship, airplane, frog.

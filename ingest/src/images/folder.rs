@@ -12,18 +12,14 @@ pub struct FolderImages {
 }
 
 fn is_image(path: &Path) -> bool {
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase);
+    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
     matches!(ext.as_deref(), Some("jpg" | "jpeg" | "png"))
 }
 
 impl FolderImages {
     pub fn open(dir: &Path) -> Result<FolderImages> {
         let mut files = Vec::new();
-        let entries = std::fs::read_dir(dir)
-            .with_context(|| format!("cannot read the folder {}", dir.display()))?;
+        let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read the folder {}", dir.display()))?;
         for entry in entries {
             let entry = entry?;
             if !entry.file_type()?.is_dir() {
@@ -38,10 +34,7 @@ impl FolderImages {
             }
         }
         if files.is_empty() {
-            bail!(
-                "{} has no LABEL/*.jpg, *.jpeg or *.png images",
-                dir.display()
-            );
+            bail!("{} has no LABEL/*.jpg, *.jpeg or *.png images", dir.display());
         }
         files.sort();
         Ok(FolderImages { files })
@@ -76,13 +69,8 @@ mod tests {
         for (label, name) in [("dog", "b.png"), ("cat", "a.JPG"), ("dog", "a.png")] {
             std::fs::create_dir_all(dir.path().join(label)).unwrap();
             let img = RgbImage::from_pixel(3, 2, image::Rgb([1, 2, 3]));
-            let format = if name.ends_with("png") {
-                image::ImageFormat::Png
-            } else {
-                image::ImageFormat::Jpeg
-            };
-            img.save_with_format(dir.path().join(label).join(name), format)
-                .unwrap();
+            let format = if name.ends_with("png") { image::ImageFormat::Png } else { image::ImageFormat::Jpeg };
+            img.save_with_format(dir.path().join(label).join(name), format).unwrap();
         }
         std::fs::write(dir.path().join("dog/notes.txt"), "not an image").unwrap();
         std::fs::write(dir.path().join("stray.png"), "outside any label").unwrap();

@@ -28,10 +28,7 @@ impl ImageSource {
 
     /// The label and image at `index` (any index: finite sources wrap around).
     pub fn get(&self, index: usize) -> Result<(String, RgbImage)> {
-        let index = self
-            .distinct_images()
-            .filter(|n| *n > 0)
-            .map_or(index, |n| index % n);
+        let index = self.distinct_images().filter(|n| *n > 0).map_or(index, |n| index % n);
         Ok(match self {
             ImageSource::Cifar(batch) => (batch.label(index).to_owned(), batch.image(index)),
             ImageSource::Folder(folder) => (folder.label(index).to_owned(), folder.image(index)?),

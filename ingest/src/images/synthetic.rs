@@ -63,11 +63,7 @@ mod tests {
         let s = Synthetic { side: 32 };
         for index in 0..40 {
             let img = s.image(index);
-            let colour = CLASSES
-                .iter()
-                .find(|(l, _)| *l == s.label(index))
-                .unwrap()
-                .1;
+            let colour = CLASSES.iter().find(|(l, _)| *l == s.label(index)).unwrap().1;
             let coloured = img.pixels().filter(|p| p.0 == colour).count();
             assert_eq!(coloured, 16 * 16, "image {index}");
         }
