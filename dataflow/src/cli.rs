@@ -66,9 +66,10 @@ pub struct CountArgs {
     pub detail: bool,
     #[command(flatten)]
     pub cluster: ClusterArgs,
-    /// After the initial load, keep running and keep the CSV current as records change
-    /// (MongoDB source; see docs/follow.md). Stop with Ctrl-C or SIGTERM.
-    #[arg(long, requires = "mongo_uri")]
+    /// After the initial load, keep running and keep the CSV current as records change in
+    /// MongoDB, or as lines are appended to a JSON Lines file (see docs/follow.md). Stop with
+    /// Ctrl-C or SIGTERM.
+    #[arg(long)]
     pub follow: bool,
     /// With --follow: how often to look for changes.
     #[arg(long, default_value_t = 200, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
@@ -134,7 +135,6 @@ pub fn count(args: &CountArgs) -> Result<()> {
     };
     let progress = Progress::stderr(&what);
     if args.follow {
-        let Source::Mongo(mongo) = source else { bail!("--follow needs --mongo-uri: a file has no change feed") };
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))?;
@@ -148,7 +148,7 @@ pub fn count(args: &CountArgs) -> Result<()> {
             status_every: Duration::from_secs(args.status_every),
             stop,
         };
-        return follow::run(mongo, args.cluster.clone(), options, progress);
+        return follow::run(source, args.cluster.clone(), options, progress);
     }
     let job = CountJob { source, cluster: args.cluster.clone() };
     let outcome = job::run(job, progress.clone());

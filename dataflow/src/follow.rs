@@ -9,12 +9,13 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
+use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::operators::arrange::upsert::arrange_from_upsert;
 use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
 use timely::container::CapacityContainerBuilder;
@@ -22,13 +23,16 @@ use timely::dataflow::{InputHandle, ProbeHandle};
 use timely::worker::Worker;
 
 use crate::cluster::ClusterArgs;
+use crate::consolidate::Consolidator;
 use crate::count::error_counts;
-use crate::job::{collect_at_worker_zero, current_table, distribute_plan, Rows, Shared, StatsInput};
+use crate::job::{collect_at_worker_zero, current_table, distribute_plan, from_worker_zero, Rows, Shared, StatsInput};
 use crate::progress::Progress;
 use crate::record::{Observation, Tally};
 use crate::sink;
 use crate::source::changes::{ChangePoller, Changes};
+use crate::source::file::{self, Format, Tail};
 use crate::source::mongo::{document_id, read_document, MongoSource, Reading};
+use crate::source::{Share, Source};
 use crate::stats::LoadStats;
 
 #[derive(Clone, Debug)]
@@ -50,14 +54,41 @@ pub struct FollowOptions {
 
 type Upserts = InputHandle<u64, CapacityContainerBuilder<Vec<(String, Option<Observation>, u64)>>>;
 
-pub fn run(source: MongoSource, cluster: ClusterArgs, options: FollowOptions, progress: Progress) -> Result<()> {
+/// The dataflow's two inputs: records keyed by `_id` (MongoDB, where a record can change) and
+/// records that only ever arrive (the lines of a file). Both advance together, one time a round.
+struct Inputs {
+    upserts: Upserts,
+    appended: InputSession<u64, Observation, isize>,
+}
+
+impl Inputs {
+    fn round(&self) -> u64 {
+        *self.upserts.time()
+    }
+
+    fn advance_to(&mut self, round: u64) {
+        self.upserts.advance_to(round);
+        self.appended.advance_to(round);
+        self.appended.flush();
+    }
+}
+
+pub fn run(source: Source, cluster: ClusterArgs, options: FollowOptions, progress: Progress) -> Result<()> {
+    if let Source::File(path) = &source {
+        if file::detect(path)? == Some(Format::JsonArray) {
+            bail!(
+                "--follow on a file needs JSON Lines (appended lines are its changes); {} is a JSON array",
+                path.display()
+            );
+        }
+    }
     cluster.execute(move |worker| follow_on_worker(worker, &source, &options, &progress))?;
     Ok(())
 }
 
 fn follow_on_worker(
     worker: &mut Worker,
-    source: &MongoSource,
+    source: &Source,
     options: &FollowOptions,
     progress: &Progress,
 ) -> Result<(), String> {
@@ -65,67 +96,47 @@ fn follow_on_worker(
     let rows: Shared<Rows> = Default::default();
     let merged: Shared<LoadStats> = Default::default();
     let probe = ProbeHandle::new();
-    let (mut upserts, mut stats_input) = worker.dataflow::<u64, _, _>(|scope| {
+    let (mut inputs, mut stats_input) = worker.dataflow::<u64, _, _>(|scope| {
         let mut upserts = Upserts::new();
+        let (appended, appended_records) = scope.new_collection::<Observation, isize>();
         let mut stats_input = StatsInput::new();
-        let observations = arrange_from_upsert::<
+        let records_by_id = arrange_from_upsert::<
             ValBuilder<String, Observation, u64, isize>,
             ValSpine<String, Observation, u64, isize>,
             String,
             Observation,
         >(upserts.to_stream(scope), "RecordsById")
         .as_collection(|_id, observation| observation.clone());
+        let observations = records_by_id.concat(appended_records);
         collect_at_worker_zero(error_counts(observations), stats_input.to_stream(scope), &rows, &merged, &probe);
-        (upserts, stats_input)
+        (Inputs { upserts, appended }, stats_input)
     });
 
-    // Polling starts before the initial load, so writes made while it reads are not missed.
-    let mut poller = None;
-    let mut failure = None;
-    if worker.index() == 0 {
-        match ChangePoller::start(source, options.settle, options.change_retention) {
-            Ok(started_poller) => poller = Some(started_poller),
-            Err(err) => failure = Some(format!("{err:#}")),
-        }
-    }
-    let (ranges, planning_failure) = distribute_plan(worker, source);
     let mut stats = LoadStats::default();
-    let loaded = planning_failure.map_or(Ok(()), Err).and_then(|()| {
-        ranges.iter().try_for_each(|range| {
-            source.scan_range(range, progress, |document| {
-                stats.records += 1;
-                match read_document(document) {
-                    Reading::Counted { producer_id, ground_truth, inferred } => upserts.send((
-                        document_id(document),
-                        Some(Observation::new(producer_id, ground_truth, inferred)),
-                        0,
-                    )),
-                    Reading::Deleted => stats.deleted += 1,
-                    Reading::Malformed(reason) => stats.skip(|| document_id(document), &reason),
-                }
-            })
-        })
-    });
+    let (feed, loaded) = match source {
+        Source::Mongo(mongo) => load_mongo(worker, mongo, options, &mut inputs, &mut stats, progress),
+        Source::File(path) => load_file(worker, path, &mut inputs, &mut stats, progress),
+    };
     if let Err(err) = loaded {
         stats.failure = Some(format!("{err:#}"));
     }
     stats_input.send(stats);
-    upserts.advance_to(1);
+    inputs.advance_to(1);
     drop(stats_input);
     worker.step_while(|| probe.less_than(&1));
 
     if worker.index() != 0 {
         // Only worker 0 feeds changes; the others keep their share of the state until it stops.
-        drop(upserts);
+        drop(inputs);
         worker.step_or_park_while(None, || !probe.done());
         return Ok(());
     }
     progress.finish();
     let loaded = merged.borrow().clone();
-    let result = match (failure.or(loaded.failure.clone()), poller) {
+    let result = match (loaded.failure.clone(), feed) {
         (Some(failure), _) => Err(failure),
-        (None, None) => Err("the change poller did not start".to_owned()),
-        (None, Some(poller)) => {
+        (None, None) => Err("the change feed did not start".to_owned()),
+        (None, Some(feed)) => {
             eprintln!(
                 "loaded {} records in {:.2}s ({} skipped, {} deleted); following changes every {} ms",
                 loaded.records,
@@ -137,22 +148,126 @@ fn follow_on_worker(
             for example in &loaded.skipped_examples {
                 eprintln!("  skipped {example}");
             }
-            follow_changes(worker, poller, source, &mut upserts, &rows, &probe, options)
-                .map_err(|err| format!("{err:#}"))
+            follow_changes(worker, feed, &mut inputs, &rows, &probe, options).map_err(|err| format!("{err:#}"))
         }
     };
-    // Closing the input lets every worker finish.
-    drop(upserts);
+    // Closing the inputs lets every worker finish.
+    drop(inputs);
     worker.step_or_park_while(None, || !probe.done());
     result
+}
+
+/// The initial load from MongoDB. Worker 0 starts polling the change log first, so that writes
+/// made while the load reads are not missed.
+fn load_mongo(
+    worker: &mut Worker,
+    source: &MongoSource,
+    options: &FollowOptions,
+    inputs: &mut Inputs,
+    stats: &mut LoadStats,
+    progress: &Progress,
+) -> (Option<Feed>, Result<()>) {
+    // Every worker must still build the planning dataflow below, so a failure here waits.
+    let poller = (worker.index() == 0).then(|| ChangePoller::start(source, options.settle, options.change_retention));
+    let (poller, start_failure) = match poller {
+        Some(Err(err)) => (None, Some(err)),
+        started => (started.and_then(Result::ok), None),
+    };
+    let (ranges, planning_failure) = distribute_plan(worker, source);
+    let failure = start_failure.or(planning_failure);
+    let loaded = failure.map_or(Ok(()), Err).and_then(|()| {
+        ranges.iter().try_for_each(|range| {
+            source.scan_range(range, progress, |document| {
+                stats.records += 1;
+                match read_document(document) {
+                    Reading::Counted { producer_id, ground_truth, inferred } => inputs.upserts.send((
+                        document_id(document),
+                        Some(Observation::new(producer_id, ground_truth, inferred)),
+                        0,
+                    )),
+                    Reading::Deleted => stats.deleted += 1,
+                    Reading::Malformed(reason) => stats.skip(|| document_id(document), &reason),
+                }
+            })
+        })
+    });
+    (poller.map(|poller| Feed::Mongo { poller, uri: source.uri.clone() }), loaded)
+}
+
+/// The initial load of a JSON Lines file: every worker reads its share of the complete lines
+/// that worker 0 saw at the start; worker 0 then follows what is appended after them.
+fn load_file(
+    worker: &mut Worker,
+    path: &Path,
+    inputs: &mut Inputs,
+    stats: &mut LoadStats,
+    progress: &Progress,
+) -> (Option<Feed>, Result<()>) {
+    let share = Share { index: worker.index(), peers: worker.peers() };
+    let (lengths, failure) = from_worker_zero(worker, |peers| Ok(vec![file::complete_len(path)?; peers]));
+    let Some(&len) = lengths.first() else {
+        return (None, Err(failure.unwrap_or_else(|| anyhow::anyhow!("worker 0 did not measure the file"))));
+    };
+    let mut counts = Consolidator::default();
+    let loaded = file::load_lines(path, share, len, &mut counts, stats, progress);
+    counts.drain().into_iter().for_each(|(observation, diff)| inputs.appended.update(observation, diff));
+    let feed = (worker.index() == 0).then(|| Feed::File(Tail::new(path, len)));
+    (feed, loaded)
+}
+
+/// Where worker 0 finds the changes after the initial load.
+enum Feed {
+    Mongo { poller: ChangePoller, uri: String },
+    File(Tail),
+}
+
+impl Feed {
+    /// Sends what changed since the last call into `inputs`, at their current round; returns
+    /// how many records changed. An error is fatal: the CSV can no longer be kept exact.
+    fn poll(&mut self, inputs: &mut Inputs) -> Result<usize> {
+        match self {
+            Feed::Mongo { poller, uri } => {
+                if poller.fell_behind() {
+                    bail!(
+                        "no poll for longer than --change-retention-s: entries another follower pruned may be \
+                         missed; restart to reload (and raise --change-retention-s if the initial load is that slow)"
+                    );
+                }
+                let Changes { upserts, malformed, .. } = match poller.poll() {
+                    Ok(changes) => changes,
+                    Err(err) => {
+                        // The CSV keeps its last consistent state; the next poll tries again.
+                        tracing::warn!("{err:#}; retrying");
+                        return Ok(0);
+                    }
+                };
+                poller.prune(uri);
+                for (id, reason) in malformed {
+                    tracing::warn!(%id, "changed record not counted: {reason}");
+                }
+                let round = inputs.round();
+                let changed = upserts.len();
+                upserts.into_iter().for_each(|(id, observation)| inputs.upserts.send((id, observation, round)));
+                Ok(changed)
+            }
+            Feed::File(tail) => {
+                let (mut counts, mut stats) = (Consolidator::default(), LoadStats::default());
+                tail.read_appended(&mut counts, &mut stats)?;
+                for example in &stats.skipped_examples {
+                    tracing::warn!("appended line not counted: {example}");
+                }
+                counts.drain().into_iter().for_each(|(observation, diff)| inputs.appended.update(observation, diff));
+                Ok(stats.records as usize)
+            }
+        }
+    }
 }
 
 /// Worker 0's loop: poll, feed one round, wait for it, rewrite the CSV when the table changed.
 fn follow_changes(
     worker: &mut Worker,
-    mut poller: ChangePoller,
-    source: &MongoSource,
-    upserts: &mut Upserts,
+    mut feed: Feed,
+    inputs: &mut Inputs,
     rows: &Shared<Rows>,
     probe: &ProbeHandle<u64>,
     options: &FollowOptions,
@@ -167,32 +282,12 @@ fn follow_changes(
             worker
                 .step_or_park(Some(deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(50))));
         }
-        if poller.fell_behind() {
-            bail!(
-                "no poll for longer than --change-retention-s: entries another follower pruned may be missed; \
-                 restart to reload (and raise --change-retention-s if the initial load is that slow)"
-            );
-        }
-        let Changes { upserts: found, malformed, .. } = match poller.poll() {
-            Ok(changes) => changes,
-            Err(err) => {
-                // The CSV keeps its last consistent state; try again at the next poll.
-                tracing::warn!("{err:#}; retrying");
-                continue;
-            }
-        };
-        poller.prune(&source.uri);
-        for (id, reason) in malformed {
-            tracing::warn!(%id, "changed record not counted: {reason}");
-        }
-        if !found.is_empty() {
-            changes_applied += found.len() as u64;
-            let round = *upserts.time();
-            for (id, observation) in found {
-                upserts.send((id, observation, round));
-            }
-            upserts.advance_to(round + 1);
-            worker.step_while(|| probe.less_than(&(round + 1)));
+        let changed = feed.poll(inputs)?;
+        if changed > 0 {
+            changes_applied += changed as u64;
+            let next = inputs.round() + 1;
+            inputs.advance_to(next);
+            worker.step_while(|| probe.less_than(&next));
             rows.borrow_mut().retain(|_, diff| *diff != 0);
             let updated = current_table(&rows.borrow());
             if updated != table {

@@ -128,27 +128,36 @@ pub fn current_table(rows: &Rows) -> BTreeMap<String, Tally> {
 
 /// Worker 0 plans the `_id` ranges; a tiny dataflow hands each worker its own.
 pub(crate) fn distribute_plan(worker: &mut Worker, mongo: &MongoSource) -> (Vec<KeyRange>, Option<anyhow::Error>) {
-    let mine: Shared<Vec<KeyRange>> = Default::default();
+    from_worker_zero(worker, |peers| mongo.plan(peers))
+}
+
+/// Worker 0 decides a list of items, the `i`-th for worker `i % peers`; a tiny dataflow hands
+/// each worker its own. The error, if deciding failed, stays with worker 0.
+pub(crate) fn from_worker_zero<T: timely::ExchangeData + Clone>(
+    worker: &mut Worker,
+    decide: impl FnOnce(usize) -> anyhow::Result<Vec<T>>,
+) -> (Vec<T>, Option<anyhow::Error>) {
+    let mine: Shared<Vec<T>> = Default::default();
     let probe = ProbeHandle::new();
-    let mut plan_input = worker.dataflow::<u64, _, _>(|scope| {
-        let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<(usize, KeyRange)>>>::new();
+    let mut input = worker.dataflow::<u64, _, _>(|scope| {
+        let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<(usize, T)>>>::new();
         let sink = mine.clone();
         input
             .to_stream(scope)
-            .exchange(|(worker, _): &(usize, KeyRange)| *worker as u64)
-            .inspect(move |(_, range): &(usize, KeyRange)| sink.borrow_mut().push(range.clone()))
+            .exchange(|(worker, _): &(usize, T)| *worker as u64)
+            .inspect(move |(_, item): &(usize, T)| sink.borrow_mut().push(item.clone()))
             .probe_with(&probe);
         input
     });
     let mut failure = None;
     if worker.index() == 0 {
-        match mongo.plan(worker.peers()) {
-            Ok(plan) => plan.into_iter().enumerate().for_each(|share| plan_input.send(share)),
+        match decide(worker.peers()) {
+            Ok(items) => items.into_iter().enumerate().for_each(|item| input.send(item)),
             Err(err) => failure = Some(err),
         }
     }
-    plan_input.advance_to(1);
+    input.advance_to(1);
     worker.step_while(|| probe.less_than(&1));
-    let ranges = mine.borrow().clone();
-    (ranges, failure)
+    let items = mine.borrow().clone();
+    (items, failure)
 }

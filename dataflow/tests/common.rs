@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use iot_bench::expected::{error_counts, read_error_counts};
 use iot_bench::Answer;
@@ -78,4 +79,45 @@ pub fn count_on_cluster(dir: &Path, processes: usize, workers: usize, args: &[&s
         assert!(result.status.success(), "process {p} failed:\n{}", stderr(&result));
     }
     read_error_counts(&output).unwrap()
+}
+
+/// A `dataflow count --follow` process, killed when dropped.
+pub struct Follower {
+    pub child: Child,
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start_follower(args: &[&str], output: &Path) -> Follower {
+    let child = dataflow()
+        .args(["count", "--follow", "--poll-interval-ms", "100", "--status-every", "0"])
+        .args(args)
+        .arg("--output")
+        .arg(output)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    Follower { child }
+}
+
+/// Waits until the CSV says `expected`, or fails after `limit` with what it said last.
+pub fn wait_for_csv(path: &Path, expected: &std::collections::BTreeMap<String, u64>, limit: Duration) {
+    let started = Instant::now();
+    let mut last = None;
+    while started.elapsed() < limit {
+        if let Ok(counts) = read_error_counts(path) {
+            if &counts == expected {
+                return;
+            }
+            last = Some(counts);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("after {limit:?} the CSV still says\n{last:?}\ninstead of\n{expected:?}");
 }

@@ -4,8 +4,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bson::Document;
@@ -31,46 +30,6 @@ fn errors_of(model: &Model) -> std::collections::BTreeMap<String, u64> {
         }
     }
     counts
-}
-
-struct Follower {
-    child: Child,
-}
-
-impl Drop for Follower {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_follower(args: &[&str], output: &Path) -> Follower {
-    let child = dataflow()
-        .args(["count", "--follow", "--poll-interval-ms", "100", "--status-every", "0"])
-        .args(args)
-        .arg("--output")
-        .arg(output)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    Follower { child }
-}
-
-/// Waits until the CSV says `expected`, or fails after `limit` with what it said last.
-fn wait_for_csv(path: &Path, expected: &std::collections::BTreeMap<String, u64>, limit: Duration) {
-    let started = Instant::now();
-    let mut last = None;
-    while started.elapsed() < limit {
-        if let Ok(counts) = read_error_counts(path) {
-            if &counts == expected {
-                return;
-            }
-            last = Some(counts);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("after {limit:?} the CSV still says\n{last:?}\ninstead of\n{expected:?}");
 }
 
 fn message(doc_id: &str, producer: &str, truth: &str) -> ImageMessage {

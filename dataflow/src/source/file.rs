@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::de::{Deserializer, SeqAccess, Visitor};
@@ -67,22 +67,82 @@ pub fn load_share(
 ) -> Result<()> {
     match detect(path)? {
         None => Ok(()),
-        Some(Format::JsonLines) => load_lines(path, share, counts, stats, progress),
+        Some(Format::JsonLines) => {
+            let len = open_input(path)?.metadata()?.len();
+            load_lines(path, share, len, counts, stats, progress)
+        }
         Some(Format::JsonArray) => load_array(path, share, counts, stats, progress),
     }
 }
 
-/// A line belongs to the share in which it starts; shares split the file by bytes, so workers
-/// read disjoint parts in parallel with no coordination.
-fn load_lines(
+/// The length of a file up to and including its last newline: the complete lines a writer
+/// that is still appending has finished.
+pub fn complete_len(path: &Path) -> Result<u64> {
+    let file = open_input(path)?;
+    let mut end = file.metadata()?.len();
+    let mut buf = vec![0u8; 64 << 10];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.read_exact_at(chunk, start)?;
+        if let Some(newline) = memchr::memrchr(b'\n', chunk) {
+            return Ok(start + newline as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+/// What `--follow` reads after the initial load of a JSON Lines file: the lines appended since.
+/// A line counts once its newline is written, so a line still being written waits.
+pub struct Tail {
+    path: PathBuf,
+    offset: u64,
+}
+
+impl Tail {
+    /// Follows `path` from byte `offset`, which must start a line.
+    pub fn new(path: &Path, offset: u64) -> Tail {
+        Tail { path: path.to_owned(), offset }
+    }
+
+    /// Counts the complete lines appended since the last call. A file that shrank is an error:
+    /// lines already counted are gone, which only a fresh count can reflect.
+    pub fn read_appended(&mut self, counts: &mut Consolidator, stats: &mut LoadStats) -> Result<()> {
+        let file = open_input(&self.path)?;
+        let len = file.metadata()?.len();
+        if len < self.offset {
+            bail!(
+                "{} shrank from {} to {len} bytes; --follow reads an append-only file: restart it to count the file anew",
+                self.path.display(),
+                self.offset
+            );
+        }
+        let mut appended = vec![0u8; (len - self.offset) as usize];
+        file.read_exact_at(&mut appended, self.offset)?;
+        let Some(last_newline) = memchr::memrchr(b'\n', &appended) else { return Ok(()) };
+        let mut line_start = 0;
+        for newline in memchr::memchr_iter(b'\n', &appended[..=last_newline]) {
+            count_line(&appended[line_start..newline], self.offset + line_start as u64, counts, stats);
+            line_start = newline + 1;
+        }
+        self.offset += line_start as u64;
+        Ok(())
+    }
+}
+
+/// Counts this worker's share of the first `len` bytes of a JSON Lines file. A line belongs to
+/// the share in which it starts; shares split the file by bytes, so workers read disjoint parts
+/// in parallel with no coordination.
+pub fn load_lines(
     path: &Path,
     share: Share,
+    len: u64,
     counts: &mut Consolidator,
     stats: &mut LoadStats,
     progress: &Progress,
 ) -> Result<()> {
     let file = open_input(path)?;
-    let len = file.metadata()?.len();
     let (start, end) = share.byte_range(len);
     if start >= end {
         return Ok(());
