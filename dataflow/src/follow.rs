@@ -191,7 +191,7 @@ fn load_mongo(
             })
         })
     });
-    (poller.map(|poller| Feed::Mongo { poller, uri: source.uri.clone() }), loaded)
+    (poller.map(Feed::Mongo), loaded)
 }
 
 /// The initial load of a JSON Lines file: every worker reads its share of the complete lines
@@ -217,7 +217,7 @@ fn load_file(
 
 /// Where worker 0 finds the changes after the initial load.
 enum Feed {
-    Mongo { poller: ChangePoller, uri: String },
+    Mongo(ChangePoller),
     File(Tail),
 }
 
@@ -226,14 +226,14 @@ impl Feed {
     /// how many records changed. An error is fatal: the CSV can no longer be kept exact.
     fn poll(&mut self, inputs: &mut Inputs) -> Result<usize> {
         match self {
-            Feed::Mongo { poller, uri } => {
+            Feed::Mongo(poller) => {
                 if poller.fell_behind() {
                     bail!(
                         "no poll for longer than --change-retention-s: entries another follower pruned may be \
                          missed; restart to reload (and raise --change-retention-s if the initial load is that slow)"
                     );
                 }
-                let Changes { upserts, malformed, .. } = match poller.poll() {
+                let Changes { upserts, malformed } = match poller.poll() {
                     Ok(changes) => changes,
                     Err(err) => {
                         // The CSV keeps its last consistent state; the next poll tries again.
@@ -241,7 +241,7 @@ impl Feed {
                         return Ok(0);
                     }
                 };
-                poller.prune(uri);
+                poller.prune();
                 for (id, reason) in malformed {
                     tracing::warn!(%id, "changed record not counted: {reason}");
                 }

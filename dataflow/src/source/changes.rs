@@ -29,6 +29,8 @@ const FETCH_THREADS: usize = 8;
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 pub struct ChangePoller {
+    /// For error messages.
+    uri: String,
     client: Client,
     records: Collection<RawDocumentBuf>,
     log: Collection<RawDocumentBuf>,
@@ -49,8 +51,6 @@ pub struct Changes {
     pub upserts: Vec<Upsert>,
     /// `(_id, reason)` of changed documents that cannot be counted (they count as removed).
     pub malformed: Vec<(String, String)>,
-    /// Log entries read (a record written twice has two).
-    pub entries: usize,
 }
 
 impl ChangePoller {
@@ -64,6 +64,7 @@ impl ChangePoller {
         let now = server_time(&client, &source.uri)?;
         let settle_ms = settle.as_millis() as i64;
         let mut poller = ChangePoller {
+            uri: source.uri.clone(),
             records: db.collection(&source.collection),
             log,
             client,
@@ -75,7 +76,7 @@ impl ChangePoller {
             last_poll: Instant::now(),
             last_prune: None,
         };
-        poller.prune_now(&source.uri);
+        poller.prune_now();
         Ok(poller)
     }
 
@@ -97,7 +98,6 @@ impl ChangePoller {
             .context("reading the change log failed")?;
         let mut changed: HashMap<String, Bson> = HashMap::new();
         let mut changes = Changes::default();
-        let mut newest_ms = None;
         // Marked seen only once their records are fetched: a failed poll is simply redone.
         let mut new_entries = Vec::new();
         for entry in cursor {
@@ -112,19 +112,16 @@ impl ChangePoller {
             if self.seen.contains_key(&entry_id) {
                 continue; // acted on in the overlap of an earlier poll
             }
-            let at_ms = at.timestamp_millis();
-            new_entries.push((entry_id, at_ms));
-            newest_ms = newest_ms.max(Some(at_ms));
+            new_entries.push((entry_id, at.timestamp_millis()));
             if let Ok(value) = Bson::try_from(record.to_raw_bson()) {
                 changed.insert(describe_id(Some(record)), value);
             }
         }
         changes.upserts = self.fetch(changed, &mut changes.malformed)?;
-        changes.entries = new_entries.len();
-        self.seen.extend(new_entries);
-        if let Some(newest) = newest_ms {
+        if let Some(newest) = new_entries.iter().map(|(_, at_ms)| *at_ms).max() {
             self.watermark_ms = self.watermark_ms.max(newest);
         }
+        self.seen.extend(new_entries);
         let oldest_needed = self.watermark_ms - self.settle_ms;
         self.seen.retain(|_, at_ms| *at_ms >= oldest_needed);
         self.last_poll = started;
@@ -176,15 +173,15 @@ impl ChangePoller {
     }
 
     /// Deletes old log entries now and then. Failing to is not fatal: the log only grows.
-    pub fn prune(&mut self, uri: &str) {
+    pub fn prune(&mut self) {
         if self.last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
-            self.prune_now(uri);
+            self.prune_now();
         }
     }
 
-    fn prune_now(&mut self, uri: &str) {
+    fn prune_now(&mut self) {
         self.last_prune = Some(Instant::now());
-        let pruned = server_time(&self.client, uri).and_then(|now| {
+        let pruned = server_time(&self.client, &self.uri).and_then(|now| {
             // Never entries this follower has yet to read, whatever the retention.
             let cutoff =
                 (now.timestamp_millis() - self.retention.as_millis() as i64).min(self.watermark_ms - self.settle_ms);
