@@ -2,7 +2,7 @@
 //! and a reason sent back as `{"error": "<reason>"}`.
 
 use axum::extract::rejection::JsonRejection;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
@@ -129,6 +129,11 @@ impl From<InferError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.kind.status(), Json(ErrorResponse { error: self.reason })).into_response();
+        if self.kind == ErrorKind::BodyTooLarge {
+            // The rest of the body was never read, so the server drops the connection after this
+            // response; saying so keeps a client from sending its next request down a dead one.
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         // Read back by the metrics middleware to count errors by kind.
         response.extensions_mut().insert(self.kind);
         response

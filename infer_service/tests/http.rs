@@ -225,6 +225,9 @@ async fn bad_requests_get_4xx_with_a_reason_and_the_service_keeps_serving() {
     let good_request = json!({"image": good});
     for (name, url, body, status, reason) in json_cases {
         let response = post_json(&client, url, &body).await;
+        // Only a body left unread ends the connection, and the client must be told so.
+        let closes = response.headers().get("connection").is_some_and(|v| v == "close");
+        assert_eq!(closes, name == "body too large", "{name}: Connection: close");
         check_refusal(name, response, status, reason).await;
         let again = post_json(&client, &root, &good_request).await;
         assert_eq!(again.status(), StatusCode::OK, "good request after {name}");
