@@ -12,7 +12,7 @@ use clap::Parser;
 
 use crate::args::{KafkaArgs, MongoArgs};
 use crate::consumer::{db::DbConsumerArgs, infer::InferConsumerArgs};
-use crate::metrics::{get, Metrics};
+use crate::metrics::{Metrics, Role};
 use crate::producer::ProducerArgs;
 use crate::report::{percentile, RunLatencies};
 use crate::shutdown::{self, Shutdown};
@@ -205,8 +205,8 @@ async fn bench_once(args: &BenchArgs, producers: u32, outer: &Shutdown) -> Resul
     let producer_args: ProducerArgs = parse("producer", producer_flags)?;
 
     let (stop_consumers, consumers_shutdown) = shutdown::channel();
-    let db_metrics = Metrics::new();
-    let infer_metrics = Metrics::new();
+    let db_metrics = Metrics::new(Role::Db);
+    let infer_metrics = Metrics::new(Role::Infer);
     let db_task = tokio::spawn(crate::consumer::db::run(db_args, db_metrics.clone(), consumers_shutdown.clone()));
     let infer_task = tokio::spawn(crate::consumer::infer::run(infer_args, infer_metrics.clone(), consumers_shutdown));
     // Let both groups join before the clock starts.
@@ -225,18 +225,18 @@ async fn bench_once(args: &BenchArgs, producers: u32, outer: &Shutdown) -> Resul
             stop_consumers.trigger();
             bail!(
                 "run with {producers} producer(s) did not finish: {} stored, {} inferred of {total}",
-                get(&db_metrics.written),
-                get(&infer_metrics.written)
+                db_metrics.written.get(),
+                infer_metrics.written.get()
             );
         }
         if db_task.is_finished() || infer_task.is_finished() {
             stop_consumers.trigger();
             bail!("a consumer stopped early: {:?} / {:?}", db_task.await, infer_task.await);
         }
-        if stored_s.is_none() && get(&db_metrics.written) >= total {
+        if stored_s.is_none() && db_metrics.written.get() >= total {
             stored_s = Some(started.elapsed().as_secs_f64());
         }
-        if inferred_s.is_none() && get(&infer_metrics.written) >= total {
+        if inferred_s.is_none() && infer_metrics.written.get() >= total {
             inferred_s = Some(started.elapsed().as_secs_f64());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -265,19 +265,19 @@ async fn bench_once(args: &BenchArgs, producers: u32, outer: &Shutdown) -> Resul
     }
 
     let latencies = RunLatencies::from_rows("", crate::latency::read(&latency_log)?).sorted_ms();
-    let ms = |nanos: u64| nanos as f64 / 1e6;
+    let ms = |seconds: f64| seconds * 1e3;
     Ok(RunFigures {
         producers,
         images: total,
         produce_s,
         stored_s: stored_s.unwrap_or_default(),
         inferred_s: inferred_s.unwrap_or_default(),
-        infer_ms_per_image: ratio(ms(get(&infer_metrics.infer_nanos)), get(&infer_metrics.infer_images)),
-        infer_ms_per_request: ratio(ms(get(&infer_metrics.infer_nanos)), get(&infer_metrics.infer_requests)),
-        db_write_ms_per_batch: ratio(ms(get(&db_metrics.mongo_write_nanos)), get(&db_metrics.mongo_batches)),
-        db_records_per_batch: ratio(get(&db_metrics.written) as f64, get(&db_metrics.mongo_batches)),
-        infer_write_ms_per_batch: ratio(ms(get(&infer_metrics.mongo_write_nanos)), get(&infer_metrics.mongo_batches)),
-        infer_retries: get(&infer_metrics.infer_retries),
+        infer_ms_per_image: ratio(ms(infer_metrics.infer_seconds.get()), infer_metrics.infer_images.get()),
+        infer_ms_per_request: ratio(ms(infer_metrics.infer_seconds.get()), infer_metrics.infer_requests.get()),
+        db_write_ms_per_batch: ratio(ms(db_metrics.mongo_write_seconds.get()), db_metrics.mongo_batches.get()),
+        db_records_per_batch: ratio(db_metrics.written.get() as f64, db_metrics.mongo_batches.get()),
+        infer_write_ms_per_batch: ratio(ms(infer_metrics.mongo_write_seconds.get()), infer_metrics.mongo_batches.get()),
+        infer_retries: infer_metrics.infer_retries.get(),
         latency_p50_ms: percentile(&latencies, 50.0).unwrap_or_default(),
         latency_p99_ms: percentile(&latencies, 99.0).unwrap_or_default(),
         latency_log,

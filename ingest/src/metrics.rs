@@ -1,88 +1,104 @@
 //! Counters a consumer keeps, served in Prometheus text format (`--metrics-listen`) and read
 //! directly by `pipeline-bench`.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-#[derive(Debug, Default)]
+use prometheus::core::{Atomic, GenericCounter};
+use prometheus::{Counter, Encoder, IntCounter, Opts, Registry, TextEncoder};
+
+/// Which consumer keeps the counters: the `consumer` label of every series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Db,
+    Infer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Db => "db",
+            Role::Infer => "infer",
+        }
+    }
+}
+
 pub struct Metrics {
-    pub received: AtomicU64,
-    pub written: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub mongo_batches: AtomicU64,
-    pub mongo_write_nanos: AtomicU64,
-    pub mongo_retries: AtomicU64,
-    pub infer_requests: AtomicU64,
-    pub infer_images: AtomicU64,
-    pub infer_nanos: AtomicU64,
-    pub infer_retries: AtomicU64,
-    pub commits: AtomicU64,
-    pub commit_errors: AtomicU64,
-}
-
-/// `Metrics` counters are plain monotonic counts: relaxed ordering is enough.
-pub fn add(counter: &AtomicU64, n: u64) {
-    counter.fetch_add(n, Ordering::Relaxed);
-}
-
-pub fn add_duration(counter: &AtomicU64, elapsed: Duration) {
-    add(counter, u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
-}
-
-pub fn get(counter: &AtomicU64) -> u64 {
-    counter.load(Ordering::Relaxed)
+    registry: Registry,
+    pub received: IntCounter,
+    pub written: IntCounter,
+    pub dead_lettered: IntCounter,
+    pub mongo_batches: IntCounter,
+    pub mongo_write_seconds: Counter,
+    pub mongo_retries: IntCounter,
+    pub infer_requests: IntCounter,
+    pub infer_images: IntCounter,
+    pub infer_seconds: Counter,
+    pub infer_retries: IntCounter,
+    pub commits: IntCounter,
+    pub commit_errors: IntCounter,
 }
 
 impl Metrics {
-    pub fn new() -> Arc<Metrics> {
-        Arc::new(Metrics::default())
+    pub fn new(role: Role) -> Arc<Metrics> {
+        let registry = Registry::new_custom(Some("iot_ingest".to_owned()), None).expect("a valid metric prefix");
+        let register = Registrar { registry: &registry, role };
+        let metrics = Metrics {
+            received: register.counter("records_received_total", "Kafka records read"),
+            written: register.counter("records_written_total", "records durably written to MongoDB"),
+            dead_lettered: register
+                .counter("records_dead_lettered_total", "malformed records sent to the dead-letter topic"),
+            mongo_batches: register.counter("mongo_batches_total", "batches of upserts sent to MongoDB"),
+            mongo_write_seconds: register.counter("mongo_write_seconds_total", "time spent writing batches to MongoDB"),
+            mongo_retries: register.counter("mongo_retries_total", "failed MongoDB writes that were retried"),
+            infer_requests: register.counter("infer_requests_total", "successful inference service requests"),
+            infer_images: register.counter("infer_images_total", "images classified by the inference service"),
+            infer_seconds: register.counter("infer_seconds_total", "time spent in successful inference requests"),
+            infer_retries: register.counter("infer_retries_total", "inference requests retried (service down or 5xx)"),
+            commits: register.counter("offset_commits_total", "offset commits sent to Kafka"),
+            commit_errors: register.counter("offset_commit_errors_total", "offset commits Kafka refused"),
+            registry,
+        };
+        Arc::new(metrics)
     }
 
-    /// Prometheus text exposition of every counter, labelled with the consumer's role.
-    pub fn render(&self, role: &str) -> String {
-        let seconds = |c: &AtomicU64| get(c) as f64 / 1e9;
-        let rows: [(&str, &str, f64); 12] = [
-            ("records_received_total", "Kafka records read", get(&self.received) as f64),
-            ("records_written_total", "records durably written to MongoDB", get(&self.written) as f64),
-            (
-                "records_dead_lettered_total",
-                "malformed records sent to the dead-letter topic",
-                get(&self.dead_lettered) as f64,
-            ),
-            ("mongo_batches_total", "batches of upserts sent to MongoDB", get(&self.mongo_batches) as f64),
-            ("mongo_write_seconds_total", "time spent writing batches to MongoDB", seconds(&self.mongo_write_nanos)),
-            ("mongo_retries_total", "failed MongoDB writes that were retried", get(&self.mongo_retries) as f64),
-            ("infer_requests_total", "successful inference service requests", get(&self.infer_requests) as f64),
-            ("infer_images_total", "images classified by the inference service", get(&self.infer_images) as f64),
-            ("infer_seconds_total", "time spent in successful inference requests", seconds(&self.infer_nanos)),
-            (
-                "infer_retries_total",
-                "inference requests retried (service down or 5xx)",
-                get(&self.infer_retries) as f64,
-            ),
-            ("offset_commits_total", "offset commits sent to Kafka", get(&self.commits) as f64),
-            ("offset_commit_errors_total", "offset commits Kafka refused", get(&self.commit_errors) as f64),
-        ];
-        let mut out = String::new();
-        for (name, help, value) in rows {
-            let _ = writeln!(out, "# HELP iot_ingest_{name} {help}");
-            let _ = writeln!(out, "# TYPE iot_ingest_{name} counter");
-            let _ = writeln!(out, "iot_ingest_{name}{{consumer=\"{role}\"}} {value}");
-        }
-        out
+    /// Prometheus text exposition of every counter.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding counters into memory cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// Adds a duration to a seconds counter.
+pub fn add_duration(counter: &Counter, elapsed: Duration) {
+    counter.inc_by(elapsed.as_secs_f64());
+}
+
+struct Registrar<'a> {
+    registry: &'a Registry,
+    role: Role,
+}
+
+impl Registrar<'_> {
+    /// Names and help texts are constants of this module, so a failure here is a bug in it.
+    fn counter<P: Atomic + 'static>(&self, name: &str, help: &str) -> GenericCounter<P> {
+        let opts = Opts::new(name, help).const_label("consumer", self.role.as_str());
+        let counter = GenericCounter::with_opts(opts).expect("a valid counter definition");
+        self.registry.register(Box::new(counter.clone())).expect("each counter registered once");
+        counter
     }
 }
 
 /// Serves `GET /metrics` on `addr` until the process ends.
-pub async fn serve(addr: std::net::SocketAddr, metrics: Arc<Metrics>, role: &'static str) -> anyhow::Result<()> {
+pub async fn serve(addr: std::net::SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
     use axum::routing::get;
     let app = axum::Router::new().route(
         "/metrics",
         get(move || {
             let metrics = metrics.clone();
-            async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render(role)) }
+            async move { ([(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], metrics.render()) }
         }),
     );
     let listener = tokio::net::TcpListener::bind(addr)
@@ -103,12 +119,12 @@ mod tests {
 
     #[test]
     fn renders_prometheus_text() {
-        let m = Metrics::default();
-        add(&m.written, 3);
-        add_duration(&m.mongo_write_nanos, Duration::from_millis(1500));
-        let text = m.render("db");
+        let m = Metrics::new(Role::Db);
+        m.written.inc_by(3);
+        add_duration(&m.mongo_write_seconds, Duration::from_millis(1500));
+        let text = m.render();
         assert!(text.contains("iot_ingest_records_written_total{consumer=\"db\"} 3\n"), "{text}");
         assert!(text.contains("iot_ingest_mongo_write_seconds_total{consumer=\"db\"} 1.5\n"), "{text}");
-        assert!(text.contains("# TYPE iot_ingest_records_received_total counter"));
+        assert!(text.contains("# TYPE iot_ingest_records_received_total counter"), "{text}");
     }
 }

@@ -353,7 +353,11 @@ async fn pipeline_stores_every_record_once_through_crashes_and_outages() {
         ]
     };
     let mut db_args = common(&db_group);
-    db_args.push("--batch-size=50".to_owned());
+    let db_metrics_url = {
+        let port = free_port();
+        db_args.extend(["--batch-size=50".to_owned(), format!("--metrics-listen=127.0.0.1:{port}")]);
+        format!("http://127.0.0.1:{port}/metrics")
+    };
     let infer_args = |n: u32| -> Vec<String> {
         let mut args = common(&infer_group);
         args.extend([
@@ -436,6 +440,15 @@ async fn pipeline_stores_every_record_once_through_crashes_and_outages() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     phase("all records complete in MongoDB");
+    // The db-consumer's Prometheus counters agree with what it did.
+    let exposition = reqwest::get(&db_metrics_url).await.expect("scrape").text().await.expect("metrics text");
+    let counter = |name: &str| -> f64 {
+        let series = format!("iot_ingest_{name}{{consumer=\"db\"}} ");
+        let line = exposition.lines().find(|l| l.starts_with(&series));
+        line.and_then(|l| l[series.len()..].parse().ok()).unwrap_or_else(|| panic!("no {series}in\n{exposition}"))
+    };
+    assert!(counter("records_written_total") >= TOTAL as f64, "{exposition}");
+    assert!(counter("records_dead_lettered_total") >= 1.0, "{exposition}");
     // Both consumers stop gracefully on SIGTERM with status 0.
     assert!(
         children.terminate("infer-consumer-2", Duration::from_secs(30)),

@@ -58,7 +58,7 @@ impl Handler for MetadataWriter {
 
 pub async fn run(args: DbConsumerArgs, metrics: Arc<Metrics>, shutdown: Shutdown) -> Result<()> {
     if let Some(addr) = args.consumer.metrics_listen {
-        crate::metrics::serve(addr, metrics.clone(), "db").await?;
+        crate::metrics::serve(addr, metrics.clone()).await?;
     }
     let store = Store::open(&args.mongo).await?;
     super::prepare_store(&store, args.consumer.backoff(), &shutdown).await?;

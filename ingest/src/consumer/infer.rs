@@ -75,14 +75,14 @@ impl InferenceWriter {
             let started = Instant::now();
             match self.client.infer(images).await {
                 Ok(reply) => {
-                    metrics::add(&self.metrics.infer_requests, 1);
-                    metrics::add(&self.metrics.infer_images, images.len() as u64);
-                    metrics::add_duration(&self.metrics.infer_nanos, started.elapsed());
+                    self.metrics.infer_requests.inc();
+                    self.metrics.infer_images.inc_by(images.len() as u64);
+                    metrics::add_duration(&self.metrics.infer_seconds, started.elapsed());
                     return Ok(Ok(reply));
                 }
                 Err(rejected @ InferError::Rejected { .. }) => return Ok(Err(rejected)),
                 Err(InferError::Unavailable(why)) => {
-                    metrics::add(&self.metrics.infer_retries, 1);
+                    self.metrics.infer_retries.inc();
                     if shutdown.is_requested() {
                         return Err(ShutdownRequested);
                     }
@@ -179,7 +179,7 @@ impl InferenceWriter {
 
 pub async fn run(args: InferConsumerArgs, metrics: Arc<Metrics>, shutdown: Shutdown) -> Result<()> {
     if let Some(addr) = args.consumer.metrics_listen {
-        crate::metrics::serve(addr, metrics.clone(), "infer").await?;
+        crate::metrics::serve(addr, metrics.clone()).await?;
     }
     let client = InferClient::new(&args.infer_url, Duration::from_secs(args.request_timeout_s.max(1)))?;
     let latency = args.latency_log.as_deref().map(LatencyLog::open).transpose()?;

@@ -73,7 +73,7 @@ impl ConsumerContext for EngineContext {
         match result {
             Ok(()) => tracing::debug!("committed {}", describe(offsets)),
             Err(err) => {
-                metrics::add(&self.metrics.commit_errors, 1);
+                self.metrics.commit_errors.inc();
                 tracing::warn!("offset commit of {} failed: {err}", describe(offsets));
             }
         }
@@ -168,7 +168,7 @@ pub async fn run<H: Handler>(
                         payload: msg.payload().map(<[u8]>::to_vec),
                     };
                     tracker.received(&inbound.pos);
-                    metrics::add(&metrics.received, 1);
+                    metrics.received.inc();
                     batch.push(inbound);
                     if batch.len() >= batch_size {
                         dispatch(&mut tasks, &kit, std::mem::take(&mut batch));
@@ -244,9 +244,9 @@ fn finish<C: ConsumerContext>(
         return;
     }
     match to_list(&commits).and_then(|tpl| Ok(consumer.commit(&tpl, CommitMode::Async)?)) {
-        Ok(()) => metrics::add(&metrics.commits, 1),
+        Ok(()) => metrics.commits.inc(),
         Err(err) => {
-            metrics::add(&metrics.commit_errors, 1);
+            metrics.commit_errors.inc();
             tracing::warn!("cannot commit offsets: {err:#}");
         }
     }
@@ -298,7 +298,7 @@ async fn handle_batch<H: Handler>(kit: &TaskKit<H>, batch: Vec<Inbound>) -> Vec<
 
 async fn dead_letter<H>(kit: &TaskKit<H>, inbound: &Inbound, reason: &Malformed, done: &mut Vec<Position>) {
     if kit.dead_letters.send(inbound, reason, &kit.shutdown).await.is_ok() {
-        metrics::add(&kit.metrics.dead_lettered, 1);
+        kit.metrics.dead_lettered.inc();
         done.push(inbound.pos.clone());
     }
 }
@@ -316,15 +316,15 @@ pub async fn write_durably(
     crate::backoff::retry("MongoDB upsert", backoff, shutdown, || {
         attempt += 1;
         if attempt > 1 {
-            metrics::add(&metrics.mongo_retries, 1);
+            metrics.mongo_retries.inc();
         }
         async {
             let started = std::time::Instant::now();
             let result = store.upsert_all(writes).await;
             if result.is_ok() {
-                metrics::add_duration(&metrics.mongo_write_nanos, started.elapsed());
-                metrics::add(&metrics.mongo_batches, 1);
-                metrics::add(&metrics.written, writes.len() as u64);
+                metrics::add_duration(&metrics.mongo_write_seconds, started.elapsed());
+                metrics.mongo_batches.inc();
+                metrics.written.inc_by(writes.len() as u64);
             }
             result.map_err(|e| format!("{e:#}"))
         }
