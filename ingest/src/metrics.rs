@@ -2,7 +2,6 @@
 //! directly by `pipeline-bench`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use prometheus::core::{Atomic, GenericCounter};
 use prometheus::{Counter, Encoder, IntCounter, Opts, Registry, TextEncoder};
@@ -71,11 +70,6 @@ impl Metrics {
     }
 }
 
-/// Adds a duration to a seconds counter.
-pub fn add_duration(counter: &Counter, elapsed: Duration) {
-    counter.inc_by(elapsed.as_secs_f64());
-}
-
 struct Registrar<'a> {
     registry: &'a Registry,
     role: Role,
@@ -121,7 +115,7 @@ mod tests {
     fn renders_prometheus_text() {
         let m = Metrics::new(Role::Db);
         m.written.inc_by(3);
-        add_duration(&m.mongo_write_seconds, Duration::from_millis(1500));
+        m.mongo_write_seconds.inc_by(1.5);
         let text = m.render();
         assert!(text.contains("iot_ingest_records_written_total{consumer=\"db\"} 3\n"), "{text}");
         assert!(text.contains("iot_ingest_mongo_write_seconds_total{consumer=\"db\"} 1.5\n"), "{text}");

@@ -86,11 +86,12 @@ impl Store {
     pub async fn upsert_all(&self, writes: &[Write]) -> Result<()> {
         let mut running = JoinSet::new();
         let mut first_error = None;
+        let (records, changes) = (self.collection(), self.change_log());
         for write in writes {
             while running.len() >= self.concurrency {
                 collect(running.join_next().await, &mut first_error);
             }
-            let (records, changes, write) = (self.collection(), self.change_log(), write.clone());
+            let (records, changes, write) = (records.clone(), changes.clone(), write.clone());
             running.spawn(async move {
                 upsert(&records, write.record).await?;
                 upsert(&changes, write.change).await

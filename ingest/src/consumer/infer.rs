@@ -13,7 +13,7 @@ use crate::backoff::{Backoff, ShutdownRequested};
 use crate::infer_client::{InferClient, InferError, InferReply};
 use crate::latency::{LatencyLog, LatencyRow};
 use crate::message::{Malformed, Parsed};
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
 
@@ -77,7 +77,7 @@ impl InferenceWriter {
                 Ok(reply) => {
                     self.metrics.infer_requests.inc();
                     self.metrics.infer_images.inc_by(images.len() as u64);
-                    metrics::add_duration(&self.metrics.infer_seconds, started.elapsed());
+                    self.metrics.infer_seconds.inc_by(started.elapsed().as_secs_f64());
                     return Ok(Ok(reply));
                 }
                 Err(rejected @ InferError::Rejected { .. }) => return Ok(Err(rejected)),

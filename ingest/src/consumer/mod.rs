@@ -21,7 +21,7 @@ use crate::args::{ConsumerArgs, KafkaArgs};
 use crate::backoff::Backoff;
 use crate::dlq::DeadLetters;
 use crate::message::{self, Inbound, Malformed, Parsed};
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use crate::offsets::{OffsetTracker, Position};
 use crate::shutdown::Shutdown;
 
@@ -322,7 +322,7 @@ pub async fn write_durably(
             let started = std::time::Instant::now();
             let result = store.upsert_all(writes).await;
             if result.is_ok() {
-                metrics::add_duration(&metrics.mongo_write_seconds, started.elapsed());
+                metrics.mongo_write_seconds.inc_by(started.elapsed().as_secs_f64());
                 metrics.mongo_batches.inc();
                 metrics.written.inc_by(writes.len() as u64);
             }
