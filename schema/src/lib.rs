@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod redact;
 pub mod write;
 
 /// Default MongoDB database.

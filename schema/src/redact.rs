@@ -1,0 +1,64 @@
+//! Secrets out of messages and log lines: every place that names a connection string prints it
+//! through [`uri`], so a password in `--mongo-uri` never reaches a terminal, a log or an error.
+
+/// What a redacted secret reads as.
+pub const REDACTED: &str = "****";
+
+/// `scheme://user:password@hosts/...` with the password replaced by [`REDACTED`]; the user, hosts,
+/// database and options stay, since they are what a reader needs to see which server was meant.
+/// Text without credentials comes back unchanged.
+pub fn uri(text: &str) -> String {
+    let Some(scheme_end) = text.find("://") else {
+        return text.to_owned();
+    };
+    let rest_start = scheme_end + 3;
+    let rest = &text[rest_start..];
+    // Credentials end at the last `@` before the path or options: a password must percent-encode
+    // `@`, `/` and `?`, but an unencoded `@` in it is common enough to be handled.
+    let authority_end = rest.find(['?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return text.to_owned();
+    };
+    let user = match authority[..at].split_once(':') {
+        Some((user, _password)) => format!("{user}:{REDACTED}"),
+        None => authority[..at].to_owned(),
+    };
+    format!("{}{user}{}", &text[..rest_start], &rest[at..])
+}
+
+/// A `KEY=VALUE` client setting for a log line: the value hidden when the key names a secret
+/// (`sasl.password`, `ssl.key.password`, `...secret...`, `...token...`).
+pub fn setting(key: &str, value: &str) -> String {
+    let lower = key.to_ascii_lowercase();
+    if ["password", "secret", "token", "credential"].iter().any(|word| lower.contains(word)) {
+        format!("{key}={REDACTED}")
+    } else {
+        format!("{key}={value}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_hidden_and_the_rest_kept() {
+        assert_eq!(uri("mongodb://alice:s3cret@db:27017/iot?authSource=admin"), "mongodb://alice:****@db:27017/iot?authSource=admin");
+        assert_eq!(uri("mongodb+srv://bob:p@ss@cluster.example/x"), "mongodb+srv://bob:****@cluster.example/x");
+        assert_eq!(uri("mongodb://u:pw@h1:1,h2:2/?replicaSet=rs"), "mongodb://u:****@h1:1,h2:2/?replicaSet=rs");
+    }
+
+    #[test]
+    fn text_without_credentials_is_unchanged() {
+        for text in ["mongodb://127.0.0.1:27017", "mongodb://onlyuser@db/", "not a uri", "", "mongodb://h/?x=a@b"] {
+            assert_eq!(uri(text), text);
+        }
+    }
+
+    #[test]
+    fn secret_settings_are_hidden() {
+        assert_eq!(setting("sasl.password", "x"), "sasl.password=****");
+        assert_eq!(setting("security.protocol", "SASL_SSL"), "security.protocol=SASL_SSL");
+    }
+}
