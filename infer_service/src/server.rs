@@ -10,13 +10,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
-use base64::engine::DecodePaddingMode;
-use base64::Engine;
 
 use crate::api::{
-    HealthResponse, InferRequest, InferResponse, InferResult, LegacyInferRequest, LegacyInferResponse, ROUTE_HEALTH,
-    ROUTE_INFER, ROUTE_LEGACY, ROUTE_METRICS,
+    HealthResponse, ImageOutcome, InferRequest, InferResponse, InferResult, LegacyInferRequest, LegacyInferResponse,
+    ROUTE_HEALTH, ROUTE_INFER, ROUTE_LEGACY, ROUTE_METRICS,
 };
 use crate::batcher::{Batcher, InferError};
 use crate::error::{ApiError, ErrorKind};
@@ -34,12 +31,6 @@ pub struct AppState {
     pub metrics: Metrics,
     pub max_images_per_request: usize,
 }
-
-/// Standard alphabet, padding optional (clients differ on it).
-const BASE64: GeneralPurpose = GeneralPurpose::new(
-    &base64::alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
 
 pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
     Router::new()
@@ -69,6 +60,7 @@ async fn infer(
 ) -> Result<Json<InferResponse>, ApiError> {
     let Json(request) = payload?;
     let results = classify_all(Arc::clone(&state), request.images).await?;
+    let results = results.into_iter().map(ImageOutcome::Classified).collect();
     Ok(Json(InferResponse { model_id: state.model_id.clone(), results }))
 }
 
@@ -179,20 +171,10 @@ fn describe(state: &AppState, prediction: Prediction) -> Result<InferResult, Api
     })
 }
 
-/// Standard base64, padding optional; line breaks and spaces are ignored, as is a
-/// `data:<type>;base64,` prefix.
+/// The shared lenient decoder (see `iot_schema::infer::decode_base64`); an empty image is refused.
 pub fn decode_base64(text: &str) -> Result<Vec<u8>, ApiError> {
-    let body = match text.strip_prefix("data:").and_then(|rest| rest.split_once(";base64,")) {
-        Some((_, payload)) => payload,
-        None => text,
-    };
-    let decoded = if body.bytes().any(|b| b.is_ascii_whitespace()) {
-        let compact: Vec<u8> = body.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-        BASE64.decode(compact)
-    } else {
-        BASE64.decode(body)
-    };
-    let bytes = decoded.map_err(|e| ApiError::new(ErrorKind::BadBase64, format!("image is not valid base64: {e}")))?;
+    let bytes = crate::api::decode_base64(text)
+        .map_err(|e| ApiError::new(ErrorKind::BadBase64, format!("image is not valid base64: {e}")))?;
     if bytes.is_empty() {
         return Err(ApiError::new(ErrorKind::NotAnImage, "image is empty"));
     }

@@ -5,11 +5,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine;
 use image::{ImageEncoder, RgbImage};
 use infer_service::api::{
-    ErrorResponse, HealthResponse, InferRequest, InferResponse, LegacyInferRequest, LegacyInferResponse,
+    encode_base64, ErrorResponse, HealthResponse, InferRequest, InferResponse, LegacyInferRequest, LegacyInferResponse,
 };
 use infer_service::{RunningService, ServiceConfig};
 use reqwest::StatusCode;
@@ -34,7 +32,7 @@ fn client() -> reqwest::Client {
 }
 
 fn record_base64(index: usize) -> String {
-    BASE64.encode(common::png_bytes(&common::cifar_record(index).1))
+    encode_base64(common::png_bytes(&common::cifar_record(index).1))
 }
 
 fn jpeg_base64(image: &RgbImage) -> String {
@@ -42,7 +40,7 @@ fn jpeg_base64(image: &RgbImage) -> String {
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
         .write_image(image.as_raw(), image.width(), image.height(), image::ExtendedColorType::Rgb8)
         .expect("JPEG encoding");
-    BASE64.encode(out)
+    encode_base64(out)
 }
 
 fn crc32(bytes: &[u8]) -> u32 {
@@ -129,8 +127,8 @@ async fn health_legacy_and_batch_api_answer() {
     let images = vec![
         record_base64(FROG_RECORD),
         jpeg_base64(&common::cifar_record(2).1),
-        BASE64.encode(grey_png),
-        BASE64.encode(rgba_png),
+        encode_base64(grey_png),
+        encode_base64(rgba_png),
         jpeg_base64(&photo),
     ];
     let response = post_json(&client, &format!("{}/v1/infer", service.url()), &json!(InferRequest { images })).await;
@@ -138,14 +136,16 @@ async fn health_legacy_and_batch_api_answer() {
     let response: InferResponse = response.json().await.expect("JSON");
     assert_eq!(response.model_id, service.model_id());
     assert_eq!(response.results.len(), 5);
-    let frog = &response.results[0];
+    let results: Vec<_> =
+        response.results.iter().map(|outcome| outcome.classified().expect("every image classified")).collect();
+    let frog = results[0];
     assert_eq!(frog.class_index, TAILED_FROG);
     assert!(frog.class_name.starts_with("tailed frog"), "{}", frog.class_name);
     assert_eq!(frog.label, "frog");
     let classes = std::fs::read_to_string(common::imagenet_classes()).expect("classes");
     let classes: Vec<&str> = classes.lines().collect();
     let map = std::fs::read_to_string(common::label_map()).expect("label map");
-    for result in &response.results {
+    for result in results {
         assert!(result.score > 0.0 && result.score <= 1.0, "score {}", result.score);
         assert_eq!(result.class_name, classes[result.class_index]);
         let row = map.lines().nth(result.class_index + 1).expect("map row");
@@ -179,14 +179,14 @@ async fn bad_requests_get_4xx_with_a_reason_and_the_service_keeps_serving() {
         (
             "not an image",
             &infer,
-            json!({"images": [BASE64.encode("hello, world")]}),
+            json!({"images": [encode_base64("hello, world")]}),
             StatusCode::BAD_REQUEST,
             "not a JPEG or PNG",
         ),
         (
             "truncated PNG",
             &infer,
-            json!({"images": [good.clone(), BASE64.encode(&truncated)]}),
+            json!({"images": [good.clone(), encode_base64(&truncated)]}),
             StatusCode::BAD_REQUEST,
             "images[1]",
         ),
@@ -200,7 +200,7 @@ async fn bad_requests_get_4xx_with_a_reason_and_the_service_keeps_serving() {
         (
             "huge header",
             &root,
-            json!({"image": BASE64.encode(png_claiming(100_000, 100_000))}),
+            json!({"image": encode_base64(png_claiming(100_000, 100_000))}),
             StatusCode::PAYLOAD_TOO_LARGE,
             "100000x100000",
         ),
@@ -315,7 +315,7 @@ async fn concurrent_requests_are_batched_and_metrics_are_exposed() {
                 let response = client.post(&url).json(&body).send().await.expect("request sent");
                 assert_eq!(response.status(), StatusCode::OK);
                 let response: InferResponse = response.json().await.expect("JSON");
-                response.results[0].clone()
+                response.results[0].classified().expect("classified").clone()
             })
         })
         .collect();
