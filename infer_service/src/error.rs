@@ -162,11 +162,6 @@ impl From<QueueFull> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.kind.status(), Json(ErrorResponse { error: self.reason })).into_response();
-        if self.kind == ErrorKind::BodyTooLarge {
-            // The rest of the body was never read, so the server drops the connection after this
-            // response; saying so keeps a client from sending its next request down a dead one.
-            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
         if let Some(wait) = self.retry_after {
             let seconds = wait.as_secs().max(1);
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));

@@ -19,6 +19,7 @@ use crate::api::{
 use crate::batcher::{Batcher, InferError, QueueSlot};
 use crate::error::{ApiError, ErrorKind};
 use crate::labels::Labeller;
+use crate::linger::{self, Linger};
 use crate::metrics::Metrics;
 use crate::model::Prediction;
 use crate::preprocess::Preprocessor;
@@ -48,6 +49,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(Arc::clone(&state), enforce_deadline))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), track_requests))
+        .layer(middleware::from_fn_with_state(Linger::default(), linger::drain_unread_bodies))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
