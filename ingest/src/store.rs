@@ -36,7 +36,7 @@ impl Store {
     pub async fn open(args: &MongoArgs) -> Result<Store> {
         let mut options = ClientOptions::parse(&args.mongo_uri)
             .await
-            .with_context(|| format!("invalid MongoDB URI {}", args.mongo_uri))?;
+            .with_context(|| format!("invalid MongoDB URI {}", iot_schema::redact::uri(&args.mongo_uri)))?;
         options.server_selection_timeout.get_or_insert(Duration::from_secs(10));
         options.app_name.get_or_insert_with(|| "iot-ingest".to_owned());
         let client = Client::with_options(options).context("cannot create a MongoDB client")?;
