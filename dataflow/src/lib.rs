@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod consolidate;
 pub mod count;
 pub mod follow;
+pub mod fuzzing;
 pub mod job;
 pub mod progress;
 pub mod record;

@@ -10,6 +10,7 @@ pub mod api;
 pub mod batcher;
 pub mod config;
 pub mod error;
+pub mod fuzzing;
 pub mod labels;
 pub mod metrics;
 pub mod model;

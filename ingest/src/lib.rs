@@ -13,6 +13,7 @@ pub mod bench;
 pub mod cli;
 pub mod consumer;
 pub mod dlq;
+pub mod fuzzing;
 pub mod images;
 pub mod infer_client;
 pub mod kafka;
