@@ -9,6 +9,7 @@ pub mod consolidate;
 pub mod count;
 pub mod exit;
 pub mod follow;
+pub mod fuzzing;
 pub mod job;
 pub mod progress;
 pub mod record;

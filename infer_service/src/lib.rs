@@ -11,6 +11,7 @@ pub mod api;
 pub mod batcher;
 pub mod config;
 pub mod error;
+pub mod fuzzing;
 pub mod labels;
 pub mod linger;
 pub mod metrics;

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod consumer;
 pub mod decode;
 pub mod dlq;
+pub mod fuzzing;
 pub mod images;
 pub mod infer_client;
 pub mod kafka;

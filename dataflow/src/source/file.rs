@@ -204,6 +204,8 @@ pub fn load_lines(
 }
 
 fn count_line(line: &[u8], at: u64, counts: &mut Consolidator, stats: &mut LoadStats) {
+    // A byte order mark may open the file (`detect` allows one); it is not part of the first record.
+    let line = if at == 0 { line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line) } else { line };
     let line = line.trim_ascii();
     if line.is_empty() {
         return;
@@ -376,6 +378,22 @@ mod tests {
                 assert_eq!(stats.records, 500);
                 assert_eq!(observations, from_lines);
             }
+        }
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_first_line_is_not_part_of_it() {
+        // Found with the dataflow_record_file fuzz target (its BOM seed): detect() skipped the mark, the first
+        // line kept it and was skipped as "not a JSON object".
+        let content =
+            "\u{feff}{\"ProducerID\":\"a\",\"GroundTruth\":\"x\"}\n{\"ProducerID\":\"b\",\"GroundTruth\":\"x\"}\n";
+        for peers in 1..4 {
+            let (observations, stats) = load_all(content, peers);
+            assert_eq!((stats.records, stats.skipped), (2, 0), "{:?}", stats.skipped_examples);
+            assert_eq!(
+                observations,
+                vec![(Observation::new("a", "x", None), 1), (Observation::new("b", "x", None), 1)]
+            );
         }
     }
 
