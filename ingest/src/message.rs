@@ -31,6 +31,8 @@ pub enum Malformed {
     BadImage(String),
     #[error("the inference service rejected the image: {0}")]
     RejectedByService(String),
+    #[error("record `{doc_id}` already holds another message's content (digest {stored}, this message {digest})")]
+    IdCollision { doc_id: String, digest: String, stored: String },
 }
 
 impl Malformed {
@@ -46,6 +48,7 @@ impl Malformed {
             Malformed::BadBase64(_) => "bad_base64",
             Malformed::BadImage(_) => "bad_image",
             Malformed::RejectedByService(_) => "rejected_by_service",
+            Malformed::IdCollision { .. } => "id_collision",
         }
     }
 }

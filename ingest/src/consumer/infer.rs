@@ -140,7 +140,7 @@ impl Handler for InferenceWriter {
             }
         }
         let written = match writes.is_empty() {
-            true => Ok(()),
+            true => Ok(super::Written::default()),
             false => super::write_durably(&self.store, &writes, &self.metrics, self.backoff.clone(), shutdown).await,
         };
         if written.is_ok() {
@@ -153,7 +153,7 @@ impl Handler for InferenceWriter {
                 (Verdict::Refused(reason), _) => {
                     Handled::Rejected(Box::new(parsed), Malformed::RejectedByService(reason))
                 }
-                (Verdict::Label { .. }, Ok(())) => Handled::Written(parsed.inbound.pos),
+                (Verdict::Label { .. }, Ok(written)) => written.outcome(parsed),
                 (Verdict::Label { .. }, Err(_)) => Handled::Abandoned(parsed.inbound.pos),
             })
             .collect()
