@@ -95,11 +95,14 @@ impl OffsetTracker {
         epoch
     }
 
-    /// A partition was revoked: returns the offset to commit for it now (its safe point, if it
-    /// moved since the last commit) and forgets it.
+    /// A partition was revoked: returns the offset to commit for it now, synchronously, and
+    /// forgets it. That is its safe point (never below what was committed) whenever something
+    /// was read from it, even if an asynchronous commit already sent it: that one may not have
+    /// reached Kafka before the new owner asks where to start.
     pub fn revoked(&mut self, topic: &str, partition: i32) -> Option<Commit> {
         let part = self.partitions.remove(&(topic.to_owned(), partition))?;
-        part.advanced().map(|point| (topic.to_owned(), partition, point))
+        let point = part.safe_point()?.max(part.committed.unwrap_or(i64::MIN));
+        Some((topic.to_owned(), partition, point))
     }
 
     /// Whether `epoch` is still the current assignment of the record's partition.
@@ -278,7 +281,7 @@ mod tests {
         complete(&mut t, e, 0, (100..104).chain(105..110));
         assert_eq!(t.revoked("t", 0), Some(("t".into(), 0, 104)), "the first record not done");
         assert_eq!(t.revoked("t", 0), None, "forgotten");
-        assert_eq!(t.revoked("t", 1), None, "nothing read: nothing new to commit");
+        assert_eq!(t.revoked("t", 1), None, "nothing read: nothing to commit");
         assert_eq!(t.all_commits(), [], "revoked partitions are never committed again");
         // In-flight work of the revoked partition finishes after the revoke: ignored.
         complete(&mut t, e, 0, [104]);
@@ -287,12 +290,23 @@ mod tests {
     }
 
     #[test]
-    fn a_revoke_right_after_a_commit_commits_nothing_new() {
+    fn a_revoke_commits_again_what_an_asynchronous_commit_may_not_have_delivered() {
         let mut t = OffsetTracker::new();
         let e = receive(&mut t, 0, [5]);
         complete(&mut t, e, 0, [5]);
         assert_eq!(t.take_commits(), [("t".into(), 0, 6)]);
-        assert_eq!(t.revoked("t", 0), None);
+        assert_eq!(t.revoked("t", 0), Some(("t".into(), 0, 6)));
+    }
+
+    #[test]
+    fn a_revoke_never_commits_below_what_was_committed() {
+        let mut t = OffsetTracker::new();
+        let e = receive(&mut t, 0, [9]);
+        complete(&mut t, e, 0, [9]);
+        assert_eq!(t.take_commits(), [("t".into(), 0, 10)]);
+        // A stale redelivery of offset 4 is still open when the partition goes.
+        receive(&mut t, 0, [4]);
+        assert_eq!(t.revoked("t", 0), Some(("t".into(), 0, 10)));
     }
 
     #[test]
