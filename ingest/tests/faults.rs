@@ -151,12 +151,13 @@ async fn id_collisions_are_dead_lettered_and_never_merged() {
     // A redelivery: one of the first producer's messages, byte for byte, twice more.
     let records = read_topic(&kafka, &names.topic);
     let message = |payload: &[u8]| serde_json::from_slice::<ImageMessage>(payload).expect("a producer's message");
-    let original =
-        records.iter().find(|r| message(&r.3).id == 3 && message(&r.3).sent_at_ms == Some(first[3].sent_at_ms));
+    let original = records
+        .iter()
+        .find(|r| message(&r.payload).id == 3 && message(&r.payload).sent_at_ms == Some(first[3].sent_at_ms));
     let original = original.expect("the first producer's message 3 in the topic");
     let producer = iot_ingest::kafka::producer(&kafka).expect("Kafka producer");
     for _ in 0..2 {
-        let record = FutureRecord::to(&names.topic).key("cam-c").payload(&original.3);
+        let record = FutureRecord::to(&names.topic).key("cam-c").payload(&original.payload);
         producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e).expect("redelivery sent");
     }
 
@@ -190,7 +191,7 @@ async fn id_collisions_are_dead_lettered_and_never_merged() {
     // MongoDB: 0..29 hold the first producer's messages (the redelivered one unchanged), 30..44
     // the second's; each record's fields, inference and digest all come from one message.
     let by_content: HashMap<(i64, i64), ImageMessage> =
-        records.iter().map(|r| message(&r.3)).map(|m| ((m.id, m.sent_at_ms.expect("SentAt")), m)).collect();
+        records.iter().map(|r| message(&r.payload)).map(|m| ((m.id, m.sent_at_ms.expect("SentAt")), m)).collect();
     let winners: Vec<TruthRow> = first.iter().chain(second.iter().filter(|r| r.id >= 30)).cloned().collect();
     assert_stored_exactly(&store, &winners).await;
     let docs = all_documents(&store).await;
@@ -204,7 +205,7 @@ async fn id_collisions_are_dead_lettered_and_never_merged() {
     // The dead-letter topic: the second producer's 15 colliding messages, once per group.
     let letters: Vec<DeadLetter> = read_topic(&kafka, &names.dlq)
         .iter()
-        .map(|r| serde_json::from_slice(&r.3).expect("a dead-letter envelope"))
+        .map(|r| serde_json::from_slice(&r.payload).expect("a dead-letter envelope"))
         .collect();
     let collided: Vec<&TruthRow> = second.iter().filter(|r| r.id < 30).collect();
     for group in [&names.group, &infer_group] {
@@ -222,7 +223,7 @@ async fn id_collisions_are_dead_lettered_and_never_merged() {
     }
     let db_log = children.log("db-consumer");
     assert!(db_log.contains("ID collision: record cam-c/15"), "no collision warning{}", children.log_tails());
-    assert!(!db_log.contains(&original_data_prefix(&original.3)), "image data in the log");
+    assert!(!db_log.contains(&original_data_prefix(&original.payload)), "image data in the log");
 }
 
 /// The start of a message's `Data`, which no log line may contain.

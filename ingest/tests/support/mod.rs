@@ -336,9 +336,16 @@ pub async fn metric(url: &str, series: &str) -> f64 {
     line.and_then(|l| l[prefix.len()..].parse().ok()).unwrap_or_else(|| panic!("no {series} in\n{text}"))
 }
 
-/// Every record of `topic`, from the start of each partition to its end as of now, as
-/// `(partition, offset, key, payload)`.
-pub fn read_topic(kafka: &KafkaArgs, topic: &str) -> Vec<(i32, i64, Option<Vec<u8>>, Vec<u8>)> {
+/// A record as read back from Kafka.
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
+/// Every record of `topic`, from the start of each partition to its end as of now.
+pub fn read_topic(kafka: &KafkaArgs, topic: &str) -> Vec<Record> {
     let consumer: BaseConsumer =
         iot_ingest::kafka::consumer_config(kafka, &unique("reader"), 6000).create().expect("reader");
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
@@ -359,7 +366,8 @@ pub fn read_topic(kafka: &KafkaArgs, topic: &str) -> Vec<(i32, i64, Option<Vec<u
         assert!(Instant::now() < deadline, "could not read {topic} to its end; partitions left: {ends:?}");
         let Some(Ok(msg)) = consumer.poll(Duration::from_millis(200)) else { continue };
         let (partition, offset) = (msg.partition(), msg.offset());
-        records.push((partition, offset, msg.key().map(<[u8]>::to_vec), msg.payload().unwrap_or_default().to_vec()));
+        let (key, payload) = (msg.key().map(<[u8]>::to_vec), msg.payload().unwrap_or_default().to_vec());
+        records.push(Record { partition, offset, key, payload });
         if ends.get(&partition).is_some_and(|end| offset + 1 >= *end) {
             ends.remove(&partition);
         }
