@@ -3,9 +3,10 @@
 //! from an insert race.
 //!
 //! A batch is sent as concurrent single-document `update_one(..).upsert(true)` calls, not as one
-//! multi-statement `update` command: FerretDB 1.24 (SQLite) deadlocks for good, on that database,
-//! when two multi-statement updates touching the same documents run at once, which is exactly
-//! what the two consumer groups do. Single-document upserts do not have that problem.
+//! multi-statement `update` command: FerretDB 1.24 (SQLite) as released hangs a database for good
+//! once the `update` commands in flight on it hold 100 statements between them, which the two
+//! consumer groups' batches did. `scripts/setup` builds FerretDB with a fix (docs/follow.md,
+//! "FerretDB"); single-document upserts work on any server.
 
 use std::future::IntoFuture;
 use std::time::Duration;

@@ -10,6 +10,7 @@
 //! - a second member joins and leaves during a run: every record stored once, and the group's
 //!   committed offsets end at the end of every partition.
 
+mod common;
 mod support;
 
 use std::collections::{BTreeSet, HashMap};

@@ -1,6 +1,6 @@
-//! What the fault tests share: the real binaries as child processes, the shared stack's
-//! addresses, a private MongoDB-compatible server to freeze, and readers of what Kafka and
-//! MongoDB hold at the end.
+//! What the tests of the consumer binaries share, beside `common`: the binaries as child
+//! processes, the shared stack's addresses, a private MongoDB-compatible server to freeze, and
+//! readers of what Kafka and MongoDB hold at the end.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -16,29 +16,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// `target/<profile>`: where cargo put this package's binaries, and the workspace's others.
-fn profile_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_producer")).parent().expect("binary folder").to_path_buf()
-}
-
-/// A binary of another workspace package, built (or brought up to date) with cargo first.
-pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut build = Command::new(cargo);
-    build.current_dir(workspace_root()).args(["build", "--quiet", "-p", package, "--bin", bin]);
-    if profile_dir().ends_with("release") {
-        build.arg("--release");
-    }
-    let status = build.status().unwrap_or_else(|e| panic!("cannot run cargo to build {bin}: {e}"));
-    assert!(status.success(), "`cargo build -p {package} --bin {bin}` failed");
-    let path = profile_dir().join(bin);
-    assert!(path.is_file(), "{} is missing after building it", path.display());
-    path
-}
+pub use crate::common::{env_or, free_port, workspace_binary, workspace_root};
 
 pub fn producer_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_producer"))
@@ -52,10 +30,6 @@ pub fn infer_consumer_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_infer-consumer"))
 }
 
-pub fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned())
-}
-
 pub fn brokers() -> String {
     env_or("IOT_KAFKA_BROKERS", "127.0.0.1:9092")
 }
@@ -67,10 +41,6 @@ pub fn mongo_uri() -> String {
 /// A name no other test run uses, for topics, groups and databases.
 pub fn unique(what: &str) -> String {
     format!("{what}-{}-{}", std::process::id(), iot_ingest::now_ms())
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("address").port()
 }
 
 /// `kill -SIG pid`: no libc binding needed for a few signals.
