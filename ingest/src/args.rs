@@ -34,6 +34,25 @@ pub struct MongoArgs {
     /// Upserts sent to MongoDB at once by one batch.
     #[arg(long, env = "IOT_MONGO_WRITE_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub write_concurrency: u64,
+    /// Longest wait for one MongoDB operation: a server that stops answering (hung, not down)
+    /// fails the write, which is retried, instead of blocking it for ever.
+    #[arg(long, env = "IOT_MONGO_OP_TIMEOUT_MS", default_value_t = MongoArgs::DEFAULT_OP_TIMEOUT_MS, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub mongo_op_timeout_ms: u64,
+}
+
+impl MongoArgs {
+    pub const DEFAULT_OP_TIMEOUT_MS: u64 = 10_000;
+
+    /// The defaults, for `uri` and database `db` (tests and benchmarks).
+    pub fn new(uri: &str, db: &str) -> MongoArgs {
+        MongoArgs {
+            mongo_uri: uri.to_owned(),
+            db: db.to_owned(),
+            collection: iot_schema::DEFAULT_COLLECTION.to_owned(),
+            write_concurrency: 8,
+            mongo_op_timeout_ms: MongoArgs::DEFAULT_OP_TIMEOUT_MS,
+        }
+    }
 }
 
 /// Settings both consumers share (the group id has a different default in each).

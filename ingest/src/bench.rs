@@ -245,13 +245,7 @@ async fn bench_once(args: &BenchArgs, producers: u32, outer: &Shutdown) -> Resul
     db_task.await.context("db-consumer task")??;
     infer_task.await.context("infer-consumer task")??;
 
-    let store = Store::open(&MongoArgs {
-        mongo_uri: args.mongo_uri.clone(),
-        db: db.clone(),
-        collection: iot_schema::DEFAULT_COLLECTION.to_owned(),
-        write_concurrency: 1,
-    })
-    .await?;
+    let store = Store::open(&MongoArgs { write_concurrency: 1, ..MongoArgs::new(&args.mongo_uri, &db) }).await?;
     let complete = store
         .collection()
         .count_documents(doc! { iot_schema::field::INFERRED: { "$exists": true }, iot_schema::field::STORED_AT: { "$exists": true } })

@@ -32,6 +32,8 @@ pub enum Malformed {
     RejectedByService(String),
     #[error("the inference service failed on this image, and only on it: {0}")]
     InferenceFailed(String),
+    #[error("record `{doc_id}` already holds another message's content (digest {stored}, this message {digest})")]
+    IdCollision { doc_id: String, digest: String, stored: String },
 }
 
 impl Malformed {
@@ -48,6 +50,7 @@ impl Malformed {
             Malformed::BadImage(_) => "bad_image",
             Malformed::RejectedByService(_) => "rejected_by_service",
             Malformed::InferenceFailed(_) => "inference_failed",
+            Malformed::IdCollision { .. } => "id_collision",
         }
     }
 }

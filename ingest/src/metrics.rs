@@ -1,10 +1,11 @@
 //! Counters a consumer keeps, served in Prometheus text format (`--metrics-listen`) and read
 //! directly by `pipeline-bench`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use prometheus::core::{Atomic, GenericCounter};
-use prometheus::{Counter, Encoder, IntCounter, Opts, Registry, TextEncoder};
+use prometheus::{Counter, Encoder, Gauge, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
 
 /// Which consumer keeps the counters: the `consumer` label of every series.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +38,14 @@ pub struct Metrics {
     pub infer_splits: IntCounter,
     pub commits: IntCounter,
     pub commit_errors: IntCounter,
+    pub id_collisions: IntCounter,
+    pub mongo_stalls: IntCounter,
+    /// Set from `stalled_since` when rendered.
+    mongo_stall_seconds: Gauge,
+    stalled_since: Mutex<Option<Instant>>,
+    pub pauses: IntCounter,
+    /// By `topic` and `partition`.
+    pub offsets_skipped: IntCounterVec,
 }
 
 impl Metrics {
@@ -62,13 +71,48 @@ impl Metrics {
             ),
             commits: register.counter("offset_commits_total", "offset commits sent to Kafka"),
             commit_errors: register.counter("offset_commit_errors_total", "offset commits Kafka refused"),
+            id_collisions: register.counter(
+                "id_collisions_total",
+                "records dead-lettered because their _id holds another message's content",
+            ),
+            mongo_stalls: register
+                .counter("mongo_stalls_total", "batch writes MongoDB did not answer within --mongo-op-timeout-ms"),
+            mongo_stall_seconds: register.gauge(
+                "mongo_stall_seconds",
+                "how long MongoDB writes have been failing or unanswered (0 while they succeed)",
+            ),
+            stalled_since: Mutex::new(None),
+            pauses: register.counter("consumer_pauses_total", "times reading paused because every batch slot was busy"),
+            offsets_skipped: register.counter_vec(
+                "offsets_skipped_total",
+                "offsets Kafka deleted (retention) before this group read them",
+                &["topic", "partition"],
+            ),
             registry,
         };
         Arc::new(metrics)
     }
 
-    /// Prometheus text exposition of every counter.
+    /// A MongoDB write failed or stalled; the first of a run marks when the stall began (`at`,
+    /// the start of that write).
+    pub fn stall_began(&self, at: Instant) {
+        self.stalled_since.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(at);
+    }
+
+    /// A MongoDB write succeeded: returns how long the stall it ends lasted, if there was one.
+    pub fn stall_ended(&self) -> Option<Duration> {
+        let since = self.stalled_since.lock().unwrap_or_else(PoisonError::into_inner).take();
+        since.map(|at| at.elapsed())
+    }
+
+    /// How long the current stall has lasted so far (none while writes succeed).
+    pub fn stalled_for(&self) -> Option<Duration> {
+        self.stalled_since.lock().unwrap_or_else(PoisonError::into_inner).map(|at| at.elapsed())
+    }
+
+    /// Prometheus text exposition of every series.
     pub fn render(&self) -> String {
+        self.mongo_stall_seconds.set(self.stalled_for().unwrap_or_default().as_secs_f64());
         let mut out = Vec::new();
         // Encoding counters into memory cannot fail.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
@@ -88,6 +132,20 @@ impl Registrar<'_> {
         let counter = GenericCounter::with_opts(opts).expect("a valid counter definition");
         self.registry.register(Box::new(counter.clone())).expect("each counter registered once");
         counter
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> Gauge {
+        let opts = Opts::new(name, help).const_label("consumer", self.role.as_str());
+        let gauge = Gauge::with_opts(opts).expect("a valid gauge definition");
+        self.registry.register(Box::new(gauge.clone())).expect("each gauge registered once");
+        gauge
+    }
+
+    fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        let opts = Opts::new(name, help).const_label("consumer", self.role.as_str());
+        let counters = IntCounterVec::new(opts, labels).expect("a valid counter definition");
+        self.registry.register(Box::new(counters.clone())).expect("each counter registered once");
+        counters
     }
 }
 
@@ -126,5 +184,30 @@ mod tests {
         assert!(text.contains("iot_ingest_records_written_total{consumer=\"db\"} 3\n"), "{text}");
         assert!(text.contains("iot_ingest_mongo_write_seconds_total{consumer=\"db\"} 1.5\n"), "{text}");
         assert!(text.contains("# TYPE iot_ingest_records_received_total counter"), "{text}");
+    }
+
+    #[test]
+    fn stall_gauge_follows_the_stall() {
+        let m = Metrics::new(Role::Infer);
+        assert!(m.render().contains("iot_ingest_mongo_stall_seconds{consumer=\"infer\"} 0\n"));
+        m.stall_began(Instant::now() - Duration::from_secs(5));
+        m.stall_began(Instant::now()); // a later failure of the same stall does not restart it
+        let line = m.render().lines().find(|l| l.starts_with("iot_ingest_mongo_stall_seconds")).unwrap().to_owned();
+        let seconds: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!((5.0..60.0).contains(&seconds), "{line}");
+        assert!(m.stall_ended().unwrap() >= Duration::from_secs(5));
+        assert_eq!(m.stall_ended(), None);
+        assert!(m.render().contains("iot_ingest_mongo_stall_seconds{consumer=\"infer\"} 0\n"));
+    }
+
+    #[test]
+    fn skipped_offsets_name_their_partition() {
+        let m = Metrics::new(Role::Db);
+        m.offsets_skipped.with_label_values(&["iot_images", "3"]).inc_by(7);
+        let text = m.render();
+        assert!(
+            text.contains("iot_ingest_offsets_skipped_total{consumer=\"db\",partition=\"3\",topic=\"iot_images\"} 7\n"),
+            "{text}"
+        );
     }
 }

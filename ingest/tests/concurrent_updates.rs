@@ -119,14 +119,7 @@ fn assert_none_lost(lost: &[String], updates: i64) {
 
 async fn store(db: &str) -> Store {
     client().await; // fails clearly when the server is down
-    Store::open(&MongoArgs {
-        mongo_uri: mongo_uri(),
-        db: db.to_owned(),
-        collection: iot_schema::DEFAULT_COLLECTION.to_owned(),
-        write_concurrency: 8,
-    })
-    .await
-    .expect("MongoDB client")
+    Store::open(&MongoArgs::new(&mongo_uri(), db)).await.expect("MongoDB client")
 }
 
 fn message(id: i64) -> ImageMessage {

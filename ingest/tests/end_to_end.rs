@@ -306,14 +306,9 @@ async fn pipeline_stores_every_record_once_through_crashes_and_outages() {
     let (topic, dlq, db) = (run.clone(), format!("{run}.dlq"), run.replace('-', "_"));
     let (db_group, infer_group) = (format!("{run}-db"), format!("{run}-infer"));
     let kafka = KafkaArgs { brokers: brokers.clone(), topic: topic.clone(), kafka_opts: Vec::new() };
-    let store = Store::open(&MongoArgs {
-        mongo_uri: mongo_uri.clone(),
-        db: db.clone(),
-        collection: iot_schema::DEFAULT_COLLECTION.to_owned(),
-        write_concurrency: 1,
-    })
-    .await
-    .expect("MongoDB client");
+    let store = Store::open(&MongoArgs { write_concurrency: 1, ..MongoArgs::new(&mongo_uri, &db) })
+        .await
+        .expect("MongoDB client");
     check_stack(&kafka, &store).await;
     let _cleanup = Cleanup { kafka: kafka.clone(), topics: vec![topic.clone(), dlq.clone()], store: store.clone() };
 

@@ -7,19 +7,12 @@ use std::time::Duration;
 
 use bson::doc;
 use iot_ingest::args::MongoArgs;
-use iot_ingest::store::Store;
+use iot_ingest::store::{Applied, Store};
 use iot_schema::ImageMessage;
 
 async fn store(db: &str) -> Store {
     let uri = std::env::var("IOT_MONGO_URI").unwrap_or_else(|_| "mongodb://127.0.0.1:27017".to_owned());
-    let store = Store::open(&MongoArgs {
-        mongo_uri: uri.clone(),
-        db: db.to_owned(),
-        collection: iot_schema::DEFAULT_COLLECTION.to_owned(),
-        write_concurrency: 8,
-    })
-    .await
-    .expect("MongoDB client");
+    let store = Store::open(&MongoArgs::new(&uri, db)).await.expect("MongoDB client");
     let ping = store.database().run_command(doc! { "ping": 1 }).await;
     assert!(ping.is_ok(), "MongoDB does not answer at {uri} ({:?}): start the stack with scripts/stack up", ping.err());
     store
@@ -91,4 +84,96 @@ async fn both_consumers_upserting_the_same_records_at_once_end_in_complete_docum
         Ok(Ok(_)) => {}
     }
     assert_eq!((total, complete, logged), (300, 300, 600), "documents, complete documents, change-log entries");
+}
+
+/// A fresh database of `store`'s server, dropped when the guard goes.
+struct DropDb(Store);
+
+impl Drop for DropDb {
+    fn drop(&mut self) {
+        let db = self.0.database().clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(async { db.drop().await })
+        })
+        .join();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivery_is_stored_again_and_other_content_under_the_same_id_is_a_collision() {
+    let db = format!("store_collide_{}_{}", std::process::id(), iot_ingest::now_ms());
+    let store = store(&db).await;
+    let _drop = DropDb(store.clone());
+    let now = bson::DateTime::now();
+    let first = message(7);
+    let mut second = message(7);
+    second.ground_truth = "ship".into();
+    second.sent_at_ms = Some(1_800_000_000_000);
+    let meta = |m: &ImageMessage| iot_schema::write::store_metadata(m, now);
+    let infer = |m: &ImageMessage| iot_schema::write::store_inference(m, "dog", "model-1", now);
+
+    assert_eq!(store.upsert_all(&[meta(&first)]).await.expect("write"), [Applied::Stored]);
+    // A redelivery, by either consumer: the same content, stored again.
+    assert_eq!(
+        store.upsert_all(&[meta(&first), infer(&first)]).await.expect("write"),
+        [Applied::Stored, Applied::Stored]
+    );
+    // The same _id with other content: a collision for both consumers, and nothing changes.
+    let before = store.collection().find_one(doc! { "_id": "cam-1/7" }).await.expect("read").expect("record");
+    let digest = iot_schema::write::content_digest(&first);
+    let collision = Applied::Collision { stored: digest.clone() };
+    let outcome = store.upsert_all(&[meta(&second), infer(&second)]).await.expect("write");
+    assert_eq!(outcome, [collision.clone(), collision]);
+    let after = store.collection().find_one(doc! { "_id": "cam-1/7" }).await.expect("read").expect("record");
+    assert_eq!(after, before, "a collision wrote nothing");
+    assert_eq!(after.get_str("Digest"), Ok(digest.as_str()));
+    assert_eq!(after.get_str("GroundTruth"), Ok("cat"));
+    // Only the stored writes logged a change.
+    let logged = store.change_log().count_documents(doc! { "Record": "cam-1/7" }).await.expect("count");
+    assert_eq!(logged, 3);
+    // A record written before digests is claimed by the first write from a message.
+    let old_id = message(8).doc_id();
+    store.collection().insert_one(doc! { "_id": &old_id, "ID": 8_i64, "GroundTruth": "cat" }).await.expect("insert");
+    assert_eq!(store.upsert_all(&[meta(&message(8))]).await.expect("write"), [Applied::Stored]);
+    let claimed = store.collection().find_one(doc! { "_id": &old_id }).await.expect("read").expect("record");
+    assert_eq!(claimed.get_str("Digest"), Ok(iot_schema::write::content_digest(&message(8)).as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_messages_racing_for_one_new_id_end_in_one_message_s_record() {
+    let db = format!("store_race_{}_{}", std::process::id(), iot_ingest::now_ms());
+    let (a, b) = (store(&db).await, store(&db).await);
+    let _drop = DropDb(a.clone());
+    let now = bson::DateTime::now();
+    let firsts: Vec<ImageMessage> = (0..40).map(message).collect();
+    let seconds: Vec<ImageMessage> = firsts
+        .iter()
+        .map(|m| ImageMessage { ground_truth: "ship".into(), sent_at_ms: m.sent_at_ms.map(|t| t + 1), ..m.clone() })
+        .collect();
+    // The db-consumer writes the first messages while the infer-consumer writes the second ones.
+    let meta: Vec<_> = firsts.iter().map(|m| iot_schema::write::store_metadata(m, now)).collect();
+    let infer: Vec<_> = seconds.iter().map(|m| iot_schema::write::store_inference(m, "dog", "model-1", now)).collect();
+    let (left, right) = tokio::try_join!(a.upsert_all(&meta), b.upsert_all(&infer)).expect("writes");
+    let mut docs = Vec::new();
+    let mut cursor = a.collection().find(doc! {}).await.expect("find");
+    while cursor.advance().await.expect("cursor") {
+        docs.push(cursor.deserialize_current().expect("document"));
+    }
+    assert_eq!(docs.len(), 40);
+    for doc in &docs {
+        let id = doc.get_i64("ID").expect("ID") as usize;
+        // Exactly one of the two writes won, and the record holds only the winner's fields.
+        match (&left[id], &right[id]) {
+            (Applied::Stored, Applied::Collision { .. }) => {
+                assert_eq!(doc.get_str("GroundTruth"), Ok("cat"), "{doc}");
+                assert!(doc.get_str("Inferred").is_err(), "{doc}");
+            }
+            (Applied::Collision { .. }, Applied::Stored) => {
+                assert_eq!(doc.get_str("GroundTruth"), Ok("ship"), "{doc}");
+                assert!(doc.get_datetime("StoredAt").is_err(), "{doc}");
+            }
+            other => panic!("{other:?} for {doc}"),
+        }
+    }
 }

@@ -34,6 +34,9 @@ pub mod field {
     pub const STORED_AT: &str = "StoredAt";
     /// Last write time, maintained by every writer (see `docs/write-contract.md`).
     pub const UPDATED_AT: &str = "UpdatedAt";
+    /// The content digest of the message a record was first written from (see
+    /// `iot_schema::write::content_digest` and `docs/write-contract.md`).
+    pub const DIGEST: &str = "Digest";
     /// Set instead of deleting, so that pollers can see deletions (see `docs/write-contract.md`).
     pub const DELETED: &str = "Deleted";
     /// In a change-log entry: the `_id` of the record that was written.
@@ -97,6 +100,9 @@ pub struct InferenceDoc {
     pub inferred_at: Option<bson::DateTime>,
     #[serde(rename = "UpdatedAt", default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<bson::DateTime>,
+    /// The content digest of the message the record holds; absent in records written before it.
+    #[serde(rename = "Digest", default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
     #[serde(rename = "Deleted", default, skip_serializing_if = "std::ops::Not::not")]
     pub deleted: bool,
 }
@@ -133,6 +139,7 @@ mod tests {
             stored_at: None,
             inferred_at: None,
             updated_at: None,
+            digest: None,
             deleted: false,
         };
         let bson = bson::to_document(&doc).unwrap();

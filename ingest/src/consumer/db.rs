@@ -45,14 +45,10 @@ impl Handler for MetadataWriter {
     async fn handle(&self, batch: Vec<Parsed>, shutdown: &Shutdown) -> Vec<Handled> {
         let stored_at = bson::DateTime::now();
         let writes: Vec<_> = batch.iter().map(|p| iot_schema::write::store_metadata(&p.msg, stored_at)).collect();
-        let written = super::write_durably(&self.store, &writes, &self.metrics, self.backoff.clone(), shutdown).await;
-        batch
-            .into_iter()
-            .map(|p| match written {
-                Ok(()) => Handled::Written(p.inbound.pos),
-                Err(_) => Handled::Abandoned(p.inbound.pos),
-            })
-            .collect()
+        match super::write_durably(&self.store, &writes, &self.metrics, self.backoff.clone(), shutdown).await {
+            Ok(written) => batch.into_iter().map(|p| written.outcome(p)).collect(),
+            Err(_) => batch.into_iter().map(|p| Handled::Abandoned(p.inbound.pos)).collect(),
+        }
     }
 }
 

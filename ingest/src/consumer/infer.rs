@@ -260,7 +260,7 @@ impl Handler for InferenceWriter {
             }
         }
         let written = match writes.is_empty() {
-            true => Ok(()),
+            true => Ok(super::Written::default()),
             false => super::write_durably(&self.store, &writes, &self.metrics, self.backoff.clone(), shutdown).await,
         };
         if written.is_ok() {
@@ -271,7 +271,7 @@ impl Handler for InferenceWriter {
             .zip(verdicts)
             .map(|(parsed, verdict)| match (verdict, &written) {
                 (Some(Verdict::Refused(reason)), _) => Handled::Rejected(Box::new(parsed), reason),
-                (Some(Verdict::Label { .. }), Ok(())) => Handled::Written(parsed.inbound.pos),
+                (Some(Verdict::Label { .. }), Ok(written)) => written.outcome(parsed),
                 (Some(Verdict::Label { .. }), Err(_)) => Handled::Abandoned(parsed.inbound.pos),
                 (None, _) => {
                     tracing::error!("no verdict for the record at {:?}: left for redelivery", parsed.inbound.pos);

@@ -85,14 +85,9 @@ impl Run {
         };
         let mongo_uri = env_or("IOT_MONGO_URI", "mongodb://127.0.0.1:27017");
         let db = name.replace('-', "_");
-        let store = Store::open(&MongoArgs {
-            mongo_uri: mongo_uri.clone(),
-            db: db.clone(),
-            collection: iot_schema::DEFAULT_COLLECTION.to_owned(),
-            write_concurrency: 1,
-        })
-        .await
-        .expect("MongoDB client");
+        let store = Store::open(&MongoArgs { write_concurrency: 1, ..MongoArgs::new(&mongo_uri, &db) })
+            .await
+            .expect("MongoDB client");
         let run = Run { dlq: format!("{name}.dlq"), group: format!("{name}-group"), name, kafka, mongo_uri, db, store };
         run.check_stack().await;
         run.create_topics(extra_topic_config).await;
