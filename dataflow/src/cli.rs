@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Result};
 use clap::{ArgAction, Args, Parser, Subcommand};
@@ -12,7 +12,7 @@ use crate::cluster::ClusterArgs;
 use crate::follow::{self, FollowOptions};
 use crate::job::{self, CountJob, Outcome};
 use crate::progress::Progress;
-use crate::sink;
+use crate::sink::{AsOf, Output};
 use crate::source::mongo::MongoSource;
 use crate::source::Source;
 
@@ -55,12 +55,20 @@ pub struct CountArgs {
     /// Documents per MongoDB cursor batch.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: u32,
-    /// Seconds to wait for MongoDB before giving up.
+    /// Seconds to wait for MongoDB to be reachable before giving up.
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     pub mongo_timeout: u64,
-    /// Where process 0 writes the CSV.
+    /// Seconds one MongoDB round trip (a query, a batch of results, a lookup) may go unanswered
+    /// before the server counts as stalled: the batch job fails, --follow logs the stall and
+    /// polls again.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub mongo_op_timeout: u64,
+    /// Where process 0 writes the CSV; `<output>.meta.json` says how current it is.
     #[arg(long, default_value = "data/output/error_counts_per_producer.csv")]
     pub output: PathBuf,
+    /// Permission bits of the CSV and its sidecar, in octal.
+    #[arg(long, default_value = "644", value_name = "OCTAL", value_parser = parse_mode)]
+    pub output_mode: u32,
     /// Add `total` (judged records) and `error_rate` columns.
     #[arg(long)]
     pub detail: bool,
@@ -103,6 +111,7 @@ impl CountArgs {
                     collection: self.collection.clone(),
                     batch_size: self.batch_size,
                     timeout: Duration::from_secs(self.mongo_timeout),
+                    op_timeout: Duration::from_secs(self.mongo_op_timeout),
                 }));
             }
         }
@@ -114,6 +123,19 @@ impl CountArgs {
             );
         }
         Ok(Source::File(path))
+    }
+
+    pub fn output(&self) -> Output {
+        Output { path: self.output.clone(), detail: self.detail, mode: self.output_mode }
+    }
+}
+
+/// `644`, `0644` or `0o644`: permission bits, nothing else.
+fn parse_mode(text: &str) -> Result<u32, String> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        _ => Err(format!("{text:?} is not an octal file mode such as 644 or 600")),
     }
 }
 
@@ -127,6 +149,7 @@ pub fn run(cli: Cli) -> Result<()> {
 
 pub fn count(args: &CountArgs) -> Result<()> {
     let started = Instant::now();
+    let as_of = SystemTime::now();
     args.cluster.timely_config()?; // flags first: a usage error needs no input
     let source = args.source()?;
     let what = match &source {
@@ -139,8 +162,7 @@ pub fn count(args: &CountArgs) -> Result<()> {
         let flag = stop.clone();
         ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))?;
         let options = FollowOptions {
-            output: args.output.clone(),
-            detail: args.detail,
+            output: args.output(),
             poll_interval: Duration::from_millis(args.poll_interval_ms),
             settle: Duration::from_millis(args.settle_ms),
             change_retention: Duration::from_secs(args.change_retention_s),
@@ -150,17 +172,20 @@ pub fn count(args: &CountArgs) -> Result<()> {
         };
         return follow::run(source, args.cluster.clone(), options, progress);
     }
+    let description = source.describe();
     let job = CountJob { source, cluster: args.cluster.clone() };
     let outcome = job::run(job, progress.clone());
     progress.finish();
     if let Some(outcome) = outcome? {
-        sink::write_csv(&args.output, &outcome.table, args.detail)?;
-        eprintln!("{}", summary(&outcome, started.elapsed(), &args.output));
+        let output = args.output();
+        let as_of = AsOf::of(&outcome.table, as_of, outcome.stats.skipped, description);
+        output.write(&outcome.table, &as_of)?;
+        eprintln!("{}", summary(&outcome, started.elapsed(), &output, &as_of));
     }
     Ok(())
 }
 
-fn summary(outcome: &Outcome, elapsed: Duration, output: &std::path::Path) -> String {
+fn summary(outcome: &Outcome, elapsed: Duration, output: &Output, as_of: &AsOf) -> String {
     let total = outcome.total();
     let stats = &outcome.stats;
     let mut text = format!(
@@ -182,5 +207,25 @@ fn summary(outcome: &Outcome, elapsed: Duration, output: &std::path::Path) -> St
             stats.skipped_examples.join("\n  ")
         );
     }
-    text + &format!("\nwrote {}", output.display())
+    text + &format!(
+        "\nwrote {} (as of {}; see {})",
+        output.path.display(),
+        as_of.as_of,
+        output.sidecar_path().display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_modes_are_octal_permission_bits() {
+        assert_eq!(parse_mode("644"), Ok(0o644));
+        assert_eq!(parse_mode("0600"), Ok(0o600));
+        assert_eq!(parse_mode("0o640"), Ok(0o640));
+        for bad in ["rw-r--r--", "1777", "8", ""] {
+            assert!(parse_mode(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -3,11 +3,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use timely::{CommunicationConfig, WorkerConfig};
+
+use crate::exit;
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct ClusterArgs {
@@ -88,7 +90,7 @@ impl ClusterArgs {
                          and that the addresses in the host file are reachable",
                         timeout.as_secs()
                     );
-                    std::process::exit(3);
+                    std::process::exit(exit::PEER_TIMEOUT);
                 }
             });
         }
@@ -106,9 +108,19 @@ impl ClusterArgs {
     {
         let config = self.timely_config()?;
         let watchdog = self.connect_watchdog();
+        if self.processes > 1 {
+            exit_when_a_peer_is_lost(self.process);
+        }
         let guards =
             timely::execute(config, work).map_err(|err| anyhow::anyhow!("cannot start the timely cluster: {err}"))?;
         watchdog.connected();
+        if self.processes > 1 {
+            tracing::info!(
+                process = self.process,
+                processes = self.processes,
+                "connected to every process of the cluster"
+            );
+        }
         guards
             .join()
             .into_iter()
@@ -129,6 +141,58 @@ impl ConnectWatchdog {
     pub fn connected(&self) {
         self.connected.store(true, Ordering::SeqCst);
     }
+}
+
+/// Timely's network threads panic when a connection to a peer breaks: the panic message starts
+/// with "timely communication error" (which timely keeps stable so that callers can recognise
+/// it), and the panic then poisons the queues of every worker. Timely offers no error value to
+/// handle instead, so the first such panic is turned into one clear message and exit code
+/// [`exit::PEER_LOST`], before any panic output: a cluster that lost a member cannot finish its
+/// rounds, and only a restart of every process (which reloads) gives an exact count again.
+fn exit_when_a_peer_is_lost(process: u16) {
+    static INSTALL: Once = Once::new();
+    static EXITING: AtomicBool = AtomicBool::new(false);
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let message = info
+                .payload()
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| info.payload().downcast_ref::<&str>().copied())
+                .unwrap_or_default();
+            if !is_lost_peer(message) {
+                return previous(info);
+            }
+            if EXITING.swap(true, Ordering::SeqCst) {
+                // Another thread is already exiting; its message is the one to read.
+                loop {
+                    std::thread::park();
+                }
+            }
+            let thread = std::thread::current();
+            eprintln!("error: {}", lost_peer_message(process, thread.name(), message));
+            std::process::exit(exit::PEER_LOST);
+        }));
+    });
+}
+
+fn is_lost_peer(panic_message: &str) -> bool {
+    panic_message.starts_with("timely communication error")
+        || ["MergeQueue poisoned", "Send thread panic", "Recv thread panic"].iter().any(|m| panic_message.contains(m))
+}
+
+/// Names the peer when the panicking thread is one of timely's per-peer network threads
+/// (`timely:recv-P`, `timely:send-P`).
+fn lost_peer_message(process: u16, thread: Option<&str>, panic_message: &str) -> String {
+    let peer = thread
+        .and_then(|name| name.strip_prefix("timely:recv-").or_else(|| name.strip_prefix("timely:send-")))
+        .map_or_else(|| "a cluster peer".to_owned(), |index| format!("process {index}"));
+    let cause = panic_message.strip_prefix("timely communication error: ").unwrap_or(panic_message);
+    format!(
+        "cluster peer lost: process {process} lost its connection to {peer} ({cause}); the cluster cannot go on \
+         without it: restart every process"
+    )
 }
 
 /// Reads `host:port` lines; blank lines and `#` comments are ignored.
@@ -181,6 +245,20 @@ mod tests {
         }
         let err = read_hostfile(Path::new("/nonexistent/hosts.txt")).unwrap_err();
         assert!(err.to_string().contains("cannot read host file"), "{err}");
+    }
+
+    #[test]
+    fn timely_network_panics_are_recognised_and_name_the_peer() {
+        assert!(is_lost_peer("timely communication error: reading data: socket closed"));
+        assert!(is_lost_peer("MergeQueue poisoned."));
+        assert!(!is_lost_peer("index out of bounds"));
+        let message =
+            lost_peer_message(0, Some("timely:recv-2"), "timely communication error: reading data: socket closed");
+        assert!(message.starts_with(
+            "cluster peer lost: process 0 lost its connection to process 2 (reading data: socket closed)"
+        ));
+        assert!(message.ends_with("restart every process"), "{message}");
+        assert!(lost_peer_message(1, Some("timely:work-0"), "MergeQueue poisoned.").contains("to a cluster peer"));
     }
 
     #[test]

@@ -5,20 +5,23 @@
 //! record retracts its old observation and adds its new one, and a deleted record retracts its
 //! observation; the state is spread over all workers by `_id`. Worker 0 polls the change log
 //! (see [`crate::source::changes`]) and drives the rounds; every worker holds its share of the
-//! state.
+//! state. A stop requested in any process reaches worker 0 through the dataflow, so the whole
+//! cluster stops at the end of a round.
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Result};
 use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::operators::arrange::upsert::arrange_from_upsert;
 use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
+use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::{Exchange, Inspect, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 use timely::worker::Worker;
 
@@ -28,17 +31,21 @@ use crate::count::error_counts;
 use crate::job::{collect_at_worker_zero, current_table, distribute_plan, from_worker_zero, Rows, Shared, StatsInput};
 use crate::progress::Progress;
 use crate::record::{Observation, Tally};
-use crate::sink;
+use crate::sink::{rfc3339, rfc3339_ms, AsOf, Output, Position};
 use crate::source::changes::{ChangePoller, Changes};
 use crate::source::file::{self, Format, Tail};
 use crate::source::mongo::{document_id, read_document, MongoSource, Reading};
-use crate::source::{Share, Source};
+use crate::source::{bounded, Share, Source};
 use crate::stats::LoadStats;
+
+/// How often a worker that only holds state looks at its process's stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+/// How stale the sidecar's as-of time may get while nothing changes.
+const SIDECAR_REFRESH: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub struct FollowOptions {
-    pub output: PathBuf,
-    pub detail: bool,
+    pub output: Output,
     pub poll_interval: Duration,
     /// How late a change-log entry may become visible after its `ChangedAt` and still be seen.
     pub settle: Duration,
@@ -52,7 +59,29 @@ pub struct FollowOptions {
     pub stop: Arc<AtomicBool>,
 }
 
-type Upserts = InputHandle<u64, CapacityContainerBuilder<Vec<(String, Option<Observation>, u64)>>>;
+/// A record's state in the follower: counted, or present but not countable. Malformed records
+/// are kept (rather than left out) so that the sidecar's count of them stays exact as they are
+/// fixed or broken by later writes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+enum Stored {
+    Counted(Observation),
+    Malformed,
+}
+
+impl Stored {
+    fn counted(self) -> Option<Observation> {
+        match self {
+            Stored::Counted(observation) => Some(observation),
+            Stored::Malformed => None,
+        }
+    }
+
+    fn is_malformed(&self) -> bool {
+        *self == Stored::Malformed
+    }
+}
+
+type Upserts = InputHandle<u64, CapacityContainerBuilder<Vec<(String, Option<Stored>, u64)>>>;
 
 /// The dataflow's two inputs: records keyed by `_id` (MongoDB, where a record can change) and
 /// records that only ever arrive (the lines of a file). Both advance together, one time a round.
@@ -82,33 +111,46 @@ pub fn run(source: Source, cluster: ClusterArgs, options: FollowOptions, progres
             );
         }
     }
-    cluster.execute(move |worker| follow_on_worker(worker, &source, &options, &progress))?;
+    let process = cluster.process;
+    cluster.execute(move |worker| follow_on_worker(worker, process, &source, &options, &progress))?;
     Ok(())
 }
 
 fn follow_on_worker(
     worker: &mut Worker,
+    process: u16,
     source: &Source,
     options: &FollowOptions,
     progress: &Progress,
 ) -> Result<(), String> {
     let started = Instant::now();
+    let loaded_as_of = SystemTime::now();
+    let mut votes = StopVotes::new(worker, process);
     let rows: Shared<Rows> = Default::default();
     let merged: Shared<LoadStats> = Default::default();
+    let malformed: Shared<isize> = Default::default();
     let probe = ProbeHandle::new();
     let (mut inputs, mut stats_input) = worker.dataflow::<u64, _, _>(|scope| {
         let mut upserts = Upserts::new();
         let (appended, appended_records) = scope.new_collection::<Observation, isize>();
         let mut stats_input = StatsInput::new();
         let records_by_id = arrange_from_upsert::<
-            ValBuilder<String, Observation, u64, isize>,
-            ValSpine<String, Observation, u64, isize>,
+            ValBuilder<String, Stored, u64, isize>,
+            ValSpine<String, Stored, u64, isize>,
             String,
-            Observation,
+            Stored,
         >(upserts.to_stream(scope), "RecordsById")
-        .as_collection(|_id, observation| observation.clone());
-        let observations = records_by_id.concat(appended_records);
+        .as_collection(|_id, stored| stored.clone());
+        let observations = records_by_id.clone().flat_map(Stored::counted).concat(appended_records);
         collect_at_worker_zero(error_counts(observations), stats_input.to_stream(scope), &rows, &merged, &probe);
+        // One `()` per malformed record; their multiplicities add up to how many there are.
+        let sink = malformed.clone();
+        records_by_id
+            .filter(Stored::is_malformed)
+            .inner
+            .exchange(|_| 0)
+            .inspect(move |(_, _time, diff)| *sink.borrow_mut() += diff)
+            .probe_with(&probe);
         (Inputs { upserts, appended }, stats_input)
     });
 
@@ -126,9 +168,13 @@ fn follow_on_worker(
     worker.step_while(|| probe.less_than(&1));
 
     if worker.index() != 0 {
-        // Only worker 0 feeds changes; the others keep their share of the state until it stops.
+        // Only worker 0 feeds changes; the others keep their share of the state until it stops,
+        // and pass on a stop asked of their process.
         drop(inputs);
-        worker.step_or_park_while(None, || !probe.done());
+        while !probe.done() {
+            worker.step_or_park(Some(STOP_CHECK));
+            votes.vote_if(&options.stop);
+        }
         return Ok(());
     }
     progress.finish();
@@ -138,23 +184,71 @@ fn follow_on_worker(
         (None, None) => Err("the change feed did not start".to_owned()),
         (None, Some(feed)) => {
             eprintln!(
-                "loaded {} records in {:.2}s ({} skipped, {} deleted); following changes every {} ms",
+                "loaded {} records in {:.2}s ({} skipped, {} deleted) as of {}; following changes every {} ms",
                 loaded.records,
                 started.elapsed().as_secs_f64(),
                 loaded.skipped,
                 loaded.deleted,
+                rfc3339(loaded_as_of),
                 options.poll_interval.as_millis()
             );
             for example in &loaded.skipped_examples {
                 eprintln!("  skipped {example}");
             }
-            follow_changes(worker, feed, &mut inputs, &rows, &probe, options).map_err(|err| format!("{err:#}"))
+            let state = State {
+                rows: &rows,
+                malformed: &malformed,
+                // Malformed records of MongoDB are in the dataflow; lines of a file are only counted.
+                malformed_lines: if matches!(feed, Feed::File(_)) { loaded.skipped } else { 0 },
+                source: source.describe(),
+                as_of: loaded_as_of,
+            };
+            follow_changes(worker, feed, &mut inputs, state, &probe, &votes, options).map_err(|err| format!("{err:#}"))
         }
     };
     // Closing the inputs lets every worker finish.
     drop(inputs);
     worker.step_or_park_while(None, || !probe.done());
     result
+}
+
+/// Stop requests: a worker of any process whose stop flag is set (Ctrl-C, SIGTERM) sends its
+/// process's index to worker 0, which stops the whole cluster after its current round. The
+/// requests travel in a dataflow of their own, whose frontier nothing waits for.
+struct StopVotes {
+    input: InputHandle<u64, CapacityContainerBuilder<Vec<u16>>>,
+    process: u16,
+    sent: bool,
+    /// At worker 0: the first process that asked.
+    asked_by: Shared<Option<u16>>,
+}
+
+impl StopVotes {
+    fn new(worker: &mut Worker, process: u16) -> Self {
+        let asked_by: Shared<Option<u16>> = Default::default();
+        let sink = asked_by.clone();
+        let input = worker.dataflow::<u64, _, _>(|scope| {
+            let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<u16>>>::new();
+            input.to_stream(scope).exchange(|_| 0).inspect(move |process: &u16| {
+                sink.borrow_mut().get_or_insert(*process);
+            });
+            input
+        });
+        StopVotes { input, process, sent: false, asked_by }
+    }
+
+    fn vote_if(&mut self, stop: &AtomicBool) {
+        if !self.sent && stop.load(Ordering::SeqCst) {
+            self.input.send(self.process);
+            // Only closing the time flushes the exchange towards worker 0; nothing waits for it.
+            self.input.advance_to(1);
+            self.sent = true;
+        }
+    }
+
+    fn asked_by(&self) -> Option<u16> {
+        *self.asked_by.borrow()
+    }
 }
 
 /// The initial load from MongoDB. Worker 0 starts polling the change log first, so that writes
@@ -182,11 +276,14 @@ fn load_mongo(
                 match read_document(document) {
                     Reading::Counted { producer_id, ground_truth, inferred } => inputs.upserts.send((
                         document_id(document),
-                        Some(Observation::new(producer_id, ground_truth, inferred)),
+                        Some(Stored::Counted(Observation::new(producer_id, ground_truth, inferred))),
                         0,
                     )),
                     Reading::Deleted => stats.deleted += 1,
-                    Reading::Malformed(reason) => stats.skip(|| document_id(document), &reason),
+                    Reading::Malformed(reason) => {
+                        stats.skip(|| document_id(document), &reason);
+                        inputs.upserts.send((document_id(document), Some(Stored::Malformed), 0));
+                    }
                 }
             })
         })
@@ -221,10 +318,19 @@ enum Feed {
     File(Tail),
 }
 
+/// What one successful poll found.
+struct Polled {
+    /// Records (or lines) that changed.
+    changed: usize,
+    /// Appended lines that could not be counted.
+    malformed_lines: u64,
+}
+
 impl Feed {
-    /// Sends what changed since the last call into `inputs`, at their current round; returns
-    /// how many records changed. An error is fatal: the CSV can no longer be kept exact.
-    fn poll(&mut self, inputs: &mut Inputs) -> Result<usize> {
+    /// Sends what changed since the last call into `inputs`, at their current round. `None`:
+    /// this poll failed and the next one tries again. An error is fatal: the CSV can no longer
+    /// be kept exact.
+    fn poll(&mut self, inputs: &mut Inputs) -> Result<Option<Polled>> {
         match self {
             Feed::Mongo(poller) => {
                 if poller.fell_behind() {
@@ -237,18 +343,26 @@ impl Feed {
                     Ok(changes) => changes,
                     Err(err) => {
                         // The CSV keeps its last consistent state; the next poll tries again.
-                        tracing::warn!("{err:#}; retrying");
-                        return Ok(0);
+                        let failing_s = poller.since_last_poll().as_secs_f64();
+                        if bounded::is_stall(&err) {
+                            tracing::warn!(failing_s, "MongoDB stalled: {err:#}; polling again");
+                        } else {
+                            tracing::warn!(failing_s, "{err:#}; polling again");
+                        }
+                        return Ok(None);
                     }
                 };
                 poller.prune();
+                let round = inputs.round();
+                let changed = upserts.len() + malformed.len();
+                upserts
+                    .into_iter()
+                    .for_each(|(id, observation)| inputs.upserts.send((id, observation.map(Stored::Counted), round)));
                 for (id, reason) in malformed {
                     tracing::warn!(%id, "changed record not counted: {reason}");
+                    inputs.upserts.send((id, Some(Stored::Malformed), round));
                 }
-                let round = inputs.round();
-                let changed = upserts.len();
-                upserts.into_iter().for_each(|(id, observation)| inputs.upserts.send((id, observation, round)));
-                Ok(changed)
+                Ok(Some(Polled { changed, malformed_lines: 0 }))
             }
             Feed::File(tail) => {
                 let (mut counts, mut stats) = (Consolidator::default(), LoadStats::default());
@@ -257,54 +371,104 @@ impl Feed {
                     tracing::warn!("appended line not counted: {example}");
                 }
                 counts.drain().into_iter().for_each(|(observation, diff)| inputs.appended.update(observation, diff));
-                Ok(stats.records as usize)
+                Ok(Some(Polled { changed: stats.records as usize, malformed_lines: stats.skipped }))
             }
+        }
+    }
+
+    /// How far the changes have been read, for the sidecar.
+    fn position(&self) -> Position {
+        match self {
+            Feed::Mongo(poller) => Position::ChangeLog { watermark: rfc3339_ms(poller.watermark()) },
+            Feed::File(tail) => Position::File { offset: tail.offset() },
         }
     }
 }
 
-/// Worker 0's loop: poll, feed one round, wait for it, rewrite the CSV when the table changed.
+/// What worker 0 publishes: the table from the dataflow and what the sidecar says about it.
+struct State<'a> {
+    rows: &'a Shared<Rows>,
+    /// Malformed records in the dataflow (MongoDB).
+    malformed: &'a Shared<isize>,
+    /// Malformed lines of a followed file.
+    malformed_lines: u64,
+    source: String,
+    /// When the last completed poll (or the initial load) started.
+    as_of: SystemTime,
+}
+
+impl State<'_> {
+    fn table(&self) -> BTreeMap<String, Tally> {
+        self.rows.borrow_mut().retain(|_, diff| *diff != 0);
+        current_table(&self.rows.borrow())
+    }
+
+    fn as_of(&self, table: &BTreeMap<String, Tally>, feed: &Feed) -> AsOf {
+        let malformed = (*self.malformed.borrow()).max(0) as u64 + self.malformed_lines;
+        AsOf { position: Some(feed.position()), ..AsOf::of(table, self.as_of, malformed, self.source.clone()) }
+    }
+}
+
+/// Worker 0's loop: poll, feed one round, wait for it, rewrite the CSV when the table changed,
+/// until this process or any other is asked to stop.
 fn follow_changes(
     worker: &mut Worker,
     mut feed: Feed,
     inputs: &mut Inputs,
-    rows: &Shared<Rows>,
+    mut state: State,
     probe: &ProbeHandle<u64>,
+    votes: &StopVotes,
     options: &FollowOptions,
 ) -> Result<()> {
-    let mut table = current_table(&rows.borrow());
-    sink::write_csv(&options.output, &table, options.detail)?;
+    let output = &options.output;
+    let mut table = state.table();
+    let mut sidecar = state.as_of(&table, &feed);
+    output.write(&table, &sidecar)?;
+    let mut sidecar_written = Instant::now();
     let mut next_status = Instant::now() + options.status_every;
     let mut changes_applied = 0u64;
-    while !options.stop.load(Ordering::SeqCst) {
+    let stopping = || options.stop.load(Ordering::SeqCst) || votes.asked_by().is_some();
+    while !stopping() {
         let deadline = Instant::now() + options.poll_interval;
-        while Instant::now() < deadline && !options.stop.load(Ordering::SeqCst) {
-            worker
-                .step_or_park(Some(deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(50))));
+        while Instant::now() < deadline && !stopping() {
+            worker.step_or_park(Some(deadline.saturating_duration_since(Instant::now()).min(STOP_CHECK)));
         }
-        let changed = feed.poll(inputs)?;
-        if changed > 0 {
-            changes_applied += changed as u64;
+        if stopping() {
+            break;
+        }
+        let polled_at = SystemTime::now();
+        let Some(polled) = feed.poll(inputs)? else { continue };
+        state.malformed_lines += polled.malformed_lines;
+        if polled.changed > 0 {
+            changes_applied += polled.changed as u64;
             let next = inputs.round() + 1;
             inputs.advance_to(next);
             worker.step_while(|| probe.less_than(&next));
-            rows.borrow_mut().retain(|_, diff| *diff != 0);
-            let updated = current_table(&rows.borrow());
-            if updated != table {
-                if options.print_changes {
-                    print_changes(&table, &updated)?;
-                }
-                sink::write_csv(&options.output, &updated, options.detail)?;
-                table = updated;
+        }
+        state.as_of = polled_at;
+        let updated = state.table();
+        let as_of = state.as_of(&updated, &feed);
+        if updated != table {
+            if options.print_changes {
+                print_changes(&table, &updated)?;
             }
+            output.write(&updated, &as_of)?;
+            (table, sidecar, sidecar_written) = (updated, as_of, Instant::now());
+        } else if as_of.malformed != sidecar.malformed || sidecar_written.elapsed() >= SIDECAR_REFRESH {
+            output.write_sidecar(&as_of)?;
+            (sidecar, sidecar_written) = (as_of, Instant::now());
         }
         if !options.status_every.is_zero() && Instant::now() >= next_status {
             let errors: u64 = table.values().map(|t| t.incorrect).sum();
-            tracing::info!(producers = table.len(), errors, changes_applied, "following");
+            let as_of = rfc3339(state.as_of);
+            tracing::info!(producers = table.len(), errors, changes_applied, as_of, "following");
             next_status = Instant::now() + options.status_every;
         }
     }
-    eprintln!("stopped; {} is up to date as of the last poll", options.output.display());
+    if let Some(process) = votes.asked_by().filter(|_| !options.stop.load(Ordering::SeqCst)) {
+        eprintln!("process {process} was asked to stop; stopping every process of the cluster");
+    }
+    eprintln!("stopped; {} is up to date as of {}", output.path.display(), rfc3339(state.as_of));
     Ok(())
 }
 

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod cluster;
 pub mod consolidate;
 pub mod count;
+pub mod exit;
 pub mod follow;
 pub mod job;
 pub mod progress;

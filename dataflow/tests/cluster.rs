@@ -14,3 +14,45 @@ fn two_processes_of_two_workers_give_the_producers_answer_from_a_file() {
     let counts = count_on_cluster(dir.path(), 2, 2, &["--input", path.to_str().unwrap()]);
     assert_eq!(counts, expected(&answer));
 }
+
+/// A member killed while the batch job runs: the other process stops with exit code 4 and one
+/// clear message, not a panic, and writes no CSV.
+#[test]
+fn a_killed_member_stops_the_batch_job_with_exit_code_4() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = hostfile(dir.path(), 2);
+    let output = dir.path().join("never.csv");
+    // Nothing listens at port 1, so worker 0 keeps trying to reach MongoDB while process 1 is
+    // killed: the job is certainly still running.
+    let mut processes: Vec<_> = (0..2)
+        .map(|p| {
+            let log = std::fs::File::create(dir.path().join(format!("batch-{p}.log"))).unwrap();
+            let p = p.to_string();
+            let args =
+                ["--mongo-uri", "mongodb://127.0.0.1:1", "--mongo-timeout", "120", "-w", "1", "-n", "2", "-p", &p];
+            let child = dataflow()
+                .arg("count")
+                .args(args)
+                .arg("-h")
+                .arg(&hosts)
+                .arg("--output")
+                .arg(&output)
+                .env("RUST_LOG", "info")
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            Follower { child }
+        })
+        .collect();
+    for p in 0..2 {
+        let log = dir.path().join(format!("batch-{p}.log"));
+        wait_for_log(&log, "connected to every process of the cluster", std::time::Duration::from_secs(60));
+    }
+    signal(&processes[1].child, libc::SIGKILL);
+    let status = wait_for_exit(&mut processes[0].child, std::time::Duration::from_secs(30));
+    let said = read_log(&dir.path().join("batch-0.log"));
+    assert_eq!(status.code(), Some(4), "{said}");
+    assert!(said.contains("cluster peer lost: process 0 lost its connection to process 1"), "{said}");
+    assert!(!said.contains("panicked"), "{said}");
+    assert!(!output.exists(), "no CSV");
+}

@@ -1,14 +1,16 @@
 //! Helpers shared by the integration tests: running the real `dataflow` binary and reading its CSV.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use iot_bench::expected::{error_counts, read_error_counts};
-use iot_bench::Answer;
+use iot_bench::{generate, Answer, Spec, LABELS};
+use iot_schema::{write, ImageMessage};
+use mongodb::sync::{Client, Database};
 
 pub fn dataflow() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_dataflow"));
@@ -94,16 +96,76 @@ impl Drop for Follower {
 }
 
 pub fn start_follower(args: &[&str], output: &Path) -> Follower {
+    spawn_follower(args, output, Stdio::inherit())
+}
+
+/// A follower whose stderr goes to `log`, for tests that read what it said.
+pub fn start_follower_logged(args: &[&str], output: &Path, log: &Path) -> Follower {
+    spawn_follower(args, output, std::fs::File::create(log).unwrap().into())
+}
+
+fn spawn_follower(args: &[&str], output: &Path, stderr: Stdio) -> Follower {
     let child = dataflow()
         .args(["count", "--follow", "--poll-interval-ms", "100", "--status-every", "0"])
         .args(args)
         .arg("--output")
         .arg(output)
+        .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     Follower { child }
+}
+
+/// One follower per process of a `processes`-process cluster of one worker each on `hosts`;
+/// process `p` logs to `<dir>/<name>-<p>.log`.
+pub fn start_follower_cluster(args: &[&str], hosts: &Path, output: &Path, dir: &Path, name: &str) -> Vec<Follower> {
+    let processes = std::fs::read_to_string(hosts).unwrap().lines().count();
+    (0..processes)
+        .map(|p| {
+            let (n, index) = (processes.to_string(), p.to_string());
+            let mut cluster = args.to_vec();
+            cluster.extend(["-w", "1", "-n", &n, "-p", &index, "-h", hosts.to_str().unwrap()]);
+            start_follower_logged(&cluster, output, &dir.join(format!("{name}-{p}.log")))
+        })
+        .collect()
+}
+
+pub fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Waits until `log` contains `text`, or fails after `limit` with the log.
+pub fn wait_for_log(log: &Path, text: &str, limit: Duration) {
+    let started = Instant::now();
+    while !read_log(log).contains(text) {
+        assert!(
+            started.elapsed() < limit,
+            "after {limit:?} {} does not say {text:?}:\n{}",
+            log.display(),
+            read_log(log)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sends `signal` to our own child process.
+pub fn signal(child: &Child, signal: i32) {
+    // SAFETY: kill(2) on the pid of a child this test started and has not reaped yet.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+}
+
+/// The child's exit status; fails if it is still running after `limit`.
+pub fn wait_for_exit(child: &mut Child, limit: Duration) -> ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(started.elapsed() < limit, "process {} still runs after {limit:?}", child.id());
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Waits until the CSV says `expected`, or fails after `limit` with what it said last.
@@ -120,4 +182,95 @@ pub fn wait_for_csv(path: &Path, expected: &std::collections::BTreeMap<String, u
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("after {limit:?} the CSV still says\n{last:?}\ninstead of\n{expected:?}");
+}
+
+/// The test's own model of a collection: `_id -> (producer, truth, inferred, deleted)`.
+pub type Model = HashMap<String, (String, String, Option<String>, bool)>;
+
+/// Errors per producer as a batch count of the modelled collection gives them.
+pub fn errors_of(model: &Model) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for (producer, truth, inferred, deleted) in model.values() {
+        if *deleted {
+            continue;
+        }
+        let errors = counts.entry(producer.clone()).or_insert(0);
+        if inferred.as_ref().is_some_and(|label| label != truth) {
+            *errors += 1;
+        }
+    }
+    counts
+}
+
+/// The message a record with `doc_id` (`producer/number`) came from.
+pub fn message(doc_id: &str, producer: &str, truth: &str) -> ImageMessage {
+    let id = doc_id.rsplit_once('/').and_then(|(_, id)| id.parse().ok()).unwrap();
+    ImageMessage { id, producer_id: producer.into(), ground_truth: truth.into(), data: String::new(), sent_at_ms: None }
+}
+
+/// One write of the write contract to `inferences`.
+pub fn apply(db: &Database, write: write::Write) {
+    iot_bench::mongo::apply(db, "inferences", &write).unwrap();
+}
+
+/// A test database, dropped at the end of the test.
+pub struct TestDb {
+    pub client: Client,
+    pub name: String,
+}
+
+impl TestDb {
+    pub fn database(&self) -> Database {
+        self.client.database(&self.name)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let _ = self.client.database(&self.name).drop().run();
+    }
+}
+
+/// A fresh database at `uri` holding `records` generated records, and the model of them.
+pub fn base_at(uri: &str, records: u64, seed: u64) -> (TestDb, Model) {
+    let client = Client::with_uri_str(uri).unwrap();
+    let db = TestDb { client, name: unique_db("follow_test") };
+    let spec = Spec { records, producers: 12, awkward_names: true, seed, ..Spec::default() };
+    iot_bench::mongo::load(uri, &db.name, "inferences", &spec, |_| {})
+        .unwrap_or_else(|err| panic!("cannot load the base set ({err:#}); start the stack with scripts/stack up"));
+    let mut model = Model::new();
+    generate(&spec, |r| {
+        model.insert(
+            r.doc_id.clone(),
+            (r.producer_id.to_owned(), r.ground_truth.to_owned(), r.inferred.map(str::to_owned), false),
+        );
+    });
+    (db, model)
+}
+
+/// [`base_at`] on the shared stack's server.
+pub fn base(records: u64, seed: u64) -> (TestDb, Model) {
+    base_at(&mongo_uri(), records, seed)
+}
+
+/// Ids of the records the model judged right, sorted: making them wrong moves a count.
+pub fn correct_ids(model: &Model) -> Vec<String> {
+    let mut ids: Vec<String> = model
+        .iter()
+        .filter(|(_, (_, truth, inferred, deleted))| !deleted && inferred.as_ref() == Some(truth))
+        .map(|(id, _)| id.clone())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Flips one record's label through the write contract; returns the record's new model entry.
+pub fn flip(db: &Database, model: &Model, id: &str) -> (String, String, Option<String>, bool) {
+    let (producer, truth, inferred, _) = model[id].clone();
+    let flipped = match inferred.as_deref() == Some(truth.as_str()) {
+        true => LABELS.iter().find(|l| **l != truth).unwrap().to_string(),
+        false => truth.clone(),
+    };
+    apply(db, write::store_inference(&message(id, &producer, &truth), &flipped, "test", bson::DateTime::now()));
+    (producer, truth, Some(flipped), false)
 }

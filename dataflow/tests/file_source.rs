@@ -59,6 +59,34 @@ fn malformed_records_are_skipped_named_and_the_rest_counted() {
     assert!(log.contains("b/1: ProducerID is missing"), "{log}");
     assert!(log.contains("not a JSON object"), "{log}");
     assert!(log.contains("1 pending inference"), "{log}");
+
+    // The sidecar says what the CSV counts, and when.
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out.csv.meta.json")).unwrap()).unwrap();
+    assert_eq!((&meta["records"], &meta["pending"], &meta["malformed"]), (&4.into(), &1.into(), &3.into()), "{meta}");
+    assert_eq!(meta["source"], path.to_str().unwrap(), "{meta}");
+    assert!(meta.get("position").is_none(), "a batch count has no position: {meta}");
+    let as_of = meta["as_of"].as_str().unwrap();
+    assert!(bson::DateTime::parse_rfc3339_str(as_of).is_ok(), "{meta}");
+    assert!(log.contains(&format!("(as of {as_of};")), "the summary says it too: {log}");
+}
+
+#[test]
+fn the_csv_and_its_sidecar_are_0644_unless_told_otherwise() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("records.jsonl");
+    write_records(&spec(100), std::fs::File::create(&path).unwrap(), false).unwrap();
+    let mode = |name: &str| std::fs::metadata(dir.path().join(name)).unwrap().permissions().mode() & 0o777;
+    for (flags, expected) in [(vec![], 0o644), (vec!["--output-mode", "600"], 0o600)] {
+        let mut args = vec!["--input", path.to_str().unwrap()];
+        args.extend(flags);
+        count(dir.path(), "out.csv", &args);
+        assert_eq!((mode("out.csv"), mode("out.csv.meta.json")), (expected, expected), "{args:?}");
+    }
+    let output = dataflow().args(["count", "--output-mode", "rw-r--r--"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("not an octal file mode"), "{}", stderr(&output));
 }
 
 #[test]
@@ -132,7 +160,7 @@ fn an_unreachable_peer_is_an_error_within_the_connect_timeout() {
         .arg(&hosts)
         .output()
         .unwrap();
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(3));
     assert!(stderr(&output).contains("could not connect to every process"), "{}", stderr(&output));
     assert!(started.elapsed() < std::time::Duration::from_secs(60), "bounded by the timeout");
 }

@@ -3,43 +3,16 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bson::Document;
 use common::*;
 use iot_bench::expected::read_error_counts;
-use iot_bench::{generate, Spec, LABELS};
+use iot_bench::LABELS;
 use iot_schema::write::Upsert;
-use iot_schema::{field, write, ImageMessage};
-use mongodb::sync::{Client, Database};
-
-/// The test's own model of the collection: `_id -> (producer, truth, inferred, deleted)`.
-type Model = HashMap<String, (String, String, Option<String>, bool)>;
-
-fn errors_of(model: &Model) -> std::collections::BTreeMap<String, u64> {
-    let mut counts = std::collections::BTreeMap::new();
-    for (producer, truth, inferred, deleted) in model.values() {
-        if *deleted {
-            continue;
-        }
-        let errors = counts.entry(producer.clone()).or_insert(0);
-        if inferred.as_ref().is_some_and(|label| label != truth) {
-            *errors += 1;
-        }
-    }
-    counts
-}
-
-fn message(doc_id: &str, producer: &str, truth: &str) -> ImageMessage {
-    let id = doc_id.rsplit_once('/').and_then(|(_, id)| id.parse().ok()).unwrap();
-    ImageMessage { id, producer_id: producer.into(), ground_truth: truth.into(), data: String::new(), sent_at_ms: None }
-}
-
-fn apply(db: &Database, write: write::Write) {
-    iot_bench::mongo::apply(db, "inferences", &write).unwrap();
-}
+use iot_schema::{field, write};
+use mongodb::sync::Database;
 
 /// A hard delete, which the change log makes visible too.
 fn delete(db: &Database, id: &str) {
@@ -68,7 +41,7 @@ fn write_changes(db: &Database, model: &Model, writers: usize) -> Model {
                         let now = bson::DateTime::now();
                         match n % 5 {
                             // correct -> wrong, wrong -> correct, pending -> inferred
-                            0 | 1 | 2 => {
+                            0..=2 => {
                                 let flipped = if inferred.as_deref() == Some(&truth) {
                                     LABELS.iter().find(|l| **l != truth).unwrap().to_string()
                                 } else {
@@ -105,33 +78,6 @@ fn write_changes(db: &Database, model: &Model, writers: usize) -> Model {
     let mut updated = model.clone();
     results.into_iter().for_each(|changes| updated.extend(changes));
     updated
-}
-
-struct TestDb {
-    client: Client,
-    name: String,
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let _ = self.client.database(&self.name).drop().run();
-    }
-}
-
-fn base(records: u64, seed: u64) -> (TestDb, Model) {
-    let client = Client::with_uri_str(mongo_uri()).unwrap();
-    let db = TestDb { client, name: unique_db("follow_test") };
-    let spec = Spec { records, producers: 12, awkward_names: true, seed, ..Spec::default() };
-    iot_bench::mongo::load(&mongo_uri(), &db.name, "inferences", &spec, |_| {})
-        .unwrap_or_else(|err| panic!("cannot load the base set ({err:#}); start the stack with scripts/stack up"));
-    let mut model = Model::new();
-    generate(&spec, |r| {
-        model.insert(
-            r.doc_id.clone(),
-            (r.producer_id.to_owned(), r.ground_truth.to_owned(), r.inferred.map(str::to_owned), false),
-        );
-    });
-    (db, model)
 }
 
 fn follow_and_check(processes: usize, seed: u64) {
@@ -212,17 +158,6 @@ fn sigterm_stops_cleanly_with_the_csv_in_place() {
     assert_eq!(read_error_counts(&output).unwrap(), errors_of(&model));
 }
 
-/// Flips one record's label through the write contract; returns the record's new model entry.
-fn flip(db: &Database, model: &Model, id: &str) -> (String, String, Option<String>, bool) {
-    let (producer, truth, inferred, _) = model[id].clone();
-    let flipped = match inferred.as_deref() == Some(truth.as_str()) {
-        true => LABELS.iter().find(|l| **l != truth).unwrap().to_string(),
-        false => truth.clone(),
-    };
-    apply(db, write::store_inference(&message(id, &producer, &truth), &flipped, "test", bson::DateTime::now()));
-    (producer, truth, Some(flipped), false)
-}
-
 #[test]
 fn a_restarted_follower_catches_up_with_changes_made_while_it_was_down() {
     let (db, model) = base(2_000, 24);
@@ -296,4 +231,153 @@ fn late_and_same_millisecond_changes_are_not_missed() {
         model.insert(id.clone(), (producer, truth, Some("not-a-label".into()), false));
     }
     wait_for_csv(&output, &errors_of(&model), Duration::from_secs(30));
+}
+
+/// A change-log entry stamped ahead of the server's clock (a client that wrote `ChangedAt`
+/// itself) is applied and reported, and the changes written after it are not hidden behind it.
+#[test]
+fn an_entry_stamped_in_the_future_does_not_hide_later_changes() {
+    let (db, mut model) = base(500, 26);
+    let dir = tempfile::tempdir().unwrap();
+    let (output, log) = (dir.path().join("follow.csv"), dir.path().join("follower.log"));
+    let uri = mongo_uri();
+    let args = ["--mongo-uri", uri.as_str(), "--db", db.name.as_str()];
+    let database = db.database();
+    let _follower = start_follower_logged(&args, &output, &log);
+    wait_for_csv(&output, &errors_of(&model), Duration::from_secs(60));
+
+    // The record as the contract writes it; its change-log entry stamped 5 minutes ahead.
+    let ids = correct_ids(&model);
+    let (producer, truth, _, _) = model[&ids[0]].clone();
+    let write =
+        write::store_inference(&message(&ids[0], &producer, &truth), "not-a-label", "test", bson::DateTime::now());
+    let Upsert { filter, update } = write.record;
+    database.collection::<Document>("inferences").update_one(filter, update).upsert(true).run().unwrap();
+    let ahead = bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() + 5 * 60_000);
+    database
+        .collection::<Document>(&write::change_log("inferences"))
+        .insert_one(
+            bson::doc! { "_id": bson::oid::ObjectId::new(), field::CHANGED_RECORD: &ids[0], field::CHANGED_AT: ahead },
+        )
+        .run()
+        .unwrap();
+    model.insert(ids[0].clone(), (producer, truth, Some("not-a-label".into()), false));
+    wait_for_csv(&output, &errors_of(&model), Duration::from_secs(30));
+
+    for id in &ids[1..=50] {
+        let flipped = flip(&database, &model, id);
+        model.insert(id.clone(), flipped);
+    }
+    wait_for_csv(&output, &errors_of(&model), Duration::from_secs(60));
+    assert_eq!(count(dir.path(), "batch.csv", &args).0, errors_of(&model), "a fresh batch count agrees");
+    let said = read_log(&log);
+    assert!(said.contains("ahead of the server clock") && said.contains("entries=1"), "{said}");
+}
+
+/// A member of a following cluster that dies stops the others with exit code 4 and one clear
+/// message, no panic; restarted, the cluster reloads and keeps up again.
+#[test]
+fn a_killed_member_stops_the_cluster_and_a_restart_catches_up() {
+    let (db, model) = base(500, 27);
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("follow.csv");
+    let uri = mongo_uri();
+    let args = ["--mongo-uri", uri.as_str(), "--db", db.name.as_str()];
+    let database = db.database();
+    let hosts = hostfile(dir.path(), 3);
+    let mut cluster = start_follower_cluster(&args, &hosts, &output, dir.path(), "first");
+    wait_for_csv(&output, &errors_of(&model), Duration::from_secs(90));
+
+    signal(&cluster[1].child, libc::SIGKILL);
+    for p in [0, 2] {
+        let status = wait_for_exit(&mut cluster[p].child, Duration::from_secs(30));
+        let said = read_log(&dir.path().join(format!("first-{p}.log")));
+        assert_eq!(status.code(), Some(4), "process {p}: {said}");
+        assert!(said.contains("cluster peer lost") && said.contains("restart every process"), "process {p}: {said}");
+        assert!(!said.contains("panicked"), "process {p}: {said}");
+    }
+    assert_eq!(read_error_counts(&output).unwrap(), errors_of(&model), "the last consistent CSV stays");
+    drop(cluster);
+
+    let changed = write_changes(&database, &model, 2);
+    let _cluster = start_follower_cluster(&args, &hosts, &output, dir.path(), "second");
+    wait_for_csv(&output, &errors_of(&changed), Duration::from_secs(90));
+    let changed_again = write_changes(&database, &changed, 3);
+    wait_for_csv(&output, &errors_of(&changed_again), Duration::from_secs(60));
+    assert_eq!(count(dir.path(), "batch.csv", &args).0, errors_of(&changed_again));
+}
+
+/// SIGTERM to a process other than 0 stops the whole cluster at the end of a round: every
+/// process exits 0 and the CSV equals a fresh batch count.
+#[test]
+fn sigterm_to_any_member_stops_the_whole_cluster_cleanly() {
+    let (db, model) = base(500, 28);
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("follow.csv");
+    let uri = mongo_uri();
+    let args = ["--mongo-uri", uri.as_str(), "--db", db.name.as_str()];
+    let hosts = hostfile(dir.path(), 3);
+    let mut cluster = start_follower_cluster(&args, &hosts, &output, dir.path(), "member");
+    wait_for_csv(&output, &errors_of(&model), Duration::from_secs(90));
+    let changed = write_changes(&db.database(), &model, 2);
+    wait_for_csv(&output, &errors_of(&changed), Duration::from_secs(60));
+
+    signal(&cluster[1].child, libc::SIGTERM);
+    for (p, member) in cluster.iter_mut().enumerate() {
+        let status = wait_for_exit(&mut member.child, Duration::from_secs(30));
+        let said = read_log(&dir.path().join(format!("member-{p}.log")));
+        assert!(status.success(), "process {p} {status}: {said}");
+    }
+    let said = read_log(&dir.path().join("member-0.log"));
+    assert!(said.contains("process 1 was asked to stop"), "{said}");
+    assert_eq!(read_error_counts(&output).unwrap(), errors_of(&changed));
+    assert_eq!(count(dir.path(), "batch.csv", &args).0, errors_of(&changed));
+}
+
+/// The as-of sidecar of a follower says what the CSV counts and how far the change log was read.
+#[test]
+fn the_followers_sidecar_is_current() {
+    let (db, model) = base(300, 29);
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("follow.csv");
+    let uri = mongo_uri();
+    let _follower = start_follower(&["--mongo-uri", &uri, "--db", &db.name, "--output-mode", "640"], &output);
+    wait_for_csv(&output, &errors_of(&model), Duration::from_secs(60));
+    // A malformed record written through the contract's change log counts as malformed.
+    let database = db.database();
+    database
+        .collection::<Document>("inferences")
+        .insert_one(bson::doc! { "_id": "bad/1", "ProducerID": "bad", "GroundTruth": 7 })
+        .run()
+        .unwrap();
+    let Upsert { filter, update } = write::change_entry("bad/1");
+    database
+        .collection::<Document>(&write::change_log("inferences"))
+        .update_one(filter, update)
+        .upsert(true)
+        .run()
+        .unwrap();
+    let sidecar = dir.path().join("follow.csv.meta.json");
+    let started = Instant::now();
+    let meta = loop {
+        let meta: Option<serde_json::Value> =
+            std::fs::read_to_string(&sidecar).ok().and_then(|text| serde_json::from_str(&text).ok());
+        if let Some(meta) = meta.filter(|meta| meta["malformed"] == 1) {
+            break meta;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the sidecar never counted the malformed record");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let pending = model.values().filter(|(_, _, inferred, _)| inferred.is_none()).count();
+    assert_eq!(meta["records"], model.len(), "{meta}");
+    assert_eq!(meta["pending"], pending, "{meta}");
+    assert_eq!(meta["source"], format!("{uri} {}.inferences", db.name), "{meta}");
+    let watermark = meta["position"]["change_log"]["watermark"].as_str().unwrap();
+    assert!(bson::DateTime::parse_rfc3339_str(watermark).is_ok(), "{meta}");
+    let as_of = bson::DateTime::parse_rfc3339_str(meta["as_of"].as_str().unwrap()).unwrap();
+    assert!(as_of.timestamp_millis() > bson::DateTime::now().timestamp_millis() - 60_000, "{meta}");
+    use std::os::unix::fs::PermissionsExt;
+    for path in [&output, &sidecar] {
+        assert_eq!(std::fs::metadata(path).unwrap().permissions().mode() & 0o777, 0o640, "{}", path.display());
+    }
 }

@@ -80,3 +80,20 @@ fn an_unreachable_server_is_a_clear_error_within_the_timeout() {
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
     assert!(!dir.path().join("never.csv").exists(), "no partial CSV");
 }
+
+#[test]
+fn the_password_of_the_uri_is_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    for follow in [false, true] {
+        let mut command = dataflow();
+        command.args(["count", "--mongo-uri", "mongodb://user:SECRETPW@127.0.0.1:1/", "--mongo-timeout", "1"]);
+        if follow {
+            command.arg("--follow");
+        }
+        let output = command.arg("--output").arg(dir.path().join("never.csv")).output().unwrap();
+        assert_eq!(output.status.code(), Some(2));
+        let said = format!("{}{}", stderr(&output), String::from_utf8_lossy(&output.stdout));
+        assert!(said.contains("mongodb://user:****@127.0.0.1:1/"), "the server is still named: {said}");
+        assert!(!said.contains("SECRETPW"), "{said}");
+    }
+}

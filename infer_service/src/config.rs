@@ -22,6 +22,11 @@ pub struct ServiceConfig {
     pub max_body_bytes: usize,
     pub max_image_pixels: u64,
     pub max_images_per_request: usize,
+    /// Most images admitted and not yet started; `None`: [`ServiceConfig::queue_capacity`]'s default.
+    pub max_queue: Option<usize>,
+    /// How long a request may take, body upload included, before it is answered 504 and its
+    /// images are dropped unrun.
+    pub request_timeout: Duration,
     pub intra_threads: Option<usize>,
     /// `libonnxruntime.so`; `None` finds the project's `.cache/onnxruntime` installation.
     pub ort_library: Option<PathBuf>,
@@ -33,6 +38,9 @@ pub const DEFAULT_MAX_WAIT_MS: u64 = 5;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 25_000_000;
 pub const DEFAULT_MAX_IMAGES_PER_REQUEST: usize = 64;
+/// The default queue holds this many full batches.
+pub const DEFAULT_QUEUE_BATCHES: usize = 8;
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 
 impl ServiceConfig {
     /// Defaults for everything but the model and its classes.
@@ -47,9 +55,25 @@ impl ServiceConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_image_pixels: DEFAULT_MAX_IMAGE_PIXELS,
             max_images_per_request: DEFAULT_MAX_IMAGES_PER_REQUEST,
+            max_queue: None,
+            request_timeout: Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS),
             intra_threads: None,
             ort_library: None,
             resize_ratio: DEFAULT_RESIZE_RATIO,
+        }
+    }
+
+    /// The queue bound: `max_queue`, by default [`DEFAULT_QUEUE_BATCHES`] full batches but never
+    /// less than one largest request. A bound below that would refuse such a request forever, so
+    /// it is an error.
+    pub fn queue_capacity(&self) -> anyhow::Result<usize> {
+        match self.max_queue {
+            Some(max) if max < self.max_images_per_request => anyhow::bail!(
+                "--max-queue {max} is below --max-images-per-request {}: such a request could never be admitted",
+                self.max_images_per_request
+            ),
+            Some(max) => Ok(max),
+            None => Ok((DEFAULT_QUEUE_BATCHES * self.max_batch).max(self.max_images_per_request)),
         }
     }
 }
@@ -89,6 +113,15 @@ pub struct Args {
     #[arg(long, env = "IOT_MAX_IMAGES_PER_REQUEST", default_value_t = DEFAULT_MAX_IMAGES_PER_REQUEST,
           value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
     pub max_images_per_request: usize,
+    /// Most images admitted and not yet started on the model; a request that does not fit is
+    /// refused with 503 and Retry-After [default: 8 × --max-batch, at least --max-images-per-request].
+    #[arg(long, env = "IOT_MAX_QUEUE", value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    pub max_queue: Option<usize>,
+    /// Longest a request may take, body upload included, in milliseconds; then it is answered 504
+    /// and its images are dropped unrun.
+    #[arg(long, env = "IOT_REQUEST_TIMEOUT_MS", default_value_t = DEFAULT_REQUEST_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_ms: u64,
     /// ONNX Runtime intra-op threads [default: one per physical core].
     #[arg(long, env = "IOT_INTRA_THREADS", value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
     pub intra_threads: Option<usize>,
@@ -121,6 +154,8 @@ impl Args {
             max_body_bytes: self.max_body_bytes,
             max_image_pixels: self.max_image_pixels,
             max_images_per_request: self.max_images_per_request,
+            max_queue: self.max_queue,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
             intra_threads: self.intra_threads,
             ort_library: self.ort_dylib.clone(),
             resize_ratio: self.resize_ratio,
@@ -141,6 +176,29 @@ mod tests {
         assert_eq!(config.max_batch, 8);
         assert_eq!(config.max_wait, Duration::from_millis(DEFAULT_MAX_WAIT_MS));
         assert_eq!(args.listen.to_string(), "127.0.0.1:5000");
+        assert_eq!(config.request_timeout, Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS));
+        assert_eq!(config.queue_capacity().unwrap(), DEFAULT_MAX_IMAGES_PER_REQUEST.max(8 * 8));
+    }
+
+    #[test]
+    fn the_queue_bound_holds_at_least_one_largest_request() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["infer_service", "--model", "m.onnx", "--classes", "c.txt"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv).map(|args| args.service_config())
+        };
+        let config = parse(&["--max-batch", "64"]).unwrap();
+        assert_eq!(config.queue_capacity().unwrap(), 512);
+        let config = parse(&["--max-batch", "2"]).unwrap();
+        assert_eq!(config.queue_capacity().unwrap(), DEFAULT_MAX_IMAGES_PER_REQUEST);
+        let config =
+            parse(&["--max-queue", "10", "--max-images-per-request", "10", "--request-timeout-ms", "250"]).unwrap();
+        assert_eq!(config.queue_capacity().unwrap(), 10);
+        assert_eq!(config.request_timeout, Duration::from_millis(250));
+        let too_small = parse(&["--max-queue", "10"]).unwrap().queue_capacity().unwrap_err().to_string();
+        assert!(too_small.contains("--max-queue 10 is below --max-images-per-request 64"), "{too_small}");
+        assert!(parse(&["--max-queue", "0"]).is_err());
+        assert!(parse(&["--request-timeout-ms", "0"]).is_err());
     }
 
     #[test]

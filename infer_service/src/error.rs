@@ -1,13 +1,16 @@
 //! Request errors: each has a kind (the `kind` label of `infer_errors_total`), an HTTP status
-//! and a reason sent back as `{"error": "<reason>"}`.
+//! and a reason sent back as `{"error": "<reason>"}`. In `/v1/infer`, the kinds that belong to one
+//! image ([`ErrorKind::failure_code`]) become that image's outcome instead of failing the request.
+
+use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::api::ErrorResponse;
-use crate::batcher::InferError;
+use crate::api::{ErrorResponse, FailureCode, ImageFailure};
+use crate::batcher::{InferError, QueueFull};
 use crate::preprocess::ImageError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,10 +27,12 @@ pub enum ErrorKind {
     MethodNotAllowed,
     InferenceFailed,
     Unavailable,
+    QueueFull,
+    Timeout,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 12] = [
+    pub const ALL: [ErrorKind; 14] = [
         ErrorKind::MalformedJson,
         ErrorKind::UnsupportedContentType,
         ErrorKind::BodyTooLarge,
@@ -40,6 +45,8 @@ impl ErrorKind {
         ErrorKind::MethodNotAllowed,
         ErrorKind::InferenceFailed,
         ErrorKind::Unavailable,
+        ErrorKind::QueueFull,
+        ErrorKind::Timeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +63,8 @@ impl ErrorKind {
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::InferenceFailed => "inference_failed",
             ErrorKind::Unavailable => "unavailable",
+            ErrorKind::QueueFull => "queue_full",
+            ErrorKind::Timeout => "timeout",
         }
     }
 
@@ -71,7 +80,17 @@ impl ErrorKind {
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::InferenceFailed => StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Unavailable | ErrorKind::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The outcome code when this error concerns one image rather than the whole request.
+    pub fn failure_code(self) -> Option<FailureCode> {
+        match self {
+            ErrorKind::BadBase64 | ErrorKind::NotAnImage | ErrorKind::ImageTooLarge => Some(FailureCode::BadImage),
+            ErrorKind::InferenceFailed => Some(FailureCode::InferenceFailed),
+            _ => None,
         }
     }
 }
@@ -80,11 +99,19 @@ impl ErrorKind {
 pub struct ApiError {
     pub kind: ErrorKind,
     pub reason: String,
+    /// Sent as `Retry-After` (whole seconds).
+    pub retry_after: Option<Duration>,
 }
 
 impl ApiError {
     pub fn new(kind: ErrorKind, reason: impl Into<String>) -> ApiError {
-        ApiError { kind, reason: reason.into() }
+        ApiError { kind, reason: reason.into(), retry_after: None }
+    }
+
+    /// This error as one image's outcome, if it concerns one image.
+    pub fn image_failure(&self) -> Option<ImageFailure> {
+        let code = self.kind.failure_code()?;
+        Some(ImageFailure { error: self.reason.clone(), code })
     }
 
     /// Prefixes the reason with where in the request the problem is (e.g. `images[3]`).
@@ -126,13 +153,18 @@ impl From<InferError> for ApiError {
     }
 }
 
+impl From<QueueFull> for ApiError {
+    fn from(full: QueueFull) -> ApiError {
+        ApiError { retry_after: Some(full.retry_after), ..ApiError::new(ErrorKind::QueueFull, full.to_string()) }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.kind.status(), Json(ErrorResponse { error: self.reason })).into_response();
-        if self.kind == ErrorKind::BodyTooLarge {
-            // The rest of the body was never read, so the server drops the connection after this
-            // response; saying so keeps a client from sending its next request down a dead one.
-            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        if let Some(wait) = self.retry_after {
+            let seconds = wait.as_secs().max(1);
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         // Read back by the metrics middleware to count errors by kind.
         response.extensions_mut().insert(self.kind);

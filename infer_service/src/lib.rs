@@ -4,13 +4,15 @@
 //! - [`preprocess`]: image bytes → normalised NCHW tensor ([`resample`]: Pillow-exact bilinear resize).
 //! - [`model`]: the ONNX Runtime session and what it expects.
 //! - [`batcher`]: dynamic batching on a dedicated inference thread.
-//! - [`server`]: axum routes; [`service`]: assembling and serving an instance.
+//! - [`server`]: axum routes; [`linger`]: draining unread bodies before closing; [`service`]:
+//!   assembling and serving an instance.
 
 pub mod api;
 pub mod batcher;
 pub mod config;
 pub mod error;
 pub mod labels;
+pub mod linger;
 pub mod metrics;
 pub mod model;
 pub mod preprocess;

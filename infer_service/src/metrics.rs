@@ -17,6 +17,9 @@ pub struct Metrics {
     batch_size: Histogram,
     batch_duration: Histogram,
     queue_wait: Histogram,
+    queue_depth: IntGauge,
+    abandoned: IntCounter,
+    failed_runs: IntCounter,
     images: IntCounter,
 }
 
@@ -52,6 +55,18 @@ impl Metrics {
             HistogramOpts::new("infer_queue_wait_seconds", "Time an image waited for its batch to start")
                 .buckets(LATENCY_BUCKETS.to_vec()),
         )?;
+        let queue_depth = IntGauge::new(
+            "infer_queue_depth",
+            "Images admitted and not yet started on the model (being decoded or waiting for a batch)",
+        )?;
+        let abandoned = IntCounter::new(
+            "infer_abandoned_images_total",
+            "Images dropped unrun because their request was abandoned (deadline passed or client gone)",
+        )?;
+        let failed_runs = IntCounter::new(
+            "infer_failed_runs_total",
+            "ONNX Runtime runs that failed (the batch is then rerun by halves to isolate the failing images)",
+        )?;
         let images = IntCounter::new("infer_images_total", "Images classified")?;
         let model_info = IntGauge::with_opts(
             Opts::new("infer_model_info", "The loaded model (always 1)").const_label("model_id", model_id),
@@ -64,9 +79,24 @@ impl Metrics {
         registry.register(Box::new(batch_size.clone()))?;
         registry.register(Box::new(batch_duration.clone()))?;
         registry.register(Box::new(queue_wait.clone()))?;
+        registry.register(Box::new(queue_depth.clone()))?;
+        registry.register(Box::new(abandoned.clone()))?;
+        registry.register(Box::new(failed_runs.clone()))?;
         registry.register(Box::new(images.clone()))?;
         registry.register(Box::new(model_info))?;
-        Ok(Metrics { registry, http_requests, http_duration, errors, batch_size, batch_duration, queue_wait, images })
+        Ok(Metrics {
+            registry,
+            http_requests,
+            http_duration,
+            errors,
+            batch_size,
+            batch_duration,
+            queue_wait,
+            queue_depth,
+            abandoned,
+            failed_runs,
+            images,
+        })
     }
 
     pub fn observe_request(&self, route: &str, status: u16, elapsed: Duration) {
@@ -86,6 +116,18 @@ impl Metrics {
 
     pub fn observe_queue_wait(&self, waited: Duration) {
         self.queue_wait.observe(waited.as_secs_f64());
+    }
+
+    pub fn queue_depth_changed(&self, by: i64) {
+        self.queue_depth.add(by);
+    }
+
+    pub fn count_abandoned(&self, images: usize) {
+        self.abandoned.inc_by(images as u64);
+    }
+
+    pub fn count_failed_run(&self) {
+        self.failed_runs.inc();
     }
 
     /// Prometheus text exposition format.

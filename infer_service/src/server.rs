@@ -1,26 +1,25 @@
-//! HTTP layer: routes, thin handlers, request metrics.
+//! HTTP layer: routes, thin handlers, request metrics, the request deadline.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
-use base64::engine::DecodePaddingMode;
-use base64::Engine;
+use futures_util::future::join_all;
 
 use crate::api::{
-    HealthResponse, InferRequest, InferResponse, InferResult, LegacyInferRequest, LegacyInferResponse, ROUTE_HEALTH,
-    ROUTE_INFER, ROUTE_LEGACY, ROUTE_METRICS,
+    FailureCode, HealthResponse, ImageOutcome, InferRequest, InferResponse, InferResult, LegacyInferRequest,
+    LegacyInferResponse, ROUTE_HEALTH, ROUTE_INFER, ROUTE_LEGACY, ROUTE_METRICS,
 };
-use crate::batcher::{Batcher, InferError};
+use crate::batcher::{Batcher, InferError, QueueSlot};
 use crate::error::{ApiError, ErrorKind};
 use crate::labels::Labeller;
+use crate::linger::{self, Linger};
 use crate::metrics::Metrics;
 use crate::model::Prediction;
 use crate::preprocess::Preprocessor;
@@ -33,13 +32,12 @@ pub struct AppState {
     pub labeller: Labeller,
     pub metrics: Metrics,
     pub max_images_per_request: usize,
+    pub request_timeout: Duration,
 }
 
-/// Standard alphabet, padding optional (clients differ on it).
-const BASE64: GeneralPurpose = GeneralPurpose::new(
-    &base64::alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
+/// When the request in hand must be answered (set by [`enforce_deadline`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(pub Instant);
 
 pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
     Router::new()
@@ -49,26 +47,33 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route(ROUTE_METRICS, get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), enforce_deadline))
         .layer(middleware::from_fn_with_state(Arc::clone(&state), track_requests))
+        .layer(middleware::from_fn_with_state(Linger::default(), linger::drain_unread_bodies))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
 
 async fn legacy_infer(
     State(state): State<Arc<AppState>>,
+    Extension(Deadline(deadline)): Extension<Deadline>,
     payload: Result<Json<LegacyInferRequest>, JsonRejection>,
 ) -> Result<Json<LegacyInferResponse>, ApiError> {
     let Json(request) = payload?;
-    let result = classify_one(state, request.image).await?;
+    let slot = state.batcher.admit_one()?;
+    let result = classify_one(state, request.image, slot, deadline).await?;
     Ok(Json(LegacyInferResponse { inferred: result.label }))
 }
 
 async fn infer(
     State(state): State<Arc<AppState>>,
+    Extension(Deadline(deadline)): Extension<Deadline>,
     payload: Result<Json<InferRequest>, JsonRejection>,
 ) -> Result<Json<InferResponse>, ApiError> {
     let Json(request) = payload?;
-    let results = classify_all(Arc::clone(&state), request.images).await?;
+    check_image_count(&state, request.images.len())?;
+    let slots = state.batcher.admit(request.images.len())?;
+    let results = classify_all(&state, request.images, slots, deadline).await?;
     Ok(Json(InferResponse { model_id: state.model_id.clone(), results }))
 }
 
@@ -115,40 +120,86 @@ async fn track_requests(State(state): State<Arc<AppState>>, request: Request, ne
     response
 }
 
-/// Classifies the images of one request concurrently; fails with the first bad image.
-async fn classify_all(state: Arc<AppState>, images: Vec<String>) -> Result<Vec<InferResult>, ApiError> {
-    if images.is_empty() {
+/// Answers 504 once `--request-timeout-ms` has passed since the request arrived (its body upload
+/// included). The handler is dropped then, and with it the receivers of its images, so the
+/// batcher drops those images unrun; a client that disconnects has its handler dropped the same way.
+async fn enforce_deadline(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
+    let deadline = Instant::now() + state.request_timeout;
+    request.extensions_mut().insert(Deadline(deadline));
+    match tokio::time::timeout_at(deadline.into(), next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => timed_out(&state).into_response(),
+    }
+}
+
+fn timed_out(state: &AppState) -> ApiError {
+    ApiError::new(
+        ErrorKind::Timeout,
+        format!(
+            "no answer within the request timeout of {} ms; the request's images were dropped",
+            state.request_timeout.as_millis()
+        ),
+    )
+}
+
+fn check_image_count(state: &AppState, count: usize) -> Result<(), ApiError> {
+    if count == 0 {
         return Err(ApiError::new(ErrorKind::EmptyImages, "`images` is empty; send at least one base64 image"));
     }
-    if images.len() > state.max_images_per_request {
+    if count > state.max_images_per_request {
         return Err(ApiError::new(
             ErrorKind::TooManyImages,
-            format!("{} images in one request; the limit is {}", images.len(), state.max_images_per_request),
+            format!("{count} images in one request; the limit is {}", state.max_images_per_request),
         ));
     }
-    let mut tasks: Vec<_> =
-        images.into_iter().map(|image| tokio::spawn(classify_one(Arc::clone(&state), image))).collect();
-    let mut results = Vec::with_capacity(tasks.len());
-    for index in 0..tasks.len() {
-        let outcome = match (&mut tasks[index]).await {
-            Ok(outcome) => outcome.map_err(|e| e.at(&format!("images[{index}]"))),
-            Err(join_error) => Err(ApiError::new(ErrorKind::InferenceFailed, format!("images[{index}]: {join_error}"))),
-        };
-        match outcome {
-            Ok(result) => results.push(result),
-            Err(error) => {
-                for task in &tasks[index + 1..] {
-                    task.abort();
-                }
-                return Err(error);
-            }
-        }
+    Ok(())
+}
+
+/// Classifies the images of one request concurrently, each into its own outcome. Only a
+/// problem of the whole service (inference thread gone, deadline passed) fails the request.
+async fn classify_all(
+    state: &Arc<AppState>,
+    images: Vec<String>,
+    slots: Vec<QueueSlot>,
+    deadline: Instant,
+) -> Result<Vec<ImageOutcome>, ApiError> {
+    // Polled in this task rather than spawned: when the request is dropped, so is every image's
+    // wait, which is what tells the batcher to drop the images unrun.
+    let classified =
+        images.into_iter().zip(slots).map(|(image, slot)| classify_one(Arc::clone(state), image, slot, deadline));
+    let outcomes = join_all(classified).await;
+    outcomes.into_iter().enumerate().map(|(index, outcome)| image_outcome(state, index, outcome)).collect()
+}
+
+/// One image's outcome, or the error that fails the whole request.
+fn image_outcome(
+    state: &AppState,
+    index: usize,
+    outcome: Result<InferResult, ApiError>,
+) -> Result<ImageOutcome, ApiError> {
+    let error = match outcome {
+        Ok(result) => return Ok(ImageOutcome::Classified(result)),
+        Err(error) => error,
+    };
+    let Some(failure) = error.image_failure() else {
+        return Err(error);
+    };
+    let kind = error.kind.as_str();
+    state.metrics.count_error(kind);
+    match failure.code {
+        FailureCode::BadImage => tracing::info!(index, kind, reason = failure.error, "image refused"),
+        FailureCode::InferenceFailed => tracing::error!(index, kind, reason = failure.error, "image failed"),
     }
-    Ok(results)
+    Ok(ImageOutcome::Failed(failure))
 }
 
 /// Decode and preprocess on the blocking pool, then queue for the next batch.
-async fn classify_one(state: Arc<AppState>, encoded: String) -> Result<InferResult, ApiError> {
+async fn classify_one(
+    state: Arc<AppState>,
+    encoded: String,
+    slot: QueueSlot,
+    deadline: Instant,
+) -> Result<InferResult, ApiError> {
     let preparing = state.batcher.preparing();
     let worker_state = Arc::clone(&state);
     let pixels = tokio::task::spawn_blocking(move || -> Result<Vec<f32>, ApiError> {
@@ -157,9 +208,14 @@ async fn classify_one(state: Arc<AppState>, encoded: String) -> Result<InferResu
     })
     .await
     .map_err(|e| ApiError::new(ErrorKind::InferenceFailed, format!("preprocessing task failed: {e}")))??;
-    let pending = state.batcher.submit(pixels)?;
+    let pending = state.batcher.submit(pixels, slot, deadline)?;
     drop(preparing);
-    let prediction = pending.await.map_err(|_| InferError::Stopped)??;
+    let prediction = match pending.await {
+        Ok(prediction) => prediction?,
+        // Unanswered: the batcher dropped the image as expired, or has stopped.
+        Err(_) if Instant::now() >= deadline => return Err(timed_out(&state)),
+        Err(_) => return Err(InferError::Stopped.into()),
+    };
     describe(&state, prediction)
 }
 
@@ -179,20 +235,10 @@ fn describe(state: &AppState, prediction: Prediction) -> Result<InferResult, Api
     })
 }
 
-/// Standard base64, padding optional; line breaks and spaces are ignored, as is a
-/// `data:<type>;base64,` prefix.
+/// The shared lenient decoder (see `iot_schema::infer::decode_base64`); an empty image is refused.
 pub fn decode_base64(text: &str) -> Result<Vec<u8>, ApiError> {
-    let body = match text.strip_prefix("data:").and_then(|rest| rest.split_once(";base64,")) {
-        Some((_, payload)) => payload,
-        None => text,
-    };
-    let decoded = if body.bytes().any(|b| b.is_ascii_whitespace()) {
-        let compact: Vec<u8> = body.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-        BASE64.decode(compact)
-    } else {
-        BASE64.decode(body)
-    };
-    let bytes = decoded.map_err(|e| ApiError::new(ErrorKind::BadBase64, format!("image is not valid base64: {e}")))?;
+    let bytes = crate::api::decode_base64(text)
+        .map_err(|e| ApiError::new(ErrorKind::BadBase64, format!("image is not valid base64: {e}")))?;
     if bytes.is_empty() {
         return Err(ApiError::new(ErrorKind::NotAnImage, "image is empty"));
     }

@@ -32,6 +32,7 @@ pub struct Service {
 
 impl Service {
     pub fn load(config: &ServiceConfig) -> anyhow::Result<Service> {
+        let max_queue = config.queue_capacity()?;
         let library = runtime::locate_onnxruntime(config.ort_library.as_deref())?;
         let env = runtime::environment(&library)?;
         let model_id = match &config.model_id {
@@ -60,7 +61,7 @@ impl Service {
         let (height, width) = (u32::try_from(spec.height)?, u32::try_from(spec.width)?);
         let preprocessor = Preprocessor::new(height, width, config.resize_ratio, config.max_image_pixels);
         let metrics = Metrics::new(&model_id).context("cannot register metrics")?;
-        let batch = BatchConfig { max_batch: config.max_batch, max_wait: config.max_wait };
+        let batch = BatchConfig { max_batch: config.max_batch, max_wait: config.max_wait, max_queue };
         let (batcher, inference_thread) =
             Batcher::spawn(classifier, batch, metrics.clone()).context("cannot start the inference thread")?;
         tracing::info!(
@@ -82,12 +83,18 @@ impl Service {
             labeller: Labeller::new(classes, label_map),
             metrics,
             max_images_per_request: config.max_images_per_request,
+            request_timeout: config.request_timeout,
         };
         Ok(Service { state: Arc::new(state), inference_thread, max_body_bytes: config.max_body_bytes })
     }
 
     pub fn model_id(&self) -> &str {
         &self.state.model_id
+    }
+
+    /// The batcher behind the routes: its queue is the one requests are admitted to.
+    pub fn batcher(&self) -> &Batcher {
+        &self.state.batcher
     }
 
     pub fn router(&self) -> Router {

@@ -5,9 +5,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine;
-use infer_service::api::{HealthResponse, LegacyInferResponse};
+use infer_service::api::{encode_base64, HealthResponse, LegacyInferResponse};
 use serde_json::json;
 
 fn program() -> Command {
@@ -86,7 +84,7 @@ async fn configured_from_the_environment_it_serves_until_sigterm() {
     };
     assert_eq!(health.model_id, "int8-under-test");
 
-    let image = BASE64.encode(common::png_bytes(&common::cifar_record(4).1));
+    let image = encode_base64(common::png_bytes(&common::cifar_record(4).1));
     let answer: LegacyInferResponse =
         client.post(&base).json(&json!({"image": image})).send().await.expect("POST /").json().await.expect("JSON");
     assert_eq!(answer.inferred, "frog");

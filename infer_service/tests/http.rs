@@ -5,11 +5,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine;
 use image::{ImageEncoder, RgbImage};
 use infer_service::api::{
-    ErrorResponse, HealthResponse, InferRequest, InferResponse, LegacyInferRequest, LegacyInferResponse,
+    encode_base64, ErrorResponse, FailureCode, HealthResponse, InferRequest, InferResponse, LegacyInferRequest,
+    LegacyInferResponse,
 };
 use infer_service::{RunningService, ServiceConfig};
 use reqwest::StatusCode;
@@ -34,7 +33,7 @@ fn client() -> reqwest::Client {
 }
 
 fn record_base64(index: usize) -> String {
-    BASE64.encode(common::png_bytes(&common::cifar_record(index).1))
+    encode_base64(common::png_bytes(&common::cifar_record(index).1))
 }
 
 fn jpeg_base64(image: &RgbImage) -> String {
@@ -42,7 +41,7 @@ fn jpeg_base64(image: &RgbImage) -> String {
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
         .write_image(image.as_raw(), image.width(), image.height(), image::ExtendedColorType::Rgb8)
         .expect("JPEG encoding");
-    BASE64.encode(out)
+    encode_base64(out)
 }
 
 fn crc32(bytes: &[u8]) -> u32 {
@@ -129,8 +128,8 @@ async fn health_legacy_and_batch_api_answer() {
     let images = vec![
         record_base64(FROG_RECORD),
         jpeg_base64(&common::cifar_record(2).1),
-        BASE64.encode(grey_png),
-        BASE64.encode(rgba_png),
+        encode_base64(grey_png),
+        encode_base64(rgba_png),
         jpeg_base64(&photo),
     ];
     let response = post_json(&client, &format!("{}/v1/infer", service.url()), &json!(InferRequest { images })).await;
@@ -138,14 +137,16 @@ async fn health_legacy_and_batch_api_answer() {
     let response: InferResponse = response.json().await.expect("JSON");
     assert_eq!(response.model_id, service.model_id());
     assert_eq!(response.results.len(), 5);
-    let frog = &response.results[0];
+    let results: Vec<_> =
+        response.results.iter().map(|outcome| outcome.classified().expect("every image classified")).collect();
+    let frog = results[0];
     assert_eq!(frog.class_index, TAILED_FROG);
     assert!(frog.class_name.starts_with("tailed frog"), "{}", frog.class_name);
     assert_eq!(frog.label, "frog");
     let classes = std::fs::read_to_string(common::imagenet_classes()).expect("classes");
     let classes: Vec<&str> = classes.lines().collect();
     let map = std::fs::read_to_string(common::label_map()).expect("label map");
-    for result in &response.results {
+    for result in results {
         assert!(result.score > 0.0 && result.score <= 1.0, "score {}", result.score);
         assert_eq!(result.class_name, classes[result.class_index]);
         let row = map.lines().nth(result.class_index + 1).expect("map row");
@@ -159,7 +160,7 @@ async fn health_legacy_and_batch_api_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_requests_get_4xx_with_a_reason_and_the_service_keeps_serving() {
+async fn bad_requests_get_4xx_bad_images_their_own_error_and_the_service_keeps_serving() {
     let service = start(|config| {
         config.max_image_pixels = 100_000;
         config.max_body_bytes = 1 << 20;
@@ -173,34 +174,47 @@ async fn bad_requests_get_4xx_with_a_reason_and_the_service_keeps_serving() {
     let mut truncated = common::png_bytes(&common::cifar_record(0).1);
     truncated.truncate(truncated.len() / 2);
 
+    // A bad image in /v1/infer fails only itself: 200, its own error entry, the others classified.
+    let image_cases: Vec<(&str, String, &str)> = vec![
+        ("bad base64", "@@@ not base64 @@@".to_owned(), "base64"),
+        ("not an image", encode_base64("hello, world"), "not a JPEG or PNG"),
+        ("truncated PNG", encode_base64(&truncated), "cannot decode image"),
+        ("too many pixels", jpeg_base64(&RgbImage::new(400, 300)), "120000 pixels"),
+    ];
+    for (name, bad, reason) in image_cases {
+        let response = post_json(&client, &infer, &json!({"images": [good.clone(), bad, good.clone()]})).await;
+        assert_eq!(response.status(), StatusCode::OK, "{name}: status");
+        let response: InferResponse = response.json().await.expect("JSON");
+        assert_eq!(response.results.len(), 3, "{name}");
+        let failure = response.results[1].failure().unwrap_or_else(|| panic!("{name}: image 1 classified"));
+        assert_eq!(failure.code, FailureCode::BadImage, "{name}");
+        assert!(failure.error.contains(reason), "{name}: reason `{}` lacks `{reason}`", failure.error);
+        for index in [0, 2] {
+            let result = response.results[index].classified().unwrap_or_else(|| panic!("{name}: image {index}"));
+            assert_eq!(result.class_index, TAILED_FROG, "{name}: image {index}");
+        }
+    }
+    // Every image bad is still a well-formed request: one outcome each.
+    let response = post_json(&client, &infer, &json!({"images": ["%%%", encode_base64("nope")]})).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let response: InferResponse = response.json().await.expect("JSON");
+    let codes: Vec<_> = response.results.iter().map(|outcome| outcome.failure().map(|f| f.code)).collect();
+    assert_eq!(codes, [Some(FailureCode::BadImage); 2]);
+
+    // The legacy route has one image: a bad one is the request's fault, refused with 4xx.
     let json_cases: Vec<(&str, &str, serde_json::Value, StatusCode, &str)> = vec![
-        ("bad base64", &infer, json!({"images": ["@@@ not base64 @@@"]}), StatusCode::BAD_REQUEST, "base64"),
         ("bad base64 (legacy)", &root, json!({"image": "%%%"}), StatusCode::BAD_REQUEST, "base64"),
         (
-            "not an image",
-            &infer,
-            json!({"images": [BASE64.encode("hello, world")]}),
+            "not an image (legacy)",
+            &root,
+            json!({"image": encode_base64(&truncated[..8])}),
             StatusCode::BAD_REQUEST,
-            "not a JPEG or PNG",
-        ),
-        (
-            "truncated PNG",
-            &infer,
-            json!({"images": [good.clone(), BASE64.encode(&truncated)]}),
-            StatusCode::BAD_REQUEST,
-            "images[1]",
-        ),
-        (
-            "too many pixels",
-            &infer,
-            json!({"images": [jpeg_base64(&RgbImage::new(400, 300))]}),
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "120000 pixels",
+            "image",
         ),
         (
             "huge header",
             &root,
-            json!({"image": BASE64.encode(png_claiming(100_000, 100_000))}),
+            json!({"image": encode_base64(png_claiming(100_000, 100_000))}),
             StatusCode::PAYLOAD_TOO_LARGE,
             "100000x100000",
         ),
@@ -269,8 +283,8 @@ async fn bad_requests_get_4xx_with_a_reason_and_the_service_keeps_serving() {
 
     let metrics = metrics_text(&client, &service).await;
     for (kind, count) in [
-        ("bad_base64", 2.0),
-        ("not_an_image", 2.0),
+        ("bad_base64", 3.0),
+        ("not_an_image", 4.0),
         ("image_too_large", 2.0),
         ("empty_images", 1.0),
         ("too_many_images", 1.0),
@@ -286,7 +300,12 @@ async fn bad_requests_get_4xx_with_a_reason_and_the_service_keeps_serving() {
             "{kind}\n{metrics}"
         );
     }
-    assert_eq!(sample(&metrics, "infer_http_requests_total{route=\"/\",status=\"200\"}"), Some(16.0), "{metrics}");
+    assert_eq!(sample(&metrics, "infer_http_requests_total{route=\"/\",status=\"200\"}"), Some(13.0), "{metrics}");
+    assert_eq!(
+        sample(&metrics, "infer_http_requests_total{route=\"/v1/infer\",status=\"200\"}"),
+        Some(5.0),
+        "{metrics}"
+    );
     service.shutdown().await.expect("clean shutdown");
 }
 
@@ -315,7 +334,7 @@ async fn concurrent_requests_are_batched_and_metrics_are_exposed() {
                 let response = client.post(&url).json(&body).send().await.expect("request sent");
                 assert_eq!(response.status(), StatusCode::OK);
                 let response: InferResponse = response.json().await.expect("JSON");
-                response.results[0].clone()
+                response.results[0].classified().expect("classified").clone()
             })
         })
         .collect();

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::message::ImageLimits;
+
 #[derive(Clone, Debug, Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers, comma-separated.
@@ -58,9 +60,32 @@ pub struct ConsumerArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, env = "IOT_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Largest image accepted (width × height, read from its header before decoding); a larger
+    /// one is dead-lettered as `bad_image`.
+    #[arg(long, env = "IOT_MAX_IMAGE_PIXELS", default_value_t = ImageLimits::DEFAULT_MAX_PIXELS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_image_pixels: u64,
+    /// Memory for decoding images, which sets how many are decoded at once (budget / 16 bytes
+    /// per pixel of `--max-image-pixels`, at least one). Default: a quarter of the cgroup's
+    /// memory limit, or 256 without one.
+    #[arg(long, env = "IOT_DECODE_MEMORY_MB", value_name = "MIB")]
+    pub decode_memory_mb: Option<u64>,
+    /// Largest dead letter (envelope, key and headers); a bigger payload is truncated in it. Keep
+    /// it under the producer's and the broker's message size limits (1 MB by default).
+    #[arg(long, env = "IOT_DLQ_MAX_BYTES", default_value_t = 900_000, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(16_384..))]
+    pub dlq_max_bytes: u64,
 }
 
 impl ConsumerArgs {
+    pub fn image_limits(&self) -> ImageLimits {
+        ImageLimits { max_pixels: self.max_image_pixels }
+    }
+
+    /// The image decoder, its concurrency sized against `--decode-memory-mb`.
+    pub fn decoder(&self) -> crate::decode::Decoder {
+        let budget_mb = self.decode_memory_mb.unwrap_or_else(crate::decode::default_budget_mb);
+        crate::decode::Decoder::new(self.image_limits(), budget_mb)
+    }
+
     pub fn backoff(&self) -> crate::backoff::Backoff {
         crate::backoff::Backoff::new(
             Duration::from_millis(self.retry_initial_ms.max(1)),
@@ -72,7 +97,12 @@ impl ConsumerArgs {
 pub fn parse_key_value(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
-        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+        _ => {
+            // Only the part that looks like a key is echoed: a mistyped `sasl.password:secret`
+            // must not reach the terminal.
+            let key: String = text.chars().take_while(|c| c.is_ascii_alphanumeric() || "._-".contains(*c)).collect();
+            Err(format!("expected KEY=VALUE, got a setting without `=` starting {key:?}"))
+        }
     }
 }
 
@@ -85,5 +115,7 @@ mod tests {
         assert_eq!(parse_key_value("a.b=c=d"), Ok(("a.b".into(), "c=d".into())));
         assert!(parse_key_value("novalue").is_err());
         assert!(parse_key_value("=x").is_err());
+        let err = parse_key_value("sasl.password:hunter2").unwrap_err();
+        assert!(!err.contains("hunter2"), "{err}");
     }
 }

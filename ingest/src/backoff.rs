@@ -1,11 +1,16 @@
-//! Capped exponential backoff for retrying a service that is down, and a retry loop that gives
-//! up only when a shutdown is asked for (never by dropping the work).
+//! Capped exponential backoff, and the one retry loop every retried operation goes through: a
+//! service that is down is waited for without limit (never by dropping the work); work that
+//! fails by itself is tried a bounded number of times and then handed back to the caller.
 
+use std::convert::Infallible;
+use std::fmt::Display;
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
 use crate::shutdown::Shutdown;
+
+/// Longest `Retry-After` honoured, so that a nonsensical header cannot park a consumer for days.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 /// Delays `initial, 2·initial, 4·initial, …` up to `max`, each shortened by a random jitter of
 /// up to `jitter` (a fraction) so that many consumers do not retry in lockstep.
@@ -37,7 +42,7 @@ impl Backoff {
     pub fn next_delay(&mut self) -> Duration {
         let base = self.base_delay(self.attempt);
         self.attempt = self.attempt.saturating_add(1);
-        let cut = self.jitter.clamp(0.0, 1.0) * random_unit();
+        let cut = self.jitter.clamp(0.0, 1.0) * rand::random::<f64>();
         base.mul_f64(1.0 - cut)
     }
 
@@ -50,55 +55,96 @@ impl Backoff {
     }
 }
 
-/// A number in [0, 1) from the standard library's per-process random hash keys.
-fn random_unit() -> f64 {
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(0);
-    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
-}
-
 /// Why a retried operation stopped without a result.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ShutdownRequested;
 
-/// Runs `op` until it succeeds, sleeping `backoff` between failures (each failure logged with
-/// `what`). Returns `Err(ShutdownRequested)` if a shutdown comes first: the caller then leaves the
-/// work unacknowledged so that it is delivered again.
+/// How one failed try is retried.
+#[derive(Debug, PartialEq)]
+pub enum Failure<E> {
+    /// Something the work needs is down or busy, through no fault of the work: tried again
+    /// without limit, and no sooner than `after` when the service said when (`Retry-After`).
+    Unavailable { why: String, after: Option<Duration> },
+    /// The work itself failed: tried again until the attempt limit, then handed back.
+    Failed(E),
+    /// Trying again cannot help: handed back at once.
+    Final(E),
+}
+
+impl<E> Failure<E> {
+    pub fn unavailable(why: impl Display) -> Failure<E> {
+        Failure::Unavailable { why: why.to_string(), after: None }
+    }
+}
+
+/// Runs `op` until it succeeds, sleeping `backoff` between failures (each logged with `what`),
+/// for as long as it takes. Returns `Err(ShutdownRequested)` if a shutdown comes first: the
+/// caller then leaves the work unacknowledged so that it is delivered again.
 pub async fn retry<T, E, F, Fut>(
     what: &str,
-    mut backoff: Backoff,
+    backoff: Backoff,
     shutdown: &Shutdown,
     mut op: F,
 ) -> Result<T, ShutdownRequested>
 where
-    E: std::fmt::Display,
+    E: Display,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
+    let unlimited = || {
+        let attempt = op();
+        async move { attempt.await.map_err(Failure::<Infallible>::unavailable) }
+    };
+    match retry_bounded(what, backoff, u32::MAX, shutdown, unlimited).await? {
+        Ok(value) => Ok(value),
+        Err(never) => match never {},
+    }
+}
+
+/// Runs `op` until it succeeds, as [`retry`] does, except that a [`Failure::Failed`] counts
+/// toward `attempts` and the last one is handed back once that many tries failed, and a
+/// [`Failure::Final`] is handed back at once. [`Failure::Unavailable`] tries never count.
+pub async fn retry_bounded<T, E, F, Fut>(
+    what: &str,
+    mut backoff: Backoff,
+    attempts: u32,
+    shutdown: &Shutdown,
+    mut op: F,
+) -> Result<Result<T, E>, ShutdownRequested>
+where
+    E: Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Failure<E>>>,
+{
     let mut shutdown = shutdown.clone();
+    let mut failed = 0u32;
     loop {
-        match op().await {
+        let (why, after) = match op().await {
             Ok(value) => {
                 if backoff.attempts() > 0 {
                     tracing::info!("{what}: succeeded after {} retries", backoff.attempts());
                 }
-                return Ok(value);
+                return Ok(Ok(value));
             }
-            Err(err) => {
-                if shutdown.is_requested() {
-                    return Err(ShutdownRequested);
+            Err(Failure::Final(err)) => return Ok(Err(err)),
+            Err(Failure::Failed(err)) => {
+                failed += 1;
+                if failed >= attempts {
+                    tracing::warn!("{what} failed {failed} time(s), giving up: {err}");
+                    return Ok(Err(err));
                 }
-                let delay = backoff.next_delay();
-                tracing::warn!(
-                    "{what} failed (attempt {}): {err}; retrying in {} ms",
-                    backoff.attempts(),
-                    delay.as_millis()
-                );
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.requested() => return Err(ShutdownRequested),
-                }
+                (format!("{err} ({failed} of {attempts} tries failed)"), None)
             }
+            Err(Failure::Unavailable { why, after }) => (why, after),
+        };
+        if shutdown.is_requested() {
+            return Err(ShutdownRequested);
+        }
+        let delay = backoff.next_delay().max(after.unwrap_or_default().min(MAX_RETRY_AFTER));
+        tracing::warn!("{what} failed (attempt {}): {why}; retrying in {} ms", backoff.attempts(), delay.as_millis());
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.requested() => return Err(ShutdownRequested),
         }
     }
 }
@@ -171,5 +217,68 @@ mod tests {
         let got: Result<(), _> = retry("op", Backoff::new(ms(10), ms(100)), &shutdown, || async { Err("down") }).await;
         assert_eq!(got, Err(ShutdownRequested));
         stopper.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_are_tried_a_bounded_number_of_times_then_handed_back() {
+        let mut calls = 0;
+        let got: Result<Result<(), _>, _> =
+            retry_bounded("op", Backoff::new(ms(10), ms(40)), 3, &Shutdown::never(), || {
+                calls += 1;
+                let n = calls;
+                async move { Err(Failure::Failed(format!("try {n}"))) }
+            })
+            .await;
+        assert_eq!(got, Ok(Err("try 3".to_owned())));
+        assert_eq!(calls, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unavailability_never_counts_toward_the_limit() {
+        let mut calls = 0;
+        let got = retry_bounded("op", Backoff::new(ms(10), ms(40)), 2, &Shutdown::never(), || {
+            calls += 1;
+            let n = calls;
+            async move {
+                match n {
+                    1..=5 => Err(Failure::unavailable("down")),
+                    6 => Err(Failure::Failed("broken")),
+                    _ => Ok(n),
+                }
+            }
+        })
+        .await;
+        assert_eq!(got, Ok(Ok(7)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_final_failure_is_handed_back_at_once() {
+        let mut calls = 0;
+        let got: Result<Result<(), _>, _> =
+            retry_bounded("op", Backoff::new(ms(10), ms(40)), 5, &Shutdown::never(), || {
+                calls += 1;
+                async { Err(Failure::Final("refused")) }
+            })
+            .await;
+        assert_eq!((got, calls), (Ok(Err("refused")), 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_honoured() {
+        let started = tokio::time::Instant::now();
+        let mut calls = 0;
+        let got = retry_bounded("op", Backoff::new(ms(10), ms(40)).without_jitter(), 1, &Shutdown::never(), || {
+            calls += 1;
+            let n = calls;
+            async move {
+                match n {
+                    1 => Err(Failure::<&str>::Unavailable { why: "busy".into(), after: Some(Duration::from_secs(7)) }),
+                    _ => Ok(()),
+                }
+            }
+        })
+        .await;
+        assert_eq!(got, Ok(Ok(())));
+        assert!(started.elapsed() >= Duration::from_secs(7), "{:?}", started.elapsed());
     }
 }

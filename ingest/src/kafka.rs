@@ -6,7 +6,10 @@ use anyhow::{Context, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
+
+use iot_schema::redact;
 
 use crate::args::KafkaArgs;
 
@@ -18,10 +21,53 @@ fn base_config(kafka: &KafkaArgs) -> ClientConfig {
 
 /// An idempotent producer: acks from all in-sync replicas, no duplicates or reordering on retry.
 pub fn producer(kafka: &KafkaArgs) -> Result<FutureProducer> {
+    create_producer(producer_config(kafka), kafka)
+}
+
+fn producer_config(kafka: &KafkaArgs) -> ClientConfig {
     let mut config = base_config(kafka);
     config.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5").set("compression.type", "lz4");
+    config
+}
+
+fn create_producer(mut config: ClientConfig, kafka: &KafkaArgs) -> Result<FutureProducer> {
     apply_overrides(&mut config, kafka);
-    config.create().with_context(|| format!("cannot create a Kafka producer for {}", kafka.brokers))
+    config
+        .create()
+        .map_err(|e| creation_error(e, kafka))
+        .with_context(|| format!("cannot create a Kafka producer for {}", kafka.brokers))
+}
+
+/// A client's creation error, without the secrets of `--kafka-opt`: librdkafka's message for a
+/// refused setting quotes its value, which may be `sasl.password`'s.
+pub fn creation_error(err: KafkaError, kafka: &KafkaArgs) -> anyhow::Error {
+    match err {
+        KafkaError::ClientConfig(_, description, key, value) => {
+            anyhow::anyhow!("{description} ({})", redact::setting(&key, &value))
+        }
+        other => {
+            let mut text = other.to_string();
+            for (key, value) in &kafka.kafka_opts {
+                if !value.is_empty() && redact::setting(key, value) != format!("{key}={value}") {
+                    text = text.replace(value.as_str(), redact::REDACTED);
+                }
+            }
+            anyhow::anyhow!(text)
+        }
+    }
+}
+
+/// librdkafka's default `message.max.bytes`, the largest message a producer sends.
+pub const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// The producer of dead letters: as [`producer`], allowed messages of `max_letter_bytes` plus
+/// room for the record's framing when that is over librdkafka's default (`--kafka-opt` still
+/// wins).
+pub fn dead_letter_producer(kafka: &KafkaArgs, max_letter_bytes: usize) -> Result<FutureProducer> {
+    let mut config = producer_config(kafka);
+    let message_max = DEFAULT_MESSAGE_MAX_BYTES.max(max_letter_bytes.saturating_add(64 * 1024));
+    config.set("message.max.bytes", message_max.to_string());
+    create_producer(config, kafka)
 }
 
 /// Consumer settings: offsets are committed by hand, only after the writes they cover.
@@ -49,7 +95,7 @@ fn apply_overrides(config: &mut ClientConfig, kafka: &KafkaArgs) {
 pub fn admin(kafka: &KafkaArgs) -> Result<AdminClient<DefaultClientContext>> {
     let mut config = base_config(kafka);
     apply_overrides(&mut config, kafka);
-    config.create().context("cannot create a Kafka admin client")
+    config.create().map_err(|e| creation_error(e, kafka)).context("cannot create a Kafka admin client")
 }
 
 /// Creates topics (ignoring those that exist) with `partitions` partitions, replication 1.
@@ -78,4 +124,36 @@ pub async fn delete_topics(kafka: &KafkaArgs, topics: &[&str]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_opts(opts: &[(&str, &str)]) -> KafkaArgs {
+        KafkaArgs {
+            brokers: "127.0.0.1:1".into(),
+            topic: "t".into(),
+            kafka_opts: opts.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    #[test]
+    fn a_refused_secret_setting_is_reported_without_its_value() {
+        // An unknown property named like a secret: librdkafka refuses it, quoting the value.
+        let kafka = with_opts(&[("sasl.password.typo", "hunter2")]);
+        let err = producer(&kafka).err().expect("an unknown property is refused");
+        let text = format!("{err:#}");
+        assert!(text.contains("sasl.password.typo=****"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        let text = format!("{:#}", admin(&kafka).expect_err("refused too"));
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn other_errors_lose_every_secret_value() {
+        let kafka = with_opts(&[("sasl.password", "hunter2"), ("client.id", "visible")]);
+        let err = creation_error(KafkaError::ClientCreation("hunter2 visible".into()), &kafka);
+        assert_eq!(err.to_string(), "Client creation error: **** visible");
+    }
 }

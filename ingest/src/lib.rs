@@ -12,6 +12,7 @@ pub mod backoff;
 pub mod bench;
 pub mod cli;
 pub mod consumer;
+pub mod decode;
 pub mod dlq;
 pub mod images;
 pub mod infer_client;

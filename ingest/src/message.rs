@@ -5,7 +5,6 @@
 
 use std::io::Cursor;
 
-use base64::Engine;
 use iot_schema::{field, ImageMessage};
 
 use crate::offsets::Position;
@@ -31,6 +30,8 @@ pub enum Malformed {
     BadImage(String),
     #[error("the inference service rejected the image: {0}")]
     RejectedByService(String),
+    #[error("the inference service failed on this image, and only on it: {0}")]
+    InferenceFailed(String),
 }
 
 impl Malformed {
@@ -46,6 +47,7 @@ impl Malformed {
             Malformed::BadBase64(_) => "bad_base64",
             Malformed::BadImage(_) => "bad_image",
             Malformed::RejectedByService(_) => "rejected_by_service",
+            Malformed::InferenceFailed(_) => "inference_failed",
         }
     }
 }
@@ -78,12 +80,34 @@ pub struct Parsed {
 /// Fields without which a record cannot be stored (`SentAt` is optional).
 const REQUIRED: [&str; 4] = [field::ID, field::PRODUCER_ID, field::GROUND_TRUTH, field::DATA];
 
-/// Largest image side accepted, so that a hostile header cannot make us allocate gigabytes.
-const MAX_IMAGE_SIDE: u32 = 8192;
+/// What decoding `Data` may cost. Both consumers apply the same limits (set by the same flags),
+/// so a record that one of them dead-letters never gets a document from the other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageLimits {
+    /// Largest width × height accepted, read from the image's header before any pixel is decoded.
+    pub max_pixels: u64,
+}
+
+/// Bytes one decoded pixel may cost at worst: 8 for the widest pixel format the decoders write
+/// (16-bit RGBA), as much again for the decoder's own buffers (a progressive JPEG's
+/// coefficients, a PNG's unfiltered rows).
+pub const DECODE_BYTES_PER_PIXEL: u64 = 16;
+
+impl ImageLimits {
+    /// Default `--max-image-pixels`: 4 Mpx (2048 × 2048), far above the 32×32..224×224 images the
+    /// producers send, small enough that a decode costs at most 64 MiB.
+    pub const DEFAULT_MAX_PIXELS: u64 = 2048 * 2048;
+
+    /// The most memory one decode may allocate; also its `image::Limits::max_alloc`.
+    pub fn bytes_per_decode(&self) -> u64 {
+        self.max_pixels.saturating_mul(DECODE_BYTES_PER_PIXEL)
+    }
+}
 
 /// Parses and checks a payload: JSON with every required field of the right type, a non-empty
-/// `ProducerID`, and `Data` that is base64 of an image the `image` crate decodes.
-pub fn parse(payload: Option<&[u8]>) -> Result<ImageMessage, Malformed> {
+/// `ProducerID`, and `Data` that is base64 of an image within `limits` that the `image` crate
+/// decodes fully.
+pub fn parse(payload: Option<&[u8]>, limits: &ImageLimits) -> Result<ImageMessage, Malformed> {
     let bytes = payload.filter(|p| !p.is_empty()).ok_or(Malformed::Empty)?;
     let text = std::str::from_utf8(bytes).map_err(|_| Malformed::NotUtf8)?;
     let value: serde_json::Value = serde_json::from_str(text).map_err(|e| Malformed::NotJson(e.to_string()))?;
@@ -97,47 +121,74 @@ pub fn parse(payload: Option<&[u8]>) -> Result<ImageMessage, Malformed> {
     if msg.producer_id.trim().is_empty() {
         return Err(Malformed::InvalidField("`ProducerID` is empty".into()));
     }
-    check_image(&msg.data)?;
+    check_image(&msg.data, limits)?;
     Ok(msg)
 }
 
-/// Decodes `Data` fully: a truncated or corrupt image is caught here, not by the service.
-pub fn check_image(data: &str) -> Result<(), Malformed> {
+/// Decodes `Data` fully: a truncated or corrupt image is caught here, not by the service. The
+/// size comes from the header first, so an image over the limit costs no pixel memory at all.
+pub fn check_image(data: &str, limits: &ImageLimits) -> Result<(), Malformed> {
     let bytes = decode_base64(data)?;
     if bytes.is_empty() {
         return Err(Malformed::BadImage("no image bytes".into()));
     }
-    let mut reader = image::ImageReader::new(Cursor::new(&bytes))
-        .with_guessed_format()
-        .map_err(|e| Malformed::BadImage(e.to_string()))?;
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_IMAGE_SIDE);
-    limits.max_image_height = Some(MAX_IMAGE_SIDE);
-    reader.limits(limits);
-    reader.decode().map_err(|e| Malformed::BadImage(e.to_string()))?;
+    let reader = || {
+        image::ImageReader::new(Cursor::new(&bytes))
+            .with_guessed_format()
+            .map_err(|e| Malformed::BadImage(e.to_string()))
+    };
+    let (width, height) = reader()?.into_dimensions().map_err(|e| Malformed::BadImage(e.to_string()))?;
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels == 0 {
+        return Err(Malformed::BadImage(format!("the image is empty ({width}x{height})")));
+    }
+    if pixels > limits.max_pixels {
+        return Err(Malformed::BadImage(format!(
+            "{width}x{height} = {pixels} pixels is over the limit of {} pixels (--max-image-pixels)",
+            limits.max_pixels
+        )));
+    }
+    let mut decoder = reader()?;
+    let mut decode_limits = image::Limits::default();
+    decode_limits.max_alloc = Some(limits.bytes_per_decode());
+    decoder.limits(decode_limits);
+    decoder.decode().map_err(|e| Malformed::BadImage(e.to_string()))?;
     Ok(())
 }
 
-/// Standard base64, with or without padding, as producers in other languages may write it.
+/// `Data`'s bytes, read as the inference service reads them (`iot_schema::infer::decode_base64`:
+/// padding optional, whitespace ignored), so that both sides agree on what is an image.
 pub fn decode_base64(data: &str) -> Result<Vec<u8>, Malformed> {
-    const LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        base64::engine::GeneralPurposeConfig::new()
-            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-    );
-    LENIENT.decode(data.trim()).map_err(|e| Malformed::BadBase64(e.to_string()))
+    iot_schema::infer::decode_base64(data).map_err(|e| Malformed::BadBase64(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use base64::engine::general_purpose::STANDARD;
+    use iot_schema::infer::encode_base64;
+
+    const LIMITS: ImageLimits = ImageLimits { max_pixels: ImageLimits::DEFAULT_MAX_PIXELS };
+
+    fn parse(payload: Option<&[u8]>) -> Result<ImageMessage, Malformed> {
+        super::parse(payload, &LIMITS)
+    }
+
+    fn check_image(data: &str) -> Result<(), Malformed> {
+        super::check_image(data, &LIMITS)
+    }
+
+    fn png_of(width: u32, height: u32) -> String {
+        let img = image::RgbImage::from_pixel(width, height, image::Rgb([10, 200, 10]));
+        let mut out = Vec::new();
+        img.write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png).unwrap();
+        encode_base64(out)
+    }
 
     fn png_base64() -> String {
         let img = image::RgbImage::from_pixel(4, 4, image::Rgb([200, 10, 10]));
         let mut out = Vec::new();
         img.write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png).unwrap();
-        STANDARD.encode(out)
+        encode_base64(out)
     }
 
     fn payload(json: serde_json::Value) -> Vec<u8> {
@@ -224,7 +275,7 @@ mod tests {
 
     #[test]
     fn base64_that_is_not_an_image() {
-        for data in [STANDARD.encode(b"just some text"), String::new()] {
+        for data in [encode_base64(b"just some text"), String::new()] {
             let mut json = good();
             json["Data"] = data.into();
             assert_eq!(parse(Some(&payload(json))).unwrap_err().code(), "bad_image");
@@ -235,7 +286,7 @@ mod tests {
     fn a_truncated_image_is_caught() {
         let full = decode_base64(&png_base64()).unwrap();
         let mut json = good();
-        json["Data"] = STANDARD.encode(&full[..full.len() / 2]).into();
+        json["Data"] = encode_base64(&full[..full.len() / 2]).into();
         assert_eq!(parse(Some(&payload(json))).unwrap_err().code(), "bad_image");
     }
 
@@ -244,6 +295,51 @@ mod tests {
         let data = png_base64();
         let unpadded = data.trim_end_matches('=');
         assert!(check_image(unpadded).is_ok());
+    }
+
+    #[test]
+    fn an_image_at_the_pixel_limit_passes_and_one_pixel_more_is_refused() {
+        let limits = ImageLimits { max_pixels: 60 * 40 };
+        assert_eq!(super::check_image(&png_of(60, 40), &limits), Ok(()));
+        assert_eq!(super::check_image(&png_of(40, 60), &limits), Ok(()));
+        let err = super::check_image(&png_of(2401, 1), &limits).unwrap_err();
+        assert_eq!(err.code(), "bad_image");
+        assert!(err.to_string().contains("2401x1 = 2401 pixels is over the limit of 2400 pixels"), "{err}");
+        let mut json = good();
+        json["Data"] = png_of(61, 40).into();
+        let err = super::parse(Some(&payload(json)), &limits).unwrap_err();
+        assert!(err.to_string().contains("--max-image-pixels"), "{err}");
+    }
+
+    #[test]
+    fn a_huge_header_is_refused_before_any_pixel_is_decoded() {
+        // A valid PNG header that claims 100000 x 100000 pixels, and no pixel data: refused from
+        // the header, by the limit (a decode would fail differently, after allocating).
+        let mut ihdr = Vec::new();
+        ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+        ihdr.extend_from_slice(&100_000u32.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        for (kind, data) in [(b"IHDR", &ihdr[..]), (b"IDAT", &[][..]), (b"IEND", &[][..])] {
+            png.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            png.extend_from_slice(kind);
+            png.extend_from_slice(data);
+            png.extend_from_slice(&crc32(kind, data).to_be_bytes());
+        }
+        let err = check_image(&encode_base64(&png)).unwrap_err();
+        assert!(err.to_string().contains("100000x100000 = 10000000000 pixels is over the limit"), "{err}");
+    }
+
+    /// The PNG chunk checksum (CRC-32, ISO 3309), so the header above is one a decoder accepts.
+    fn crc32(kind: &[u8], data: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for byte in kind.iter().chain(data) {
+            crc ^= u32::from(*byte);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub struct Metrics {
     pub infer_images: IntCounter,
     pub infer_seconds: Counter,
     pub infer_retries: IntCounter,
+    pub infer_splits: IntCounter,
     pub commits: IntCounter,
     pub commit_errors: IntCounter,
 }
@@ -53,7 +54,12 @@ impl Metrics {
             infer_requests: register.counter("infer_requests_total", "successful inference service requests"),
             infer_images: register.counter("infer_images_total", "images classified by the inference service"),
             infer_seconds: register.counter("infer_seconds_total", "time spent in successful inference requests"),
-            infer_retries: register.counter("infer_retries_total", "inference requests retried (service down or 5xx)"),
+            infer_retries: register
+                .counter("infer_retries_total", "inference requests retried (service down or failing)"),
+            infer_splits: register.counter(
+                "infer_splits_total",
+                "inference requests split in halves to isolate an image the service fails on or refuses",
+            ),
             commits: register.counter("offset_commits_total", "offset commits sent to Kafka"),
             commit_errors: register.counter("offset_commit_errors_total", "offset commits Kafka refused"),
             registry,

@@ -2,9 +2,10 @@
 //! only decides how to send many of them at once.
 //!
 //! A batch is sent as concurrent single-document `update_one(..).upsert(true)` calls, not as one
-//! multi-statement `update` command: FerretDB 1.24 (SQLite) deadlocks for good, on that database,
-//! when two multi-statement updates touching the same documents run at once, which is exactly
-//! what the two consumer groups do. Single-document upserts do not have that problem.
+//! multi-statement `update` command: FerretDB 1.24 (SQLite) as released hangs a database for good
+//! once the `update` commands in flight on it hold 100 statements between them, which the two
+//! consumer groups' batches did. `scripts/setup` builds FerretDB with a fix (docs/follow.md,
+//! "FerretDB"); single-document upserts work on any server.
 
 use std::time::Duration;
 
@@ -35,7 +36,7 @@ impl Store {
     pub async fn open(args: &MongoArgs) -> Result<Store> {
         let mut options = ClientOptions::parse(&args.mongo_uri)
             .await
-            .with_context(|| format!("invalid MongoDB URI {}", args.mongo_uri))?;
+            .with_context(|| format!("invalid MongoDB URI {}", iot_schema::redact::uri(&args.mongo_uri)))?;
         options.server_selection_timeout.get_or_insert(Duration::from_secs(10));
         options.app_name.get_or_insert_with(|| "iot-ingest".to_owned());
         let client = Client::with_options(options).context("cannot create a MongoDB client")?;

@@ -1,7 +1,7 @@
 //! The MongoDB writer on the real server (`scripts/stack up`): both consumers' upserts of the
 //! same records, at the same time, end in one complete document each, and index creation can be
-//! repeated. (FerretDB 1.24 deadlocks on concurrent multi-statement updates of the same
-//! documents; this test guards the single-document path that replaced them.)
+//! repeated. (FerretDB 1.24 as released hangs on concurrent multi-statement updates; this test
+//! guards the single-document path that replaced them. `concurrent_updates.rs` tests the server.)
 
 use std::time::Duration;
 

@@ -2,10 +2,12 @@
 //!
 //! A record travels as an [`ImageMessage`] on Kafka topic [`TOPIC_IMAGES`] and lives as an
 //! [`InferenceDoc`] in MongoDB (`iot.inferences`), keyed by [`doc_id`] so that a redelivered
-//! message can never create a second document.
+//! message can never create a second document. The inference service's HTTP request and
+//! response types are in [`infer`].
 
 use serde::{Deserialize, Serialize};
 
+pub mod infer;
 pub mod redact;
 pub mod write;
 

@@ -44,7 +44,10 @@ mod tests {
 
     #[test]
     fn passwords_are_hidden_and_the_rest_kept() {
-        assert_eq!(uri("mongodb://alice:s3cret@db:27017/iot?authSource=admin"), "mongodb://alice:****@db:27017/iot?authSource=admin");
+        assert_eq!(
+            uri("mongodb://alice:s3cret@db:27017/iot?authSource=admin"),
+            "mongodb://alice:****@db:27017/iot?authSource=admin"
+        );
         assert_eq!(uri("mongodb+srv://bob:p@ss@cluster.example/x"), "mongodb+srv://bob:****@cluster.example/x");
         assert_eq!(uri("mongodb://u:pw@h1:1,h2:2/?replicaSet=rs"), "mongodb://u:****@h1:1,h2:2/?replicaSet=rs");
     }

@@ -7,6 +7,10 @@
 //! entries stamped before the previous poll but visible only after it, and entries that share a
 //! millisecond; entries seen before are recognised by their `_id` and not acted on twice.
 //!
+//! The watermark never passes the server's clock: an entry stamped ahead of it (a client that
+//! wrote `ChangedAt` itself, a server clock stepped back) is applied and reported, but a
+//! watermark moved to its stamp would skip every entry written until the clock caught up.
+//!
 //! The log is pruned here: entries older than `retention` (and already read) are deleted.
 
 use std::collections::HashMap;
@@ -15,13 +19,17 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use bson::{doc, Bson, RawBsonRef, RawDocumentBuf};
 use iot_schema::{field, write};
-use mongodb::sync::{Client, Collection};
+use mongodb::{Client, Collection};
 
+use super::bounded;
 use super::mongo::{counted_fields, describe_id, read_document, MongoSource, Reading};
 use crate::record::Observation;
 
 /// A record's new state: its observation, or `None` once deleted (or no longer countable).
 pub type Upsert = (String, Option<Observation>);
+
+/// One looked-up record, and why it cannot be counted if it cannot.
+type Fetched = (Upsert, Option<String>);
 
 /// Records fetched at once after a poll; a burst's lookups overlap instead of queueing.
 const FETCH_THREADS: usize = 8;
@@ -29,12 +37,14 @@ const FETCH_THREADS: usize = 8;
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 pub struct ChangePoller {
-    /// For error messages.
-    uri: String,
+    /// For error messages, without its password.
+    server: String,
     client: Client,
     records: Collection<RawDocumentBuf>,
     log: Collection<RawDocumentBuf>,
     batch_size: u32,
+    /// The longest one round trip may take before the poll counts as stalled.
+    op_timeout: Duration,
     settle_ms: i64,
     retention: Duration,
     /// The newest `ChangedAt` seen so far.
@@ -61,14 +71,16 @@ impl ChangePoller {
         let client = source.client()?;
         let db = client.database(&source.db);
         let log = db.collection(&write::change_log(&source.collection));
-        let now = server_time(&client, &source.uri)?;
+        let server = iot_schema::redact::uri(&source.uri);
+        let now = server_time(&client, &server, source.op_timeout)?;
         let settle_ms = settle.as_millis() as i64;
         let mut poller = ChangePoller {
-            uri: source.uri.clone(),
+            server,
             records: db.collection(&source.collection),
             log,
             client,
             batch_size: source.batch_size,
+            op_timeout: source.op_timeout,
             settle_ms,
             retention: retention.max(settle * 2),
             watermark_ms: now.timestamp_millis() - settle_ms,
@@ -86,46 +98,77 @@ impl ChangePoller {
         self.last_poll.elapsed() + Duration::from_millis(self.settle_ms as u64) > self.retention
     }
 
+    /// How long since the last poll that succeeded.
+    pub fn since_last_poll(&self) -> Duration {
+        self.last_poll.elapsed()
+    }
+
+    /// The newest `ChangedAt` acted on, never past the server's clock: where the next poll reads
+    /// from (less the settle window).
+    pub fn watermark(&self) -> bson::DateTime {
+        bson::DateTime::from_millis(self.watermark_ms)
+    }
+
     pub fn poll(&mut self) -> Result<Changes> {
         let since = bson::DateTime::from_millis(self.watermark_ms - self.settle_ms);
         let started = Instant::now();
-        let cursor = self
+        let query = self
             .log
             .find(doc! { field::CHANGED_AT: { "$gte": since } })
             .projection(doc! { field::CHANGED_RECORD: 1, field::CHANGED_AT: 1 })
             .batch_size(self.batch_size)
-            .run()
-            .context("reading the change log failed")?;
+            .max_time(self.op_timeout);
         let mut changed: HashMap<String, Bson> = HashMap::new();
         let mut changes = Changes::default();
         // Marked seen only once their records are fetched: a failed poll is simply redone.
         let mut new_entries = Vec::new();
-        for entry in cursor {
-            let entry = entry.context("reading the change log failed")?;
+        bounded::for_each(self.op_timeout, query, |entry| {
             let get = |name| entry.get(name).ok().flatten();
             let (Some(RawBsonRef::DateTime(at)), Some(record)) = (get(field::CHANGED_AT), get(field::CHANGED_RECORD))
             else {
                 tracing::warn!(entry = %describe_id(get(field::DOC_ID)), "change-log entry without Record or ChangedAt ignored");
-                continue;
+                return;
             };
             let entry_id = describe_id(get(field::DOC_ID));
             if self.seen.contains_key(&entry_id) {
-                continue; // acted on in the overlap of an earlier poll
+                return; // acted on in the overlap of an earlier poll
             }
             new_entries.push((entry_id, at.timestamp_millis()));
             if let Ok(value) = Bson::try_from(record.to_raw_bson()) {
                 changed.insert(describe_id(Some(record)), value);
             }
-        }
+        })
+        .context("reading the change log failed")?;
         changes.upserts = self.fetch(changed, &mut changes.malformed)?;
         if let Some(newest) = new_entries.iter().map(|(_, at_ms)| *at_ms).max() {
-            self.watermark_ms = self.watermark_ms.max(newest);
+            self.advance_watermark(newest, &new_entries)?;
         }
         self.seen.extend(new_entries);
         let oldest_needed = self.watermark_ms - self.settle_ms;
         self.seen.retain(|_, at_ms| *at_ms >= oldest_needed);
         self.last_poll = started;
         Ok(changes)
+    }
+
+    /// Moves the watermark to the newest entry read, but never past the server's clock, read
+    /// after the entries were: every honest entry is stamped before that, so only entries
+    /// stamped ahead of it are held back (they are applied all the same, and remembered as seen).
+    fn advance_watermark(&mut self, newest_ms: i64, new_entries: &[(String, i64)]) -> Result<()> {
+        if newest_ms <= self.watermark_ms {
+            return Ok(());
+        }
+        let now_ms = server_time(&self.client, &self.server, self.op_timeout)?.timestamp_millis();
+        let ahead: Vec<i64> = new_entries.iter().map(|(_, at_ms)| at_ms - now_ms).filter(|ahead| *ahead > 0).collect();
+        if let Some(furthest) = ahead.iter().max() {
+            tracing::warn!(
+                entries = ahead.len(),
+                furthest_ahead_s = *furthest as f64 / 1000.0,
+                "change-log entries stamped ahead of the server clock (written with a client clock, or the \
+                 server clock went back); applied, but the watermark stays at the server clock"
+            );
+        }
+        self.watermark_ms = self.watermark_ms.max(newest_ms.min(now_ms));
+        Ok(())
     }
 
     /// The current state of each changed record, looked up by `_id` on a few connections at once.
@@ -135,7 +178,7 @@ impl ChangePoller {
             return Ok(Vec::new());
         }
         let chunk = changed.len().div_ceil(FETCH_THREADS);
-        let fetched: Vec<Result<Vec<(Upsert, Option<String>)>>> = std::thread::scope(|scope| {
+        let fetched: Vec<Result<Vec<Fetched>>> = std::thread::scope(|scope| {
             let lookups: Vec<_> = changed
                 .chunks(chunk)
                 .map(|ids| scope.spawn(move || ids.iter().map(|(id, value)| self.fetch_one(id, value)).collect()))
@@ -155,14 +198,15 @@ impl ChangePoller {
     }
 
     /// One record's state; a record that is gone (a hard delete) or a tombstone is `None`.
-    fn fetch_one(&self, id: &str, value: &Bson) -> Result<(Upsert, Option<String>)> {
-        let document = self
+    fn fetch_one(&self, id: &str, value: &Bson) -> Result<Fetched> {
+        let lookup = self
             .records
             .find_one(doc! { field::DOC_ID: value.clone() })
             .projection(counted_fields())
-            .run()
-            .with_context(|| format!("fetching changed record {id} failed"))?;
-        let (observation, problem) = match document.as_ref().map(read_document) {
+            .max_time(self.op_timeout);
+        let document =
+            bounded::call(self.op_timeout, lookup).with_context(|| format!("fetching changed record {id} failed"))?;
+        let (observation, problem) = match document.as_deref().map(read_document) {
             Some(Reading::Counted { producer_id, ground_truth, inferred }) => {
                 (Some(Observation::new(producer_id, ground_truth, inferred)), None)
             }
@@ -181,15 +225,13 @@ impl ChangePoller {
 
     fn prune_now(&mut self) {
         self.last_prune = Some(Instant::now());
-        let pruned = server_time(&self.client, &self.uri).and_then(|now| {
+        let pruned = server_time(&self.client, &self.server, self.op_timeout).and_then(|now| {
             // Never entries this follower has yet to read, whatever the retention.
             let cutoff =
                 (now.timestamp_millis() - self.retention.as_millis() as i64).min(self.watermark_ms - self.settle_ms);
-            let deleted = self
-                .log
-                .delete_many(doc! { field::CHANGED_AT: { "$lt": bson::DateTime::from_millis(cutoff) } })
-                .run()
-                .context("pruning the change log failed")?;
+            let delete =
+                self.log.delete_many(doc! { field::CHANGED_AT: { "$lt": bson::DateTime::from_millis(cutoff) } });
+            let deleted = bounded::call(self.op_timeout, delete).context("pruning the change log failed")?;
             Ok(deleted.deleted_count)
         });
         match pruned {
@@ -201,12 +243,9 @@ impl ChangePoller {
 }
 
 /// The server's clock (`hello.localTime`), which `$currentDate` also uses.
-fn server_time(client: &Client, uri: &str) -> Result<bson::DateTime> {
-    let hello = client
-        .database("admin")
-        .run_command(doc! { "hello": 1 })
-        .run()
-        .with_context(|| format!("cannot reach MongoDB at {uri}"))?;
+fn server_time(client: &Client, server: &str, op_timeout: Duration) -> Result<bson::DateTime> {
+    let hello = bounded::call(op_timeout, client.database("admin").run_command(doc! { "hello": 1 }))
+        .with_context(|| format!("cannot reach MongoDB at {server}"))?;
     Ok(hello.get_datetime("localTime").copied().unwrap_or_else(|_| {
         tracing::warn!("the server does not report localTime; using this machine's clock");
         bson::DateTime::now()

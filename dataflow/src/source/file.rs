@@ -106,6 +106,11 @@ impl Tail {
         Tail { path: path.to_owned(), offset }
     }
 
+    /// Bytes counted so far: the end of the last complete line read.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
     /// Counts the complete lines appended since the last call. A file that shrank is an error:
     /// lines already counted are gone, which only a fresh count can reflect.
     pub fn read_appended(&mut self, counts: &mut Consolidator, stats: &mut LoadStats) -> Result<()> {

@@ -1,5 +1,6 @@
 //! Sources: each worker loads its own disjoint share of the records into a [`Consolidator`].
 
+pub mod bounded;
 pub mod changes;
 pub mod file;
 pub mod json;
@@ -27,4 +28,14 @@ impl Share {
 pub enum Source {
     File(PathBuf),
     Mongo(mongo::MongoSource),
+}
+
+impl Source {
+    /// The source as messages and the as-of sidecar name it; a connection string without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            Source::File(path) => path.display().to_string(),
+            Source::Mongo(mongo) => mongo.describe(),
+        }
+    }
 }

@@ -6,14 +6,15 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use bson::{doc, Bson, Document, RawBsonRef, RawDocumentBuf};
-use iot_schema::field;
+use bson::{doc, Bson, Document, RawBsonRef, RawDocument, RawDocumentBuf};
+use iot_schema::{field, redact};
 use mongodb::options::ClientOptions;
-use mongodb::sync::{Client, Collection};
+use mongodb::{Client, Collection};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use super::bounded;
 use crate::consolidate::Consolidator;
 use crate::progress::Progress;
 use crate::stats::LoadStats;
@@ -30,8 +31,11 @@ pub struct MongoSource {
     pub collection: String,
     /// Documents per cursor batch.
     pub batch_size: u32,
-    /// How long to wait for the server before giving up.
+    /// How long to wait for the server to be reachable before giving up.
     pub timeout: Duration,
+    /// How long one round trip (a query, a batch, a lookup) may go unanswered before the server
+    /// counts as stalled.
+    pub op_timeout: Duration,
 }
 
 /// One worker's share of the collection: string ids in `[from, to)`, open where `None`; share 0
@@ -101,24 +105,38 @@ impl MongoSource {
     }
 
     pub fn client(&self) -> Result<Client> {
-        let mut options = ClientOptions::parse(&self.uri)
-            .run()
-            .with_context(|| format!("{:?} is not a valid MongoDB connection string", self.uri))?;
+        let mut options = bounded::call(self.timeout, ClientOptions::parse(&self.uri))
+            .with_context(|| format!("{:?} is not a valid MongoDB connection string", redact::uri(&self.uri)))?;
         options.server_selection_timeout = Some(self.timeout);
         options.connect_timeout = Some(self.timeout);
         options.app_name = Some("iot-dataflow".into());
-        Ok(Client::with_options(options)?)
+        Ok(bounded::enter(|| Client::with_options(options))?)
     }
 
-    fn unreachable(&self) -> String {
-        format!(
+    /// The source as messages and the as-of sidecar name it: no password.
+    pub fn describe(&self) -> String {
+        format!("{} {}.{}", redact::uri(&self.uri), self.db, self.collection)
+    }
+
+    /// Why a read failed: the server stalled (it answered nothing within `--mongo-op-timeout`),
+    /// or it could not be reached at all.
+    pub fn read_failed(&self, err: anyhow::Error) -> anyhow::Error {
+        if bounded::is_stall(&err) {
+            return err.context(format!(
+                "MongoDB at {} stopped answering while {}.{} was read",
+                redact::uri(&self.uri),
+                self.db,
+                self.collection
+            ));
+        }
+        err.context(format!(
             "cannot read {}.{} from MongoDB at {} within {}s; is the server running \
              (`scripts/stack up` starts one) and is --mongo-uri right?",
             self.db,
             self.collection,
-            self.uri,
+            redact::uri(&self.uri),
             self.timeout.as_secs()
-        )
+        ))
     }
 
     /// Worker 0 decides every worker's share: `shares` ranges, in worker order.
@@ -139,8 +157,10 @@ impl MongoSource {
                 let population = if sample.len() < size { sample.len() as u64 } else { u64::MAX };
                 (sample, population)
             }
-            Err(err) if is_not_implemented(&err) => self.scan_sample_ids(&collection, size)?,
-            Err(err) => return Err(err).with_context(|| self.unreachable()),
+            Err(err) if is_not_implemented(&err) => {
+                self.scan_sample_ids(&collection, size).map_err(|err| self.read_failed(err))?
+            }
+            Err(err) => return Err(self.read_failed(err)),
         };
         if population < MIN_DOCS_TO_SPLIT || sample.is_empty() {
             return Ok(whole());
@@ -149,14 +169,15 @@ impl MongoSource {
     }
 
     /// Random ids through `$sample`, which MongoDB serves from a random cursor.
-    fn sample_ids(&self, collection: &Collection<RawDocumentBuf>, size: usize) -> mongodb::error::Result<Vec<String>> {
+    fn sample_ids(&self, collection: &Collection<RawDocumentBuf>, size: usize) -> Result<Vec<String>> {
         let pipeline = [doc! { "$sample": { "size": size as i64 } }, doc! { "$project": { field::DOC_ID: 1 } }];
         let mut sample = Vec::with_capacity(size);
-        for document in collection.clone_with_type::<Document>().aggregate(pipeline).run()? {
-            if let Some(Bson::String(id)) = document?.get(field::DOC_ID) {
-                sample.push(id.clone());
+        let query = collection.aggregate(pipeline).max_time(self.op_timeout).with_type::<RawDocumentBuf>();
+        bounded::for_each(self.op_timeout, query, |document| {
+            if let Ok(Some(RawBsonRef::String(id))) = document.get(field::DOC_ID) {
+                sample.push(id.to_owned());
             }
-        }
+        })?;
         Ok(sample)
     }
 
@@ -166,18 +187,16 @@ impl MongoSource {
         tracing::info!("the server has no $sample; planning the split from a scan of the ids");
         let mut rng = SmallRng::seed_from_u64(0x5eed);
         let mut sample = Vec::with_capacity(size);
-        let cursor = collection
+        let query = collection
             .find(doc! {})
             .projection(doc! { field::DOC_ID: 1 })
             .batch_size(self.batch_size)
-            .run()
-            .with_context(|| self.unreachable())?;
+            .max_time(self.op_timeout);
         let mut scanned = 0u64;
-        for document in cursor {
+        bounded::for_each(self.op_timeout, query, |document| {
             let seen = scanned;
             scanned += 1;
-            let document = document.with_context(|| self.unreachable())?;
-            let Some(RawBsonRef::String(id)) = document.get(field::DOC_ID).ok().flatten() else { continue };
+            let Ok(Some(RawBsonRef::String(id))) = document.get(field::DOC_ID) else { return };
             if sample.len() < size {
                 sample.push(id.to_owned());
             } else {
@@ -186,7 +205,7 @@ impl MongoSource {
                     sample[slot] = id.to_owned();
                 }
             }
-        }
+        })?;
         Ok((sample, scanned))
     }
 
@@ -202,29 +221,24 @@ impl MongoSource {
     }
 
     /// Calls `each` for every document of one share, fetching only the fields the count needs.
-    pub fn scan_range(
-        &self,
-        range: &KeyRange,
-        progress: &Progress,
-        mut each: impl FnMut(&RawDocumentBuf),
-    ) -> Result<()> {
+    pub fn scan_range(&self, range: &KeyRange, progress: &Progress, mut each: impl FnMut(&RawDocument)) -> Result<()> {
         let collection = self.connect()?;
         for filter in range.filters() {
-            let cursor = collection
+            let query = collection
                 .find(filter)
                 .projection(counted_fields())
                 .batch_size(self.batch_size)
-                .run()
-                .with_context(|| self.unreachable())?;
+                .max_time(self.op_timeout);
             let mut unreported = 0;
-            for document in cursor {
-                each(&document.with_context(|| self.unreachable())?);
+            bounded::for_each(self.op_timeout, query, |document| {
+                each(document);
                 unreported += 1;
                 if unreported == 4096 {
                     progress.add(unreported);
                     unreported = 0;
                 }
-            }
+            })
+            .map_err(|err| self.read_failed(err))?;
             progress.add(unreported);
         }
         Ok(())
@@ -244,7 +258,7 @@ pub enum Reading<'a> {
     Malformed(String),
 }
 
-pub fn read_document(document: &RawDocumentBuf) -> Reading<'_> {
+pub fn read_document(document: &RawDocument) -> Reading<'_> {
     let get = |name| document.get(name).ok().flatten();
     if let Some(RawBsonRef::Boolean(true)) = get(field::DELETED) {
         return Reading::Deleted;
@@ -270,16 +284,18 @@ pub fn read_document(document: &RawDocumentBuf) -> Reading<'_> {
 }
 
 /// The document's `_id` as text, for keys and reports.
-pub fn document_id(document: &RawDocumentBuf) -> String {
+pub fn document_id(document: &RawDocument) -> String {
     describe_id(document.get(field::DOC_ID).ok().flatten())
 }
 
-fn is_not_implemented(err: &mongodb::error::Error) -> bool {
+fn is_not_implemented(err: &anyhow::Error) -> bool {
     // 238 NotImplemented (FerretDB), 40324 unrecognized pipeline stage (older MongoDB).
-    matches!(&*err.kind, mongodb::error::ErrorKind::Command(e) if e.code == 238 || e.code == 40324)
+    err.downcast_ref::<mongodb::error::Error>().is_some_and(
+        |err| matches!(&*err.kind, mongodb::error::ErrorKind::Command(e) if e.code == 238 || e.code == 40324),
+    )
 }
 
-fn count_document(document: &RawDocumentBuf, counts: &mut Consolidator, stats: &mut LoadStats) {
+fn count_document(document: &RawDocument, counts: &mut Consolidator, stats: &mut LoadStats) {
     stats.records += 1;
     match read_document(document) {
         Reading::Counted { producer_id, ground_truth, inferred } => counts.add(producer_id, ground_truth, inferred, 1),
@@ -323,6 +339,19 @@ mod tests {
         assert_eq!(ranges[0].filters().len(), 2);
         assert_eq!(ranges[1].filters().len(), 1, "strings from 'a' on");
         assert!(ranges[2].filters().is_empty());
+    }
+
+    #[test]
+    fn the_source_is_described_without_its_password() {
+        let source = MongoSource {
+            uri: "mongodb://reader:s3cret@db:27017/?authSource=admin".into(),
+            db: "iot".into(),
+            collection: "inferences".into(),
+            batch_size: 1,
+            timeout: Duration::from_secs(1),
+            op_timeout: Duration::from_secs(1),
+        };
+        assert_eq!(source.describe(), "mongodb://reader:****@db:27017/?authSource=admin iot.inferences");
     }
 
     #[test]

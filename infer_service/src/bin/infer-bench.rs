@@ -14,12 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine;
 use clap::Parser;
 use image::{ImageEncoder, RgbImage};
 use indicatif::{ProgressBar, ProgressStyle};
-use infer_service::api::{HealthResponse, InferRequest, InferResponse};
+use infer_service::api::{encode_base64, HealthResponse, InferRequest, InferResponse};
 use infer_service::model::{Classifier, SessionOptions};
 use infer_service::preprocess::{Preprocessor, DEFAULT_RESIZE_RATIO};
 use infer_service::{RunningService, ServiceConfig};
@@ -319,7 +317,7 @@ fn cifar_pngs(cifar: &Path, count: usize) -> anyhow::Result<Vec<Vec<u8>>> {
 fn request_bodies(cifar: &Path, count: usize) -> anyhow::Result<Vec<String>> {
     cifar_pngs(cifar, count)?
         .into_iter()
-        .map(|png| Ok(serde_json::to_string(&InferRequest { images: vec![BASE64.encode(png)] })?))
+        .map(|png| Ok(serde_json::to_string(&InferRequest { images: vec![encode_base64(png)] })?))
         .collect()
 }
 
@@ -380,8 +378,13 @@ async fn measure(
                         .error_for_status()?;
                     let answer: InferResponse = response.json().await?;
                     latencies.push(sent.elapsed());
-                    if answer.results.len() != 1 {
-                        bail!("expected one result, got {}", answer.results.len());
+                    match answer.results.as_slice() {
+                        [outcome] => {
+                            if let Some(failure) = outcome.failure() {
+                                bail!("image not classified ({}): {}", failure.code.as_str(), failure.error);
+                            }
+                        }
+                        results => bail!("expected one result, got {}", results.len()),
                     }
                     if let Some(bar) = &bar {
                         bar.inc(1);

@@ -9,8 +9,8 @@ use clap::Parser;
 
 use super::{Handled, Handler};
 use crate::args::{ConsumerArgs, KafkaArgs, MongoArgs};
-use crate::backoff::{Backoff, ShutdownRequested};
-use crate::infer_client::{InferClient, InferError, InferReply};
+use crate::backoff::{Backoff, Failure, ShutdownRequested};
+use crate::infer_client::{FailureCode, ImageOutcome, InferClient, InferError, InferResponse};
 use crate::latency::{LatencyLog, LatencyRow};
 use crate::message::{Malformed, Parsed};
 use crate::metrics::Metrics;
@@ -40,9 +40,13 @@ pub struct InferConsumerArgs {
     /// Inference requests (each followed by its MongoDB write) in flight at once.
     #[arg(long, env = "IOT_IN_FLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub in_flight: u64,
-    /// Time limit of one inference request.
+    /// Time limit of one inference request (its retries get twice, then four times as long).
     #[arg(long, env = "IOT_REQUEST_TIMEOUT_S", default_value_t = 60, value_name = "SECONDS")]
     pub request_timeout_s: u64,
+    /// Failed tries (HTTP 500/504, no answer in time, a per-image `inference_failed`) of one
+    /// request before its images are narrowed down, and of one image before it is dead-lettered.
+    #[arg(long, env = "IOT_INFER_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub infer_attempts: u32,
     /// Append `ProducerID,ID,SentAt,InferredAt,latency_ms` for each stored inference here.
     #[arg(long, env = "IOT_LATENCY_LOG", value_name = "FILE")]
     pub latency_log: Option<PathBuf>,
@@ -52,76 +56,192 @@ pub struct InferenceWriter {
     client: InferClient,
     store: Store,
     backoff: Backoff,
+    /// Failed tries of one request before its images are narrowed down (`--infer-attempts`).
+    attempts: u32,
     metrics: Arc<Metrics>,
     latency: Option<LatencyLog>,
 }
 
 /// The service's verdict on one image.
 enum Verdict {
-    Label { label: String, model_id: String },
-    Refused(String),
+    Label {
+        label: String,
+        model_id: String,
+    },
+    /// Dead-letter it, for this reason.
+    Refused(Malformed),
+}
+
+/// Images of a batch (indices) still without a verdict, sent together in one request, and how
+/// many failed tries that request gets before the group is split.
+struct Group {
+    images: Vec<usize>,
+    attempts: u32,
+}
+
+/// Why a request gave no verdict for every image of its group, once its tries are used up.
+#[derive(Debug, thiserror::Error)]
+enum Unsettled {
+    #[error(transparent)]
+    Request(#[from] InferError),
+    /// The service answered, but failed on some of the images (`inference_failed`).
+    #[error("the service failed on {failed} of the images: {reason}")]
+    SomeImages { response: InferResponse, failed: usize, reason: String },
+}
+
+impl Unsettled {
+    fn into_failure(self) -> Failure<Unsettled> {
+        match self {
+            Unsettled::Request(err) => match err.into_failure() {
+                Failure::Unavailable { why, after } => Failure::Unavailable { why, after },
+                Failure::Failed(err) => Failure::Failed(Unsettled::Request(err)),
+                Failure::Final(err) => Failure::Final(Unsettled::Request(err)),
+            },
+            some @ Unsettled::SomeImages { .. } => Failure::Failed(some),
+        }
+    }
+}
+
+/// An answer in which the service failed on some images (it may succeed on a retry).
+fn check_failures(response: InferResponse) -> Result<InferResponse, Unsettled> {
+    let failures: Vec<&str> = response
+        .results
+        .iter()
+        .filter_map(|outcome| match outcome {
+            ImageOutcome::Failed(f) if f.code == FailureCode::InferenceFailed => Some(f.error.as_str()),
+            _ => None,
+        })
+        .collect();
+    match failures.first() {
+        None => Ok(response),
+        Some(first) => {
+            let (failed, reason) = (failures.len(), (*first).to_owned());
+            Err(Unsettled::SomeImages { response, failed, reason })
+        }
+    }
 }
 
 impl InferenceWriter {
-    /// One request, retried while the service is down or failing; a rejection is returned.
+    /// One request for `images`, retried without limit while the service is unavailable and up
+    /// to `attempts` times while it fails; what it could not settle is handed back. Each retry
+    /// waits longer for its answer (twice, then four times `--request-timeout-s`), so that a
+    /// service that is merely slow under load is not mistaken for one that hangs on an image.
     async fn infer_with_retry(
         &self,
         images: &[&str],
+        attempts: u32,
         shutdown: &Shutdown,
-    ) -> Result<Result<InferReply, InferError>, ShutdownRequested> {
-        let mut backoff = self.backoff.clone();
-        let mut shutdown = shutdown.clone();
-        loop {
-            let started = Instant::now();
-            match self.client.infer(images).await {
-                Ok(reply) => {
-                    self.metrics.infer_requests.inc();
-                    self.metrics.infer_images.inc_by(images.len() as u64);
-                    self.metrics.infer_seconds.inc_by(started.elapsed().as_secs_f64());
-                    return Ok(Ok(reply));
-                }
-                Err(rejected @ InferError::Rejected { .. }) => return Ok(Err(rejected)),
-                Err(InferError::Unavailable(why)) => {
-                    self.metrics.infer_retries.inc();
-                    if shutdown.is_requested() {
-                        return Err(ShutdownRequested);
-                    }
-                    let delay = backoff.next_delay();
-                    tracing::warn!(
-                        "inference of {} image(s) failed (attempt {}): {why}; retrying in {} ms",
-                        images.len(),
-                        backoff.attempts(),
-                        delay.as_millis()
-                    );
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.requested() => return Err(ShutdownRequested),
-                    }
-                }
+    ) -> Result<Result<InferResponse, Unsettled>, ShutdownRequested> {
+        let what = format!("inference of {} image(s)", images.len());
+        let mut tries = 0u32;
+        crate::backoff::retry_bounded(&what, self.backoff.clone(), attempts, shutdown, || {
+            tries += 1;
+            if tries > 1 {
+                self.metrics.infer_retries.inc();
             }
-        }
+            let timeout = self.client.timeout() * 2u32.pow(tries.saturating_sub(1).min(2));
+            async move {
+                let started = Instant::now();
+                let answer = self.client.infer_within(images, timeout).await;
+                let response = answer.map_err(|e| Unsettled::from(e).into_failure())?;
+                self.metrics.infer_requests.inc();
+                self.metrics.infer_images.inc_by(images.len() as u64);
+                self.metrics.infer_seconds.inc_by(started.elapsed().as_secs_f64());
+                check_failures(response).map_err(Unsettled::into_failure)
+            }
+        })
+        .await
     }
 
-    /// A verdict per record. When the service rejects a batch, each image is sent alone so that
-    /// only the bad ones are refused.
-    async fn classify(&self, batch: &[Parsed], shutdown: &Shutdown) -> Result<Vec<Verdict>, ShutdownRequested> {
-        let images: Vec<&str> = batch.iter().map(|p| p.msg.data.as_str()).collect();
-        let verdicts = |reply: InferReply| {
-            reply.results.into_iter().map(move |r| Verdict::Label { label: r.label, model_id: reply.model_id.clone() })
-        };
-        match self.infer_with_retry(&images, shutdown).await? {
-            Ok(reply) => return Ok(verdicts(reply).collect()),
-            Err(InferError::Rejected { reason, .. }) if images.len() == 1 => return Ok(vec![Verdict::Refused(reason)]),
-            Err(err) => tracing::info!("{err}; sending the {} images one by one", images.len()),
-        }
-        let mut out = Vec::with_capacity(images.len());
-        for image in images {
-            match self.infer_with_retry(&[image], shutdown).await? {
-                Ok(reply) => out.extend(verdicts(reply)),
-                Err(err) => out.push(Verdict::Refused(err.to_string())),
+    /// A verdict per record. A request the service keeps failing (or refuses) is split in
+    /// halves until the image at fault is alone; that image is dead-lettered, and every other
+    /// one gets its label.
+    async fn classify(&self, batch: &[Parsed], shutdown: &Shutdown) -> Result<Vec<Option<Verdict>>, ShutdownRequested> {
+        let mut verdicts: Vec<Option<Verdict>> = batch.iter().map(|_| None).collect();
+        let mut todo = vec![Group { images: (0..batch.len()).collect(), attempts: self.attempts }];
+        let mut sick = self.backoff.clone();
+        while let Some(group) = todo.pop() {
+            let images: Vec<&str> = group.images.iter().map(|&i| batch[i].msg.data.as_str()).collect();
+            let (failed, why) = match self.infer_with_retry(&images, group.attempts, shutdown).await? {
+                Ok(response) => (settle(&group.images, response, &mut verdicts), String::new()),
+                Err(Unsettled::SomeImages { response, reason, .. }) => {
+                    (settle(&group.images, response, &mut verdicts), reason)
+                }
+                Err(Unsettled::Request(InferError::Rejected { reason, .. })) if group.images.len() == 1 => {
+                    verdicts[group.images[0]] = Some(Verdict::Refused(Malformed::RejectedByService(reason)));
+                    continue;
+                }
+                Err(Unsettled::Request(rejected @ InferError::Rejected { .. })) => {
+                    // A refused request has not failed: its halves get their full tries.
+                    tracing::info!("{rejected}; sending the {} images in two halves", images.len());
+                    self.metrics.infer_splits.inc();
+                    todo.extend(halves(group.images, |_| self.attempts));
+                    continue;
+                }
+                Err(Unsettled::Request(err)) => (group.images, err.to_string()),
+            };
+            if let [alone] = failed[..] {
+                if self.client.classifies_known_good_image().await {
+                    verdicts[alone] = Some(Verdict::Refused(Malformed::InferenceFailed(why)));
+                    continue;
+                }
+                // The service fails a good image too: it is sick, not this image. Waiting for
+                // it loses nothing; dead-lettering would empty the topic into the dead letters.
+                let delay = sick.next_delay();
+                tracing::warn!(
+                    "{why}; but the service fails a known-good image as well: trying again in {} ms",
+                    delay.as_millis()
+                );
+                self.metrics.infer_retries.inc();
+                wait(delay, shutdown).await?;
+                todo.push(Group { images: failed, attempts: self.attempts });
+            } else if !failed.is_empty() {
+                tracing::info!("{why}; sending the {} images that failed in two halves", failed.len());
+                self.metrics.infer_splits.inc();
+                // The group as a whole failed its tries already: a half that fails once is split
+                // again at once; an image alone gets its full tries.
+                todo.extend(halves(failed, |n| if n == 1 { self.attempts } else { 1 }));
             }
         }
-        Ok(out)
+        // Every group ends with a verdict for each of its images, or in groups that will.
+        Ok(verdicts)
+    }
+}
+
+/// Records the verdicts of a group's answer; returns the images the service failed on.
+fn settle(images: &[usize], response: InferResponse, verdicts: &mut [Option<Verdict>]) -> Vec<usize> {
+    let mut failed = Vec::new();
+    for (&i, outcome) in images.iter().zip(response.results) {
+        verdicts[i] = match outcome {
+            ImageOutcome::Classified(result) => {
+                Some(Verdict::Label { label: result.label, model_id: response.model_id.clone() })
+            }
+            ImageOutcome::Failed(f) if f.code == FailureCode::BadImage => {
+                Some(Verdict::Refused(Malformed::RejectedByService(f.error)))
+            }
+            ImageOutcome::Failed(_) => {
+                failed.push(i);
+                None
+            }
+        };
+    }
+    failed
+}
+
+/// Two groups of (about) half the images each, the first half last so that it is tried first.
+fn halves(mut images: Vec<usize>, attempts: impl Fn(usize) -> u32) -> impl Iterator<Item = Group> {
+    let second = images.split_off(images.len() / 2);
+    [second, images]
+        .into_iter()
+        .filter(|half| !half.is_empty())
+        .map(move |half| Group { attempts: attempts(half.len()), images: half })
+}
+
+async fn wait(delay: Duration, shutdown: &Shutdown) -> Result<(), ShutdownRequested> {
+    let mut shutdown = shutdown.clone();
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => Ok(()),
+        _ = shutdown.requested() => Err(ShutdownRequested),
     }
 }
 
@@ -135,7 +255,7 @@ impl Handler for InferenceWriter {
         let stamp = bson::DateTime::from_millis(inferred_at);
         let mut writes = Vec::with_capacity(batch.len());
         for (parsed, verdict) in batch.iter().zip(&verdicts) {
-            if let Verdict::Label { label, model_id } = verdict {
+            if let Some(Verdict::Label { label, model_id }) = verdict {
                 writes.push(iot_schema::write::store_inference(&parsed.msg, label, model_id, stamp));
             }
         }
@@ -150,23 +270,25 @@ impl Handler for InferenceWriter {
             .into_iter()
             .zip(verdicts)
             .map(|(parsed, verdict)| match (verdict, &written) {
-                (Verdict::Refused(reason), _) => {
-                    Handled::Rejected(Box::new(parsed), Malformed::RejectedByService(reason))
+                (Some(Verdict::Refused(reason)), _) => Handled::Rejected(Box::new(parsed), reason),
+                (Some(Verdict::Label { .. }), Ok(())) => Handled::Written(parsed.inbound.pos),
+                (Some(Verdict::Label { .. }), Err(_)) => Handled::Abandoned(parsed.inbound.pos),
+                (None, _) => {
+                    tracing::error!("no verdict for the record at {:?}: left for redelivery", parsed.inbound.pos);
+                    Handled::Abandoned(parsed.inbound.pos)
                 }
-                (Verdict::Label { .. }, Ok(())) => Handled::Written(parsed.inbound.pos),
-                (Verdict::Label { .. }, Err(_)) => Handled::Abandoned(parsed.inbound.pos),
             })
             .collect()
     }
 }
 
 impl InferenceWriter {
-    fn log_latencies(&self, batch: &[Parsed], verdicts: &[Verdict], inferred_at: i64) {
+    fn log_latencies(&self, batch: &[Parsed], verdicts: &[Option<Verdict>], inferred_at: i64) {
         let Some(log) = &self.latency else { return };
         let rows: Vec<LatencyRow> = batch
             .iter()
             .zip(verdicts)
-            .filter(|(_, v)| matches!(v, Verdict::Label { .. }))
+            .filter(|(_, v)| matches!(v, Some(Verdict::Label { .. })))
             .filter_map(|(p, _)| {
                 p.msg.sent_at_ms.map(|sent| LatencyRow::new(&p.msg.producer_id, p.msg.id, sent, inferred_at))
             })
@@ -192,6 +314,7 @@ pub async fn run(args: InferConsumerArgs, metrics: Arc<Metrics>, shutdown: Shutd
         client,
         store,
         backoff: args.consumer.backoff(),
+        attempts: args.infer_attempts,
         metrics: metrics.clone(),
         latency,
     });
@@ -202,4 +325,56 @@ pub async fn run(args: InferConsumerArgs, metrics: Arc<Metrics>, shutdown: Shutd
         consumer: args.consumer.clone(),
     };
     super::run(&args.kafka, settings, handler, metrics, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(outcomes: &str) -> InferResponse {
+        serde_json::from_str(&format!(r#"{{"model_id":"m","results":[{outcomes}]}}"#)).unwrap()
+    }
+
+    const CAT: &str = r#"{"label":"cat","class":"tabby","class_index":281,"score":0.5}"#;
+    const BAD: &str = r#"{"error":"not a JPEG or PNG","code":"bad_image"}"#;
+    const FAILED: &str = r#"{"error":"out of memory","code":"inference_failed"}"#;
+
+    #[test]
+    fn halves_split_evenly_first_half_first_and_never_empty() {
+        let groups: Vec<Group> = halves(vec![4, 5, 6, 7, 8], |n| n as u32).collect();
+        // Popped from the end of the to-do stack: the first half is tried first.
+        assert_eq!(groups[1].images, [4, 5]);
+        assert_eq!(groups[0].images, [6, 7, 8]);
+        assert_eq!((groups[0].attempts, groups[1].attempts), (3, 2));
+        assert_eq!(halves(vec![9], |_| 1).map(|g| g.images).collect::<Vec<_>>(), [vec![9]]);
+    }
+
+    #[test]
+    fn an_answer_with_an_inference_failure_is_retried_with_its_reason() {
+        assert!(check_failures(response(&format!("{CAT},{BAD}"))).is_ok());
+        let Err(Unsettled::SomeImages { failed, reason, .. }) = check_failures(response(&format!("{CAT},{FAILED}")))
+        else {
+            panic!("an inference failure must be retried")
+        };
+        assert_eq!((failed, reason.as_str()), (1, "out of memory"));
+    }
+
+    #[test]
+    fn settle_labels_refuses_bad_images_and_returns_the_failed_ones() {
+        let mut verdicts: Vec<Option<Verdict>> = (0..5).map(|_| None).collect();
+        let failed = settle(&[1, 3, 4], response(&format!("{CAT},{BAD},{FAILED}")), &mut verdicts);
+        assert_eq!(failed, [4]);
+        assert!(matches!(&verdicts[1], Some(Verdict::Label { label, model_id }) if label == "cat" && model_id == "m"));
+        assert!(matches!(&verdicts[3], Some(Verdict::Refused(m)) if m.code() == "rejected_by_service"));
+        assert!(verdicts[0].is_none() && verdicts[2].is_none() && verdicts[4].is_none());
+    }
+
+    #[test]
+    fn failures_are_classified_for_the_retry_loop() {
+        let unavailable = Unsettled::Request(InferError::Unavailable { why: "503".into(), retry_after: None });
+        assert!(matches!(unavailable.into_failure(), Failure::Unavailable { .. }));
+        assert!(matches!(Unsettled::Request(InferError::Failed("500".into())).into_failure(), Failure::Failed(_)));
+        let rejected = Unsettled::Request(InferError::Rejected { status: 413, reason: "too big".into() });
+        assert!(matches!(rejected.into_failure(), Failure::Final(_)));
+    }
 }

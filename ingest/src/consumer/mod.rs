@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::args::{ConsumerArgs, KafkaArgs};
 use crate::backoff::Backoff;
 use crate::dlq::DeadLetters;
-use crate::message::{self, Inbound, Malformed, Parsed};
+use crate::message::{Inbound, Malformed, Parsed};
 use crate::metrics::Metrics;
 use crate::offsets::{OffsetTracker, Position};
 use crate::shutdown::Shutdown;
@@ -99,6 +99,7 @@ fn describe(tpl: &TopicPartitionList) -> String {
 /// Everything a batch task needs besides the batch.
 struct TaskKit<H> {
     handler: Arc<H>,
+    decoder: crate::decode::Decoder,
     dead_letters: DeadLetters,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
@@ -116,16 +117,13 @@ pub async fn run<H: Handler>(
     let config = crate::kafka::consumer_config(kafka, &settings.group, settings.consumer.session_timeout_ms);
     let consumer: StreamConsumer<EngineContext> = config
         .create_with_context(EngineContext { metrics: metrics.clone() })
+        .map_err(|e| crate::kafka::creation_error(e, kafka))
         .with_context(|| format!("cannot create a Kafka consumer for {}", kafka.brokers))?;
     consumer.subscribe(&[kafka.topic.as_str()]).with_context(|| format!("cannot subscribe to {}", kafka.topic))?;
     let kit = Arc::new(TaskKit {
         handler,
-        dead_letters: DeadLetters {
-            producer: crate::kafka::producer(kafka)?,
-            topic: settings.consumer.dlq_topic.clone(),
-            group: settings.group.clone(),
-            backoff: settings.consumer.backoff(),
-        },
+        decoder: settings.consumer.decoder(),
+        dead_letters: DeadLetters::new(kafka, &settings.consumer, &settings.group)?,
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
     });
@@ -278,7 +276,7 @@ async fn handle_batch<H: Handler>(kit: &TaskKit<H>, batch: Vec<Inbound>) -> Vec<
     let mut done = Vec::with_capacity(batch.len());
     let mut good = Vec::with_capacity(batch.len());
     for inbound in batch {
-        match message::parse(inbound.payload.as_deref()) {
+        match kit.decoder.parse(inbound.payload.as_deref()).await {
             Ok(msg) => good.push(Parsed { inbound, msg }),
             Err(reason) => dead_letter(kit, &inbound, &reason, &mut done).await,
         }

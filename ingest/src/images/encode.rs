@@ -4,7 +4,6 @@
 use std::io::Cursor;
 
 use anyhow::{Context, Result};
-use base64::Engine;
 use image::codecs::jpeg::JpegEncoder;
 use image::RgbImage;
 
@@ -37,7 +36,7 @@ impl Encoding {
     }
 
     pub fn encode_base64(&self, img: &RgbImage) -> Result<String> {
-        Ok(base64::engine::general_purpose::STANDARD.encode(self.encode(img)?))
+        Ok(iot_schema::infer::encode_base64(self.encode(img)?))
     }
 }
 
@@ -61,7 +60,8 @@ mod tests {
     fn jpeg_is_close_and_decodable_by_the_consumer_checks() {
         let enc = Encoding { format: Format::Jpeg, jpeg_quality: 95 };
         let data = enc.encode_base64(&gradient()).unwrap();
-        crate::message::check_image(&data).unwrap();
+        let limits = crate::message::ImageLimits { max_pixels: crate::message::ImageLimits::DEFAULT_MAX_PIXELS };
+        crate::message::check_image(&data, &limits).unwrap();
         let bytes = crate::message::decode_base64(&data).unwrap();
         let back = image::load_from_memory(&bytes).unwrap().to_rgb8();
         let diff: u64 = back.as_raw().iter().zip(gradient().as_raw()).map(|(a, b)| a.abs_diff(*b) as u64).sum();

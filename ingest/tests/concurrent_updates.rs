@@ -1,0 +1,222 @@
+//! Concurrent updates of the same documents on the real server (`scripts/stack up`): none may be
+//! lost and none may hang. MongoDB applies each update to its document atomically; FerretDB 1.24
+//! (SQLite) as released reads the document and writes it back in two unsynchronised steps, so
+//! one writer's `$set` can silently overwrite another's, and it hangs when multi-statement
+//! updates in flight hold 100 statements. `scripts/setup` builds FerretDB with a fix
+//! (docs/follow.md, "FerretDB"); every test here fails without it.
+
+use std::time::Duration;
+
+use bson::{doc, DateTime, Document};
+use iot_ingest::args::MongoArgs;
+use iot_ingest::store::Store;
+use iot_schema::write::{store_inference, store_metadata};
+use iot_schema::{field, ImageMessage};
+use mongodb::{Client, Collection};
+use tokio::task::JoinSet;
+
+/// Documents every writer of the first test updates.
+const DOCUMENTS: i64 = 500;
+/// Writers of the first test, each with its own client (as separate processes would be) and its
+/// own field.
+const WRITERS: usize = 2;
+/// Documents all writers update at the same moment: every document is updated by all writers at
+/// once, so their reads and writes overlap.
+const ROUND: i64 = 16;
+/// Records both consumers write in the second test.
+const RECORDS: i64 = 1_000;
+/// Statements of each multi-statement `update` command in the third test: more than FerretDB's
+/// 100 SQLite connections per database, which an unfixed server holds one per statement.
+const STATEMENTS: i64 = 150;
+/// A deadlock must fail the test rather than hang it.
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn mongo_uri() -> String {
+    std::env::var("IOT_MONGO_URI").unwrap_or_else(|_| "mongodb://127.0.0.1:27017".to_owned())
+}
+
+fn unique_db(test: &str) -> String {
+    format!("{test}_{}_{}", std::process::id(), iot_ingest::now_ms())
+}
+
+async fn client() -> Client {
+    let uri = mongo_uri();
+    let client = Client::with_uri_str(&uri).await.expect("MongoDB client");
+    let ping = client.database("admin").run_command(doc! { "ping": 1 }).await;
+    assert!(ping.is_ok(), "MongoDB does not answer at {uri} ({:?}): start the stack with scripts/stack up", ping.err());
+    client
+}
+
+fn writer_field(writer: usize) -> String {
+    format!("writer{writer}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sets_of_different_fields_of_the_same_documents_all_survive() {
+    let db = unique_db("concurrent_sets");
+    let mut writers = Vec::new();
+    for _ in 0..WRITERS {
+        writers.push(client().await.database(&db).collection::<Document>("docs"));
+    }
+    let docs = writers[0].clone();
+    docs.insert_many((0..DOCUMENTS).map(|id| doc! { "_id": id })).await.expect("insert the documents");
+
+    let outcome = tokio::time::timeout(DEADLINE, set_in_rounds(&writers)).await;
+    let Ok(written) = outcome else {
+        panic!("concurrent updates did not finish within {DEADLINE:?} (a server-side deadlock?)")
+    };
+    written.expect("updates");
+    let (seen, lost) = lost_sets(&docs).await;
+    docs.client().database(&db).drop().await.expect("drop the test database");
+
+    assert_eq!(seen, DOCUMENTS, "documents read back");
+    assert_none_lost(&lost, DOCUMENTS * WRITERS as i64);
+}
+
+/// Every writer sets its field to the document's `_id` on every document, [`ROUND`] documents
+/// at a time, all writers on the same documents at once.
+async fn set_in_rounds(writers: &[Collection<Document>]) -> mongodb::error::Result<()> {
+    for first in (0..DOCUMENTS).step_by(ROUND as usize) {
+        let mut running = JoinSet::new();
+        for id in first..(first + ROUND).min(DOCUMENTS) {
+            for (writer, docs) in writers.iter().enumerate() {
+                let docs = docs.clone();
+                running.spawn(async move {
+                    docs.update_one(doc! { "_id": id }, doc! { "$set": { writer_field(writer): id } }).await
+                });
+            }
+        }
+        while let Some(done) = running.join_next().await {
+            let result = done.expect("an update task panicked")?;
+            assert_eq!(result.matched_count, 1, "every update targets an existing document");
+        }
+    }
+    Ok(())
+}
+
+/// How many documents there are, and `id.field` for every writer's field missing or wrong.
+async fn lost_sets(docs: &Collection<Document>) -> (i64, Vec<String>) {
+    let (mut seen, mut lost) = (0, Vec::new());
+    let mut cursor = docs.find(doc! {}).await.expect("find");
+    while cursor.advance().await.expect("read the documents back") {
+        let doc = cursor.deserialize_current().expect("a document");
+        let id = doc.get_i64("_id").expect("an Int64 _id");
+        seen += 1;
+        for writer in 0..WRITERS {
+            let name = writer_field(writer);
+            if doc.get_i64(&name) != Ok(id) {
+                lost.push(format!("{id}.{name}"));
+            }
+        }
+    }
+    (seen, lost)
+}
+
+fn assert_none_lost(lost: &[String], updates: i64) {
+    let examples = &lost[..lost.len().min(5)];
+    assert!(lost.is_empty(), "{} of {updates} acknowledged updates lost, e.g. {examples:?}", lost.len());
+}
+
+async fn store(db: &str) -> Store {
+    client().await; // fails clearly when the server is down
+    Store::open(&MongoArgs {
+        mongo_uri: mongo_uri(),
+        db: db.to_owned(),
+        collection: iot_schema::DEFAULT_COLLECTION.to_owned(),
+        write_concurrency: 8,
+    })
+    .await
+    .expect("MongoDB client")
+}
+
+fn message(id: i64) -> ImageMessage {
+    ImageMessage {
+        id,
+        producer_id: format!("cam-{}", id % 3),
+        ground_truth: "cat".into(),
+        data: String::new(),
+        sent_at_ms: Some(1_700_000_000_000 + id),
+    }
+}
+
+/// One delivery of every message to both consumers: what they write, with their own values.
+struct Delivery {
+    at: DateTime,
+    label: &'static str,
+    model: &'static str,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_and_inference_written_at_once_both_survive_a_redelivery() {
+    let db = unique_db("concurrent_contract");
+    let (db_consumer, infer_consumer) = (store(&db).await, store(&db).await);
+    let messages: Vec<ImageMessage> = (0..RECORDS).map(message).collect();
+    // The first delivery creates the records; the redelivery (both consumers restarted, a new
+    // model) updates existing ones at the same time, which is where a field can be lost.
+    let first = Delivery { at: DateTime::from_millis(1_000), label: "dog", model: "model-1" };
+    let redelivery = Delivery { at: DateTime::from_millis(2_000), label: "cat", model: "model-2" };
+    for delivery in [&first, &redelivery] {
+        let metadata: Vec<_> = messages.iter().map(|m| store_metadata(m, delivery.at)).collect();
+        let inference: Vec<_> =
+            messages.iter().map(|m| store_inference(m, delivery.label, delivery.model, delivery.at)).collect();
+        let both = async { tokio::try_join!(db_consumer.upsert_all(&metadata), infer_consumer.upsert_all(&inference)) };
+        let Ok(written) = tokio::time::timeout(DEADLINE, both).await else {
+            panic!("concurrent upserts did not finish within {DEADLINE:?} (a server-side deadlock?)")
+        };
+        written.expect("upserts");
+    }
+
+    let records = db_consumer.collection();
+    let total = records.count_documents(doc! {}).await.expect("count");
+    let complete = doc! {
+        field::STORED_AT: redelivery.at,
+        field::INFERRED: redelivery.label,
+        field::MODEL_ID: redelivery.model,
+        field::INFERRED_AT: redelivery.at,
+    };
+    let complete = records.count_documents(complete).await.expect("count");
+    db_consumer.database().drop().await.expect("drop the test database");
+
+    assert_eq!(total, RECORDS as u64, "records");
+    assert_eq!(total - complete, 0, "records that lost the metadata or the label of the redelivery");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_multi_statement_updates_of_the_same_documents_finish_and_lose_nothing() {
+    let db = unique_db("concurrent_commands");
+    let mut writers = Vec::new();
+    for _ in 0..WRITERS {
+        writers.push(client().await.database(&db));
+    }
+    let docs = writers[0].collection::<Document>("docs");
+    docs.insert_many((0..STATEMENTS).map(|id| doc! { "_id": id })).await.expect("insert the documents");
+
+    let mut running = JoinSet::new();
+    for (writer, database) in writers.iter().enumerate() {
+        let updates: Vec<Document> = (0..STATEMENTS)
+            .map(|id| doc! { "q": { "_id": id }, "u": { "$set": { writer_field(writer): id } } })
+            .collect();
+        let (database, command) = (database.clone(), doc! { "update": "docs", "updates": updates });
+        running.spawn(async move { database.run_command(command).await });
+    }
+    let all = async {
+        let mut replies = Vec::new();
+        while let Some(done) = running.join_next().await {
+            replies.push(done.expect("an update task panicked"));
+        }
+        replies
+    };
+    let Ok(replies) = tokio::time::timeout(DEADLINE, all).await else {
+        panic!("concurrent multi-statement updates did not finish within {DEADLINE:?} (a server-side deadlock?)")
+    };
+    for reply in replies {
+        let reply = reply.expect("update command");
+        assert_eq!(reply.get_i32("n"), Ok(STATEMENTS as i32), "documents matched: {reply}");
+        assert!(!reply.contains_key("writeErrors"), "{reply}");
+    }
+    let (seen, lost) = lost_sets(&docs).await;
+    docs.client().database(&db).drop().await.expect("drop the test database");
+
+    assert_eq!(seen, STATEMENTS, "documents read back");
+    assert_none_lost(&lost, STATEMENTS * WRITERS as i64);
+}
