@@ -26,25 +26,79 @@ pub fn profile_dir() -> PathBuf {
     deps.parent().expect("target/<profile>").to_path_buf()
 }
 
-/// A binary of any workspace package (a test can only name its own package's). The first call
-/// in a test process brings every workspace binary up to date with `cargo test --workspace
-/// --no-run`, which is a no-op under `scripts/test`. Building one package alone (`cargo build -p`)
-/// would resolve dependency features differently and recompile half the dependency tree.
+/// A binary of any workspace package (a test can only name its own package's). `scripts/test`
+/// (`cargo test --workspace`) builds them all; when one is missing or older than a source file
+/// of the workspace, the first call in a test process runs `cargo test --workspace --no-run`,
+/// the same build. (Building one package alone, `cargo build -p`, would resolve dependency
+/// features differently and compile a second copy of half the dependency tree.)
 pub fn workspace_binary(bin: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut build = Command::new(cargo);
-        build.current_dir(workspace_root()).args(["test", "--workspace", "--no-run", "--quiet"]);
-        if profile_dir().ends_with("release") {
-            build.arg("--release");
-        }
-        let status = build.status().unwrap_or_else(|e| panic!("cannot run cargo to build the binaries: {e}"));
-        assert!(status.success(), "`cargo test --workspace --no-run` failed");
-    });
     let path = profile_dir().join(bin);
+    if !is_fresh(&path) {
+        BUILT.get_or_init(build_workspace);
+    }
     assert!(path.is_file(), "{} is missing after building the workspace", path.display());
     path
+}
+
+fn build_workspace() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut build = Command::new(cargo);
+    build.current_dir(workspace_root()).args(["test", "--workspace", "--no-run", "--quiet"]);
+    if profile_dir().ends_with("release") {
+        build.arg("--release");
+    }
+    // What cargo set for this test's package must not leak into the build: some build scripts
+    // (ring's) watch CARGO_MANIFEST_DIR, and a changed value rebuilds half the tree.
+    for (key, _) in std::env::vars_os() {
+        if is_set_by_cargo_for_tests(&key.to_string_lossy()) {
+            build.env_remove(key);
+        }
+    }
+    let status = build.status().unwrap_or_else(|e| panic!("cannot run cargo to build the binaries: {e}"));
+    assert!(status.success(), "`cargo test --workspace --no-run` failed");
+}
+
+/// True if `binary` exists and is newer than `Cargo.lock` and every file under a `src/` folder
+/// of the workspace.
+fn is_fresh(binary: &Path) -> bool {
+    let Ok(built) = binary.metadata().and_then(|m| m.modified()) else {
+        return false;
+    };
+    let root = workspace_root();
+    let mut pending: Vec<PathBuf> = std::fs::read_dir(&root)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path().join("src")))
+        .filter(|p| p.is_dir())
+        .collect();
+    let mut newest = root.join("Cargo.lock").metadata().and_then(|m| m.modified()).ok();
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if let Ok(modified) = entry.metadata().and_then(|m| m.modified()) {
+                newest = newest.max(Some(modified));
+            }
+        }
+    }
+    newest.is_none_or(|n| n <= built)
+}
+
+/// The variables cargo sets when it runs a test of one package.
+fn is_set_by_cargo_for_tests(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_BIN_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "OUT_DIR"
+        )
 }
 
 pub fn env_or(name: &str, default: &str) -> String {

@@ -9,12 +9,12 @@
 //! the assets in `$IOT_ASSETS_DIR` (default `../shared/assets`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bson::{doc, Document};
-use iot_bench::testkit::{env_or, free_port, required, workspace_binary, workspace_root, Children};
+use iot_bench::testkit::{assets_dir, env_or, free_port, ort_library, required, workspace_binary, workspace_root, Children};
 use iot_ingest::args::{KafkaArgs, MongoArgs};
 use iot_ingest::dlq::DeadLetter;
 use iot_ingest::store::Store;
@@ -150,9 +150,8 @@ fn expected_csv(truth: &[TruthRow], inferred: &HashMap<String, String>) -> Strin
 async fn pipeline_stores_every_record_once_through_crashes_and_outages() {
     let started = Instant::now();
     let root = workspace_root();
-    let assets = PathBuf::from(env_or("IOT_ASSETS_DIR", &root.join("../shared/assets").to_string_lossy()));
-    let ort = env_or("ORT_DYLIB_PATH", &root.join(".cache/onnxruntime/lib/libonnxruntime.so").to_string_lossy());
-    required(PathBuf::from(&ort), "run scripts/setup (or set ORT_DYLIB_PATH)");
+    let assets = assets_dir();
+    let ort = ort_library().display().to_string();
     let model = required(assets.join("mobilenetv2-12-int8.onnx"), "set IOT_ASSETS_DIR to the assets folder");
     let classes = required(assets.join("imagenet_classes.txt"), "set IOT_ASSETS_DIR to the assets folder");
     let cifar = required(assets.join("cifar10_test_batch.bin"), "set IOT_ASSETS_DIR to the assets folder");

@@ -63,9 +63,9 @@ impl Stream {
 }
 
 impl Default for Stream {
-    /// 800 records over about 25 s: long enough to break something in the middle.
+    /// 600 records over about 15 s: long enough to break something in the middle.
     fn default() -> Self {
-        Stream { processes: 2, ids_per_process: 2, records: 200, rate: 8.0 }
+        Stream { processes: 2, ids_per_process: 2, records: 150, rate: 10.0 }
     }
 }
 
@@ -164,7 +164,7 @@ impl Case {
         let started = Instant::now();
         // Build before starting anything that would wait for the build.
         testkit::workspace_binary("dataflow");
-        // Kept when the case fails (logs, truth logs, CSVs), deleted when it passes.
+        // Kept when the case fails (logs, truth logs, CSVs), or when IOT_FAULTS_KEEP=1.
         let work = tempfile::Builder::new().prefix(&format!("faults-{name}-")).tempdir().expect("temp dir").keep();
         eprintln!("[{name}] working folder {}", work.display());
         let stack = PrivateStack::new(&work.join("stack"));
@@ -188,7 +188,9 @@ impl Case {
         fault(&mut run);
         run.finish(&dead_letters);
         drop(run);
-        let _ = std::fs::remove_dir_all(&work);
+        if testkit::env_or("IOT_FAULTS_KEEP", "0") != "1" {
+            let _ = std::fs::remove_dir_all(&work);
+        }
     }
 }
 
@@ -248,7 +250,7 @@ impl Run {
     fn wait_ready(&mut self, name: &str, url: &str) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("client");
-        let answers = || runtime.block_on(client.get(url).send()).is_ok_and(|r| r.status().is_success());
+        let answers = || runtime.block_on(async { client.get(url).send().await }).is_ok_and(|r| r.status().is_success());
         let deadline = Instant::now() + Duration::from_secs(90);
         while !answers() {
             assert!(self.children.is_running(name), "{name} exited while starting{}", self.children.log_tails());

@@ -20,7 +20,7 @@ fn kafka_broker_killed_mid_stream_and_restarted() {
         run.outage("Kafka killed", |run| {
             run.stack.kill(Part::Kafka);
             assert!(!iot_bench::testkit::port_open(run.stack.ports.kafka), "the broker still answers");
-            run.sleep_s(12);
+            run.sleep_s(10);
             run.stack.start_missing();
         });
     });
@@ -57,6 +57,6 @@ fn mongo_killed_mid_stream_and_restarted() {
         });
         run.expect_logged("db-consumer", "MongoDB upsert failed");
         run.expect_logged("infer-consumer", "MongoDB upsert failed");
-        run.expect_logged("follower", "retrying");
+        run.expect_logged("follower", "polling again");
     });
 }
