@@ -7,6 +7,7 @@
 pub mod expected;
 pub mod mongo;
 pub mod run;
+pub mod testkit;
 
 use std::collections::BTreeMap;
 use std::io::Write;

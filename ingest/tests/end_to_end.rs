@@ -9,12 +9,12 @@
 //! the assets in `$IOT_ASSETS_DIR` (default `../shared/assets`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bson::{doc, Document};
+use iot_bench::testkit::{assets_dir, env_or, free_port, ort_library, required, workspace_binary, workspace_root, Children};
 use iot_ingest::args::{KafkaArgs, MongoArgs};
 use iot_ingest::dlq::DeadLetter;
 use iot_ingest::store::Store;
@@ -29,139 +29,6 @@ const TOTAL: u64 = PRODUCERS as u64 * PER_PRODUCER;
 const MALFORMED_KEY: &str = "e2e-malformed";
 /// Longest wait for the pipeline to store every record.
 const PIPELINE_WAIT: Duration = Duration::from_secs(300);
-
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// `target/<profile>`: where cargo put this package's binaries, and the workspace's others.
-fn profile_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_producer")).parent().expect("binary folder").to_path_buf()
-}
-
-/// A binary of another workspace package: built (or brought up to date) with cargo first, since
-/// a test can only name its own package's binaries.
-fn workspace_binary(package: &str, bin: &str) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut build = Command::new(cargo);
-    build.current_dir(workspace_root()).args(["build", "--quiet", "-p", package, "--bin", bin]);
-    if profile_dir().ends_with("release") {
-        build.arg("--release");
-    }
-    let status = build.status().unwrap_or_else(|e| panic!("cannot run cargo to build {bin}: {e}"));
-    assert!(status.success(), "`cargo build -p {package} --bin {bin}` failed");
-    let path = profile_dir().join(bin);
-    assert!(path.is_file(), "{} is missing after building it", path.display());
-    path
-}
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned())
-}
-
-/// A file the test needs, or a failure that says how to get it.
-fn required(path: PathBuf, how: &str) -> PathBuf {
-    assert!(path.is_file(), "{} is missing: {how}", path.display());
-    path
-}
-
-/// Child processes, all killed when the test ends, passes or fails.
-struct Children {
-    logs: PathBuf,
-    running: Vec<(String, Child)>,
-}
-
-impl Children {
-    fn spawn(&mut self, name: &str, program: &Path, args: &[String]) {
-        let log = File::create(self.log_path(name)).expect("log file");
-        let child = Command::new(program)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
-        self.running.push((name.to_owned(), child));
-    }
-
-    fn log_path(&self, name: &str) -> PathBuf {
-        self.logs.join(format!("{name}.log"))
-    }
-
-    fn take(&mut self, name: &str) -> Child {
-        let at = self.running.iter().position(|(n, _)| n == name).unwrap_or_else(|| panic!("no child {name}"));
-        self.running.remove(at).1
-    }
-
-    /// SIGKILL: no chance to commit or flush anything.
-    fn kill(&mut self, name: &str) {
-        let mut child = self.take(name);
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-
-    /// SIGTERM, then wait for a graceful exit; returns whether it exited with status 0.
-    fn terminate(&mut self, name: &str, within: Duration) -> bool {
-        let mut child = self.take(name);
-        signal_term(&child);
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        false
-    }
-
-    /// Waits for a child to exit by itself; returns whether it succeeded.
-    fn wait_exit(&mut self, name: &str, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        loop {
-            let at = self.running.iter().position(|(n, _)| n == name).expect("child");
-            if let Ok(Some(status)) = self.running[at].1.try_wait() {
-                self.running.remove(at);
-                return status.success();
-            }
-            if Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// The end of every log, for failure messages.
-    fn log_tails(&self) -> String {
-        let mut out = String::new();
-        let Ok(entries) = std::fs::read_dir(&self.logs) else {
-            return out;
-        };
-        let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        paths.sort();
-        for path in paths.into_iter().filter(|p| p.extension().is_some_and(|e| e == "log")) {
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(15).collect();
-            out += &format!("\n--- {} (last lines) ---\n", path.display());
-            for line in tail.into_iter().rev() {
-                out += line;
-                out.push('\n');
-            }
-        }
-        out
-    }
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.running {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// Drops the test database and deletes the test topics when the test ends, passes or fails.
 struct Cleanup {
@@ -188,15 +55,6 @@ impl Drop for Cleanup {
         });
         let _ = cleaner.join();
     }
-}
-
-fn signal_term(child: &Child) {
-    // `kill` from the shell: no libc binding needed for one signal.
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("address").port()
 }
 
 async fn wait_healthy(url: &str, within: Duration, children: &Children) {
@@ -292,9 +150,8 @@ fn expected_csv(truth: &[TruthRow], inferred: &HashMap<String, String>) -> Strin
 async fn pipeline_stores_every_record_once_through_crashes_and_outages() {
     let started = Instant::now();
     let root = workspace_root();
-    let assets = PathBuf::from(env_or("IOT_ASSETS_DIR", &root.join("../shared/assets").to_string_lossy()));
-    let ort = env_or("ORT_DYLIB_PATH", &root.join(".cache/onnxruntime/lib/libonnxruntime.so").to_string_lossy());
-    required(PathBuf::from(&ort), "run scripts/setup (or set ORT_DYLIB_PATH)");
+    let assets = assets_dir();
+    let ort = ort_library().display().to_string();
     let model = required(assets.join("mobilenetv2-12-int8.onnx"), "set IOT_ASSETS_DIR to the assets folder");
     let classes = required(assets.join("imagenet_classes.txt"), "set IOT_ASSETS_DIR to the assets folder");
     let cifar = required(assets.join("cifar10_test_batch.bin"), "set IOT_ASSETS_DIR to the assets folder");
@@ -312,12 +169,12 @@ async fn pipeline_stores_every_record_once_through_crashes_and_outages() {
     check_stack(&kafka, &store).await;
     let _cleanup = Cleanup { kafka: kafka.clone(), topics: vec![topic.clone(), dlq.clone()], store: store.clone() };
 
-    let infer_service = workspace_binary("infer-service", "infer_service");
-    let dataflow = workspace_binary("iot-dataflow", "dataflow");
+    let infer_service = workspace_binary("infer_service");
+    let dataflow = workspace_binary("dataflow");
     let phase = |what: &str| eprintln!("[{:6.1}s] {what}", started.elapsed().as_secs_f64());
     phase("binaries ready");
     let work = tempfile::tempdir().expect("temp dir");
-    let mut children = Children { logs: work.path().to_path_buf(), running: Vec::new() };
+    let mut children = Children::new(work.path());
     iot_ingest::kafka::create_topics(&kafka, &[&topic, &dlq], 4).await.expect("create topics");
 
     let port = free_port();
@@ -415,7 +272,7 @@ async fn pipeline_stores_every_record_once_through_crashes_and_outages() {
 
     // 4. Everything arrives.
     assert!(
-        children.wait_exit("producer", Duration::from_secs(120)),
+        children.wait_exit("producer", Duration::from_secs(120)).is_some_and(|s| s.success()),
         "the producer failed or did not finish{}",
         children.log_tails()
     );

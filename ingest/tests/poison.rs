@@ -21,6 +21,7 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use clap::Parser;
 use common::{png_base64, record, Run};
+use iot_bench::testkit::Children;
 use iot_ingest::consumer::infer::InferConsumerArgs;
 use iot_ingest::metrics::{Metrics, Role};
 
@@ -223,12 +224,13 @@ async fn an_image_the_service_fails_on_is_dead_lettered_and_the_rest_stored() {
     let port = common::free_port();
     let files = common::service_files(port);
     let work = tempfile::tempdir().expect("temp dir");
-    let _service = common::spawn_quiet(&files.binary, &files.args, &work.path().join("infer-service.log"));
+    let mut children = Children::new(work.path());
+    children.spawn("infer-service", &files.binary, &files.args);
     let service = format!("http://127.0.0.1:{port}");
     let client = iot_ingest::infer_client::InferClient::new(&service, Duration::from_secs(2)).expect("client");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !client.healthy().await {
-        let log = std::fs::read_to_string(work.path().join("infer-service.log")).unwrap_or_default();
+        let log = children.log("infer-service");
         assert!(std::time::Instant::now() < deadline, "the inference service did not come up:\n{log}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -5,11 +5,11 @@
 
 use std::collections::HashMap;
 use std::io::Cursor;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bson::doc;
+use iot_bench::testkit::{self, env_or, required, workspace_root};
 use iot_ingest::args::{KafkaArgs, MongoArgs};
 use iot_ingest::dlq::DeadLetter;
 use iot_ingest::store::Store;
@@ -19,42 +19,9 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+pub use iot_bench::testkit::free_port;
+
 pub const PARTITIONS: i32 = 4;
-
-pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-pub fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned())
-}
-
-/// A file the test needs, or a failure that says how to get it.
-pub fn required(path: PathBuf, how: &str) -> PathBuf {
-    assert!(path.is_file(), "{} is missing: {how}", path.display());
-    path
-}
-
-/// A binary of another workspace package, built (or brought up to date) with cargo first, in
-/// the profile of this test.
-pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
-    let profile_dir = PathBuf::from(env!("CARGO_BIN_EXE_producer")).parent().expect("binary folder").to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut build = Command::new(cargo);
-    build.current_dir(workspace_root()).args(["build", "--quiet", "-p", package, "--bin", bin]);
-    if profile_dir.ends_with("release") {
-        build.arg("--release");
-    }
-    let status = build.status().unwrap_or_else(|e| panic!("cannot run cargo to build {bin}: {e}"));
-    assert!(status.success(), "`cargo build -p {package} --bin {bin}` failed");
-    let path = profile_dir.join(bin);
-    assert!(path.is_file(), "{} is missing after building it", path.display());
-    path
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("address").port()
-}
 
 /// Log lines of the code under test, shown when a test fails.
 pub fn show_logs() {
@@ -284,44 +251,20 @@ pub struct ServiceFiles {
 }
 
 pub fn service_files(port: u16) -> ServiceFiles {
-    let root = workspace_root();
-    let assets = PathBuf::from(env_or("IOT_ASSETS_DIR", &root.join("../shared/assets").to_string_lossy()));
-    let ort = env_or("ORT_DYLIB_PATH", &root.join(".cache/onnxruntime/lib/libonnxruntime.so").to_string_lossy());
-    required(PathBuf::from(&ort), "run scripts/setup (or set ORT_DYLIB_PATH)");
+    let assets = testkit::assets_dir();
     let model = required(assets.join("mobilenetv2-12-int8.onnx"), "set IOT_ASSETS_DIR to the assets folder");
     let classes = required(assets.join("imagenet_classes.txt"), "set IOT_ASSETS_DIR to the assets folder");
-    let label_map = required(root.join("data/label_maps/imagenet_to_cifar10.csv"), "it is part of the repository");
+    let label_map =
+        required(workspace_root().join("data/label_maps/imagenet_to_cifar10.csv"), "it is part of the repository");
     ServiceFiles {
-        binary: workspace_binary("infer-service", "infer_service"),
+        binary: testkit::workspace_binary("infer_service"),
         args: vec![
             format!("--model={}", model.display()),
             format!("--classes={}", classes.display()),
             format!("--label-map={}", label_map.display()),
             format!("--listen=127.0.0.1:{port}"),
-            format!("--ort-dylib={ort}"),
+            format!("--ort-dylib={}", testkit::ort_library().display()),
             "--model-id=mobilenetv2-int8-faults".to_owned(),
         ],
     }
-}
-
-/// A child process killed when dropped.
-pub struct Child(pub std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-pub fn spawn_quiet(program: &Path, args: &[String], log: &Path) -> Child {
-    let log = std::fs::File::create(log).expect("log file");
-    let child = Command::new(program)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().expect("log file"))
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
-    Child(child)
 }
