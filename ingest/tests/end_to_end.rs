@@ -14,7 +14,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bson::{doc, Document};
-use iot_bench::testkit::{assets_dir, env_or, free_port, ort_library, required, workspace_binary, workspace_root, Children};
+use iot_bench::testkit::{
+    assets_dir, env_or, free_port, ort_library, required, workspace_binary, workspace_root, Children,
+};
 use iot_ingest::args::{KafkaArgs, MongoArgs};
 use iot_ingest::dlq::DeadLetter;
 use iot_ingest::store::Store;

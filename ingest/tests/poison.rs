@@ -11,15 +11,11 @@
 mod common;
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::http::{Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
 use clap::Parser;
+use common::stub::{Fault, Stub};
 use common::{png_base64, record, Run};
 use iot_bench::testkit::Children;
 use iot_ingest::consumer::infer::InferConsumerArgs;
@@ -30,77 +26,6 @@ const RECORDS: i64 = 200;
 const MARKED: i64 = 137;
 /// Longest wait for a run to settle, from its last record sent.
 const SETTLE: Duration = Duration::from_secs(90);
-
-/// What the stub does with a request that contains the marked image.
-#[derive(Clone, Copy, Debug)]
-enum Fault {
-    /// HTTP 500, as a model that crashes on the image would.
-    InternalError,
-    /// No answer at all, as a model that hangs on it would.
-    Hang,
-}
-
-/// The stub in front of the real service.
-struct Stub {
-    service: String,
-    http: reqwest::Client,
-    /// Base64 of the image to fail on.
-    marked: Option<String>,
-    fault: Fault,
-    /// While set, every inference request fails (HTTP 500), marked or not.
-    fail_all: AtomicBool,
-    /// Requests for the consumer's known-good image alone (its health check).
-    canary_requests: AtomicUsize,
-}
-
-impl Stub {
-    async fn handle(&self, method: Method, uri: Uri, body: Bytes) -> Response {
-        let canary = format!(r#"{{"images":["{}"]}}"#, iot_ingest::infer_client::canary_image());
-        if body == canary.as_bytes() {
-            self.canary_requests.fetch_add(1, Ordering::SeqCst);
-        }
-        let marked = self.marked.as_ref().is_some_and(|m| contains(&body, m.as_bytes()));
-        let is_inference = uri.path() == "/v1/infer";
-        if is_inference
-            && (self.fail_all.load(Ordering::SeqCst) || (marked && matches!(self.fault, Fault::InternalError)))
-        {
-            return (StatusCode::INTERNAL_SERVER_ERROR, r#"{"error":"the model crashed"}"#).into_response();
-        }
-        if is_inference && marked {
-            std::future::pending::<()>().await;
-        }
-        self.forward(method, uri, body).await
-    }
-
-    async fn forward(&self, method: Method, uri: Uri, body: Bytes) -> Response {
-        let url = format!("{}{}", self.service, uri.path());
-        let request = self.http.request(method, url).header("content-type", "application/json").body(body);
-        match request.send().await {
-            Ok(answer) => {
-                let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-                let bytes = answer.bytes().await.unwrap_or_default();
-                (status, [("content-type", "application/json")], bytes).into_response()
-            }
-            Err(err) => (StatusCode::BAD_GATEWAY, err.to_string()).into_response(),
-        }
-    }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Serves the stub on a free port; returns its URL.
-async fn serve(stub: Arc<Stub>) -> String {
-    let app = axum::Router::new().fallback(move |method: Method, uri: Uri, body: Bytes| {
-        let stub = stub.clone();
-        async move { stub.handle(method, uri, body).await }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("stub port");
-    let addr: SocketAddr = listener.local_addr().expect("stub address");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
-}
 
 /// Sends `RECORDS` records with distinct images through Kafka; returns the marked image.
 async fn produce(run: &Run) -> String {
@@ -145,15 +70,9 @@ fn doc_id(id: i64) -> String {
 async fn marked_image_is_dead_lettered(service: &str, fault: Fault, extra_flags: &[&str], reason_names: &str) {
     let run = Run::new(&format!("poison-{fault:?}").to_lowercase(), &[]).await;
     let marked = produce(&run).await;
-    let stub = Arc::new(Stub {
-        service: service.to_owned(),
-        http: reqwest::Client::new(),
-        marked: Some(marked),
-        fault,
-        fail_all: AtomicBool::new(false),
-        canary_requests: AtomicUsize::new(0),
-    });
-    let url = serve(stub.clone()).await;
+    let stub = Stub::new(service, fault);
+    stub.mark(marked);
+    let url = stub.clone().serve().await;
     let (stop, consumer) = start_consumer(&run, &url, extra_flags);
 
     let expected: HashSet<String> = (0..RECORDS).filter(|&id| id != MARKED).map(doc_id).collect();
@@ -186,15 +105,9 @@ async fn marked_image_is_dead_lettered(service: &str, fault: Fault, extra_flags:
 /// failing records; once it recovers, everything is stored.
 async fn failing_service_dead_letters_nothing(service: &str) {
     let run = Run::new("poison-sick", &[]).await;
-    let stub = Arc::new(Stub {
-        service: service.to_owned(),
-        http: reqwest::Client::new(),
-        marked: None,
-        fault: Fault::InternalError,
-        fail_all: AtomicBool::new(true),
-        canary_requests: AtomicUsize::new(0),
-    });
-    let url = serve(stub.clone()).await;
+    let stub = Stub::new(service, Fault::InternalError);
+    stub.fail_all.store(true, Ordering::SeqCst);
+    let url = stub.clone().serve().await;
     let (stop, consumer) = start_consumer(&run, &url, &["--infer-attempts=2"]);
     produce(&run).await;
 
@@ -221,7 +134,7 @@ async fn failing_service_dead_letters_nothing(service: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_image_the_service_fails_on_is_dead_lettered_and_the_rest_stored() {
     common::show_logs();
-    let port = common::free_port();
+    let port = iot_bench::testkit::free_port();
     let files = common::service_files(port);
     let work = tempfile::tempdir().expect("temp dir");
     let mut children = Children::new(work.path());

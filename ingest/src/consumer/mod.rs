@@ -166,7 +166,7 @@ impl<H: Handler> Engine<H> {
     /// even while no batch slot is free, so that the member keeps its place in the group.
     async fn read_until_shutdown(&mut self, mut stop: Shutdown) -> Result<()> {
         let consumer = self.consumer.clone();
-        let mut read_errors = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut read_errors = ReadErrors::default();
         loop {
             self.dispatch_ready(false);
             self.apply_backpressure();
@@ -180,14 +180,10 @@ impl<H: Handler> Engine<H> {
                 _ = sleep_until_opt(self.deadline), if self.deadline.is_some() && room => self.dispatch_ready(true),
                 received = consumer.recv() => match received {
                     Ok(msg) => {
-                        read_errors.reset();
+                        read_errors.recovered();
                         self.accept(&msg);
                     }
-                    Err(err) => {
-                        let delay = read_errors.next_delay();
-                        tracing::warn!("Kafka read error: {err}; reading again in {} ms", delay.as_millis());
-                        tokio::time::sleep(delay).await;
-                    }
+                    Err(err) => read_errors.note(&err),
                 },
             }
         }
@@ -515,4 +511,39 @@ pub async fn prepare_store(store: &Store, backoff: Backoff, shutdown: &Shutdown)
     })
     .await
     .map_err(|_| anyhow::anyhow!("stopped before MongoDB answered"))
+}
+
+/// Errors from reading Kafka: librdkafka reports them and reconnects by itself, so reading just
+/// goes on. They queue up while a broker is down: sleeping after each one (as this loop once
+/// did) drained that queue so slowly that a consumer stayed behind for minutes after the broker
+/// was back. The log gets the first error, then one line per interval with a count.
+#[derive(Default)]
+struct ReadErrors {
+    /// When the current run of errors began, and how many it holds.
+    since: Option<(Instant, u64)>,
+    last_logged: Option<Instant>,
+}
+
+impl ReadErrors {
+    const LOG_EVERY: Duration = Duration::from_secs(10);
+
+    fn note(&mut self, err: &rdkafka::error::KafkaError) {
+        let now = Instant::now();
+        let (since, count) = self.since.get_or_insert((now, 0));
+        *count += 1;
+        if self.last_logged.is_none_or(|at| now.duration_since(at) >= Self::LOG_EVERY) {
+            tracing::warn!(
+                "Kafka read error: {err} ({count} in {:.1} s); librdkafka reconnects by itself, reading goes on",
+                now.duration_since(*since).as_secs_f64()
+            );
+            self.last_logged = Some(now);
+        }
+    }
+
+    fn recovered(&mut self) {
+        if let Some((since, count)) = self.since.take() {
+            tracing::info!("Kafka reads work again after {:.1} s ({count} read errors)", since.elapsed().as_secs_f64());
+            self.last_logged = None;
+        }
+    }
 }

@@ -19,7 +19,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-pub use iot_bench::testkit::free_port;
+pub mod stub;
 
 pub const PARTITIONS: i32 = 4;
 

@@ -63,9 +63,10 @@ impl Stream {
 }
 
 impl Default for Stream {
-    /// 600 records over about 15 s: long enough to break something in the middle.
+    /// 600 records over about 25 s: long enough to break something in the middle even when
+    /// the machine is slow to get going (inference, not sending, sets the pace of a case).
     fn default() -> Self {
-        Stream { processes: 2, ids_per_process: 2, records: 150, rate: 10.0 }
+        Stream { processes: 2, ids_per_process: 2, records: 150, rate: 6.0 }
     }
 }
 
@@ -78,8 +79,11 @@ pub enum Role {
     Consumer,
     /// Runs to completion (status 0), writing the truth log.
     Producer { truth_log: PathBuf },
-    /// `dataflow count --follow`: its CSV must reach the expected counts.
+    /// `dataflow count --follow` (process 0 of a follower cluster): its CSV must reach the
+    /// expected counts.
     Follower { csv: PathBuf },
+    /// Another process of a follower cluster: runs to the end and stops with process 0.
+    Member,
 }
 
 /// One process of the pipeline, started in the order of [`Plan::processes`].
@@ -111,6 +115,19 @@ impl Plan {
     pub fn add_args(&mut self, name: &str, args: &[&str]) {
         self.process_mut(name).args.extend(args.iter().map(|a| (*a).to_owned()));
     }
+
+    /// Sets `--flag=value` for one process, replacing the flag's value if it has one.
+    pub fn set_flag(&mut self, name: &str, flag: &str, value: &str) {
+        let args = &mut self.process_mut(name).args;
+        args.retain(|a| !a.starts_with(&format!("{flag}=")));
+        args.push(format!("{flag}={value}"));
+    }
+
+    /// The real inference service's URL.
+    pub fn infer_url(&self) -> String {
+        let listen = self.process("infer-service").args.iter().find_map(|a| a.strip_prefix("--listen="));
+        format!("http://{}", listen.expect("the inference service's --listen flag"))
+    }
 }
 
 /// Dead letters a case expects: `records` distinct records dead-lettered with `reason_code`.
@@ -126,14 +143,21 @@ pub struct ExpectedLetters {
 pub struct Case {
     name: String,
     stream: Stream,
-    follow: bool,
+    /// Processes of the `dataflow count --follow` cluster watching the run; 0 for none.
+    followers: usize,
     tweaks: Vec<Box<dyn FnOnce(&mut Plan)>>,
     dead_letters: Vec<ExpectedLetters>,
 }
 
 impl Case {
     pub fn new(name: &str) -> Case {
-        Case { name: name.to_owned(), stream: Stream::default(), follow: true, tweaks: Vec::new(), dead_letters: Vec::new() }
+        Case {
+            name: name.to_owned(),
+            stream: Stream::default(),
+            followers: 1,
+            tweaks: Vec::new(),
+            dead_letters: Vec::new(),
+        }
     }
 
     pub fn stream(mut self, stream: Stream) -> Case {
@@ -143,7 +167,14 @@ impl Case {
 
     /// No follower through the fault; the check then runs a fresh one at the end.
     pub fn without_follower(mut self) -> Case {
-        self.follow = false;
+        self.followers = 0;
+        self
+    }
+
+    /// The follower as a cluster of `processes` processes of one worker each
+    /// (`follower-0`, `follower-1`, ...; process 0 writes the CSV).
+    pub fn follower_cluster(mut self, processes: usize) -> Case {
+        self.followers = processes;
         self
     }
 
@@ -160,7 +191,7 @@ impl Case {
 
     /// Starts the stack and the pipeline, runs `fault`, then checks everything.
     pub fn run(self, fault: impl FnOnce(&mut Run)) {
-        let Case { name, stream, follow, tweaks, dead_letters } = self;
+        let Case { name, stream, followers, tweaks, dead_letters } = self;
         let started = Instant::now();
         // Build before starting anything that would wait for the build.
         testkit::workspace_binary("dataflow");
@@ -168,7 +199,7 @@ impl Case {
         let work = tempfile::Builder::new().prefix(&format!("faults-{name}-")).tempdir().expect("temp dir").keep();
         eprintln!("[{name}] working folder {}", work.display());
         let stack = PrivateStack::new(&work.join("stack"));
-        let mut plan = default_plan(&work, &stack, stream, follow);
+        let mut plan = default_plan(&work, &stack, stream, followers);
         tweaks.into_iter().for_each(|tweak| tweak(&mut plan));
         stack.start_missing();
         let mongo = mongo_client(&stack.mongo_uri(), Duration::from_secs(2));
@@ -250,13 +281,75 @@ impl Run {
     fn wait_ready(&mut self, name: &str, url: &str) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("client");
-        let answers = || runtime.block_on(async { client.get(url).send().await }).is_ok_and(|r| r.status().is_success());
+        let answers =
+            || runtime.block_on(async { client.get(url).send().await }).is_ok_and(|r| r.status().is_success());
         let deadline = Instant::now() + Duration::from_secs(90);
         while !answers() {
             assert!(self.children.is_running(name), "{name} exited while starting{}", self.children.log_tails());
             assert!(Instant::now() < deadline, "{name} not ready at {url} after 90 s{}", self.children.log_tails());
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Starts a second instance of a plan process (same program and flags) as `name`, outside
+    /// the plan: the case stops it again before the end.
+    pub fn start_copy(&mut self, of: &str, name: &str) {
+        let process = self.plan.process(of).clone();
+        self.children.spawn(name, &process.program, &process.args);
+    }
+
+    /// Adds a process to the plan and starts it now: it is checked at the end like the others.
+    pub fn launch(&mut self, process: Process) {
+        let name = process.name.clone();
+        self.plan.processes.push(process);
+        self.start(&name);
+    }
+
+    /// The names of the follower cluster's processes, process 0 first.
+    pub fn followers(&self) -> Vec<String> {
+        self.processes_with(|r| matches!(r, Role::Follower { .. } | Role::Member)).into_iter().map(|p| p.name).collect()
+    }
+
+    /// Starts every follower process again (after the cluster stopped).
+    pub fn restart_followers(&mut self) {
+        for name in self.followers() {
+            self.start(&name);
+        }
+    }
+
+    /// Sends raw payloads to the pipeline's topic, as a client outside the project would.
+    pub fn send_raw(&self, messages: &[(&str, &[u8])]) {
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        let producer: BaseProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.stack.brokers())
+            .set("message.max.bytes", "1048576")
+            .create()
+            .expect("Kafka producer");
+        for (key, payload) in messages {
+            producer.send(BaseRecord::to(TOPIC).key(*key).payload(*payload)).expect("queue a raw message");
+        }
+        producer.flush(Duration::from_secs(30)).expect("raw messages delivered");
+    }
+
+    /// Appends a change-log entry for an inferred record, stamped `ahead` of now, as a client
+    /// that writes `ChangedAt` with its own (wrong) clock would. Returns the record's `_id`.
+    pub fn stamp_change_ahead(&mut self, ahead: Duration) -> String {
+        use iot_schema::{field, write::change_log};
+        let record = self
+            .records()
+            .find_one(doc! { "Inferred": { "$exists": true } })
+            .run()
+            .expect("find an inferred record")
+            .expect("an inferred record");
+        let id = record.get_str("_id").expect("a string _id").to_owned();
+        let at = bson::DateTime::from_millis(testkit::now_ms() + ahead.as_millis() as i64);
+        self.mongo
+            .database(DB)
+            .collection::<Document>(&change_log(iot_schema::DEFAULT_COLLECTION))
+            .insert_one(doc! { "_id": bson::oid::ObjectId::new(), field::CHANGED_RECORD: &id, field::CHANGED_AT: at })
+            .run()
+            .expect("insert the change-log entry");
+        id
     }
 
     fn start_pipeline(&mut self) {
@@ -275,7 +368,11 @@ impl Run {
             if have >= n {
                 return have;
             }
-            assert!(Instant::now() < deadline, "only {have} of {n} records inferred after 120 s{}", self.children.log_tails());
+            assert!(
+                Instant::now() < deadline,
+                "only {have} of {n} records inferred after 120 s{}",
+                self.children.log_tails()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -284,7 +381,8 @@ impl Run {
     /// records inside it, and the pipeline must not have finished before it began, so the fault
     /// really hit a stream in progress.
     pub fn outage(&mut self, what: &str, fault: impl FnOnce(&mut Run)) {
-        let inferred_before = self.records().count_documents(doc! { "Inferred": { "$exists": true } }).run().unwrap_or(0);
+        let inferred_before =
+            self.records().count_documents(doc! { "Inferred": { "$exists": true } }).run().unwrap_or(0);
         let from_ms = testkit::now_ms();
         self.phase(&format!("{what}: begins ({inferred_before} records inferred)"));
         fault(self);
@@ -305,7 +403,8 @@ impl Run {
         let (answered, answer) = std::sync::mpsc::channel();
         let uri = self.stack.mongo_uri();
         std::thread::spawn(move || {
-            let ping = mongo_client(&uri, Duration::from_secs(2)).database("admin").run_command(doc! { "ping": 1 }).run();
+            let ping =
+                mongo_client(&uri, Duration::from_secs(2)).database("admin").run_command(doc! { "ping": 1 }).run();
             let _ = answered.send(ping.is_ok());
         });
         answer.recv_timeout(Duration::from_secs(3)).unwrap_or(false)
@@ -434,8 +533,8 @@ impl Run {
 }
 
 /// The standard pipeline: the real inference service, one db-consumer, one infer-consumer, a
-/// follower (if `follow`) and `stream.processes` producers.
-fn default_plan(work: &Path, stack: &PrivateStack, stream: Stream, follow: bool) -> Plan {
+/// follower cluster of `followers` processes (none if 0) and `stream.processes` producers.
+fn default_plan(work: &Path, stack: &PrivateStack, stream: Stream, followers: usize) -> Plan {
     let root = testkit::workspace_root();
     let assets = testkit::assets_dir();
     let asset = |name: &str| testkit::required(assets.join(name), "set IOT_ASSETS_DIR to the assets folder");
@@ -470,8 +569,13 @@ fn default_plan(work: &Path, stack: &PrivateStack, stream: Stream, follow: bool)
     let mut db_args = consumer(DB_GROUP);
     db_args.push("--batch-size=50".to_owned());
     let mut infer_args = consumer(INFER_GROUP);
-    infer_args.extend([format!("--infer-url={infer_url}"), "--images-per-request=8".to_owned(), "--in-flight=3".to_owned()]);
-    for (name, bin, args) in [("db-consumer", "db-consumer", db_args), ("infer-consumer", "infer-consumer", infer_args)] {
+    infer_args.extend([
+        format!("--infer-url={infer_url}"),
+        "--images-per-request=8".to_owned(),
+        "--in-flight=3".to_owned(),
+    ]);
+    for (name, bin, args) in [("db-consumer", "db-consumer", db_args), ("infer-consumer", "infer-consumer", infer_args)]
+    {
         processes.push(Process {
             name: name.to_owned(),
             program: testkit::workspace_binary(bin),
@@ -479,8 +583,10 @@ fn default_plan(work: &Path, stack: &PrivateStack, stream: Stream, follow: bool)
             role: Role::Consumer,
         });
     }
-    if follow {
-        processes.push(follower_process("follower", work, &mongo_uri));
+    match followers {
+        0 => {}
+        1 => processes.push(follower_process("follower", work, &mongo_uri)),
+        n => processes.extend(follower_cluster(n, work, &mongo_uri)),
     }
     for p in 0..stream.processes {
         let truth_log = work.join(format!("truth-{p}.csv"));
@@ -524,6 +630,27 @@ pub fn follower_process(name: &str, work: &Path, mongo_uri: &str) -> Process {
         ],
         role: Role::Follower { csv },
     }
+}
+
+/// `processes` followers that form one cluster (`-n processes -p i -h hosts.txt`, one worker
+/// each); process 0 writes `<work>/follower.csv`.
+fn follower_cluster(processes: usize, work: &Path, mongo_uri: &str) -> Vec<Process> {
+    let hosts = work.join("hosts.txt");
+    let lines: String = (0..processes).map(|_| format!("127.0.0.1:{}\n", testkit::free_port())).collect();
+    std::fs::write(&hosts, lines).expect("host file");
+    (0..processes)
+        .map(|p| {
+            let mut process = follower_process("follower", work, mongo_uri);
+            process.name = format!("follower-{p}");
+            let cluster = ["-w", "1", "-n", &processes.to_string(), "-p", &p.to_string(), "-h"].map(str::to_owned);
+            process.args.extend(cluster);
+            process.args.push(hosts.display().to_string());
+            if p > 0 {
+                process.role = Role::Member;
+            }
+            process
+        })
+        .collect()
 }
 
 fn mongo_client(uri: &str, selection_timeout: Duration) -> Client {
@@ -629,7 +756,11 @@ fn excluded_by_letters(letters: &[DeadLetter], expected: &[ExpectedLetters], tru
             "unexpected dead letter ({}): {letter:?}",
             letter.reason_code
         );
-        records_by_reason.entry(&letter.reason_code).or_default().insert((&letter.topic, letter.partition, letter.offset));
+        records_by_reason.entry(&letter.reason_code).or_default().insert((
+            &letter.topic,
+            letter.partition,
+            letter.offset,
+        ));
     }
     for expectation in expected {
         let got = records_by_reason.get(expectation.reason_code.as_str()).map_or(0, HashSet::len);
@@ -684,7 +815,9 @@ impl Exactness {
             let doc = doc.expect("MongoDB cursor");
             let id = doc.get_str("_id").unwrap_or_else(|_| panic!("a record without a string _id: {doc}")).to_owned();
             let Some(row) = by_id.get(&id) else {
-                panic!("MongoDB has a record no producer sent (or one that should have been dead-lettered): {doc}{tails}")
+                panic!(
+                    "MongoDB has a record no producer sent (or one that should have been dead-lettered): {doc}{tails}"
+                )
             };
             assert_eq!(doc.get_str("ProducerID"), Ok(row.producer_id.as_str()), "{doc}");
             assert_eq!(doc.get_i64("ID").or_else(|_| doc.get_i32("ID").map(i64::from)), Ok(row.id), "{doc}");
@@ -696,7 +829,11 @@ impl Exactness {
             assert!(labels.insert(id, label.to_owned()).is_none(), "a record appears twice");
         }
         let missing: Vec<&String> = by_id.keys().filter(|id| !labels.contains_key(*id)).take(10).collect();
-        assert!(missing.is_empty(), "{} records never reached MongoDB, e.g. {missing:?}{tails}", truth.len() - labels.len());
+        assert!(
+            missing.is_empty(),
+            "{} records never reached MongoDB, e.g. {missing:?}{tails}",
+            truth.len() - labels.len()
+        );
         let distinct: HashSet<&str> = labels.values().map(String::as_str).collect();
         assert!(distinct.len() > 2, "the model gave suspiciously few distinct labels: {distinct:?}");
 

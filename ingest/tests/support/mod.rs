@@ -16,7 +16,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-pub use crate::common::{env_or, free_port, workspace_binary, workspace_root};
+pub use iot_bench::testkit::{env_or, free_port, workspace_binary, workspace_root, Children};
 
 pub fn producer_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_producer"))
@@ -47,105 +47,6 @@ pub fn unique(what: &str) -> String {
 pub fn signal(pid: u32, sig: &str) {
     let status = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status();
     assert!(status.is_ok_and(|s| s.success()), "kill -{sig} {pid} failed");
-}
-
-/// Child processes, all killed when the test ends, passes or fails.
-pub struct Children {
-    pub logs: PathBuf,
-    running: Vec<(String, Child)>,
-}
-
-impl Children {
-    pub fn new(logs: &Path) -> Children {
-        Children { logs: logs.to_path_buf(), running: Vec::new() }
-    }
-
-    pub fn spawn(&mut self, name: &str, program: &Path, args: &[String]) {
-        let log = File::create(self.log_path(name)).expect("log file");
-        let child = Command::new(program)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
-        self.running.push((name.to_owned(), child));
-    }
-
-    pub fn log_path(&self, name: &str) -> PathBuf {
-        self.logs.join(format!("{name}.log"))
-    }
-
-    pub fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.log_path(name)).unwrap_or_default()
-    }
-
-    fn take(&mut self, name: &str) -> Child {
-        let at = self.running.iter().position(|(n, _)| n == name).unwrap_or_else(|| panic!("no child {name}"));
-        self.running.remove(at).1
-    }
-
-    /// SIGTERM, then wait for a graceful exit; returns whether it exited with status 0.
-    pub fn terminate(&mut self, name: &str, within: Duration) -> bool {
-        let mut child = self.take(name);
-        signal(child.id(), "TERM");
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        false
-    }
-
-    /// Waits for a child to exit by itself; returns whether it succeeded.
-    pub fn wait_exit(&mut self, name: &str, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        loop {
-            let at = self.running.iter().position(|(n, _)| n == name).expect("child");
-            if let Ok(Some(status)) = self.running[at].1.try_wait() {
-                self.running.remove(at);
-                return status.success();
-            }
-            if Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// The end of every log, for failure messages.
-    pub fn log_tails(&self) -> String {
-        let mut out = String::new();
-        let Ok(entries) = std::fs::read_dir(&self.logs) else {
-            return out;
-        };
-        let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        paths.sort();
-        for path in paths.into_iter().filter(|p| p.extension().is_some_and(|e| e == "log")) {
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(20).collect();
-            out += &format!("\n--- {} (last lines) ---\n", path.display());
-            for line in tail.into_iter().rev() {
-                out += line;
-                out.push('\n');
-            }
-        }
-        out
-    }
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.running {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// A MongoDB-compatible server of the test's own, which it may freeze: `mongod` when on PATH
