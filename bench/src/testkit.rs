@@ -440,3 +440,21 @@ impl Drop for PrivateStack {
         }
     }
 }
+
+/// Feeds every committed input of the fuzz target `target` (`fuzz/corpus/TARGET/`) through
+/// `entry_point`, the function the fuzzer calls, on the stable toolchain: a fixed find stays fixed
+/// on machines without nightly or cargo-fuzz (docs/fuzzing.md).
+pub fn replay_fuzz_corpus(target: &str, entry_point: fn(&[u8])) {
+    let dir = workspace_root().join("fuzz/corpus").join(target);
+    let mut inputs: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+        .map(|entry| entry.expect("a corpus entry").path())
+        .collect();
+    inputs.sort();
+    assert!(!inputs.is_empty(), "{} has no inputs", dir.display());
+    for input in inputs {
+        let data = std::fs::read(&input).unwrap_or_else(|e| panic!("cannot read {}: {e}", input.display()));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| entry_point(&data)));
+        assert!(outcome.is_ok(), "{target} panicked on {}", input.display());
+    }
+}

@@ -8,12 +8,15 @@
 //! Needs Kafka and MongoDB (`scripts/stack up`), the ONNX Runtime library (`scripts/setup`) and
 //! the assets in `$IOT_ASSETS_DIR` (default `../shared/assets`).
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bson::{doc, Document};
+use common::Cleanup;
 use iot_bench::testkit::{
     assets_dir, env_or, free_port, ort_library, required, workspace_binary, workspace_root, Children,
 };
@@ -33,32 +36,6 @@ const MALFORMED_KEY: &str = "e2e-malformed";
 const PIPELINE_WAIT: Duration = Duration::from_secs(300);
 
 /// Drops the test database and deletes the test topics when the test ends, passes or fails.
-struct Cleanup {
-    kafka: KafkaArgs,
-    topics: Vec<String>,
-    store: Store,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let (kafka, topics, store) = (self.kafka.clone(), self.topics.clone(), self.store.clone());
-        // Drop runs inside the test's runtime, which cannot be blocked on: use a thread of its own.
-        let cleaner = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            runtime.block_on(async {
-                if let Err(err) = store.database().drop().await {
-                    eprintln!("cannot drop the test database: {err}");
-                }
-                let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-                if let Err(err) = iot_ingest::kafka::delete_topics(&kafka, &topics).await {
-                    eprintln!("cannot delete the test topics: {err:#}");
-                }
-            });
-        });
-        let _ = cleaner.join();
-    }
-}
-
 async fn wait_healthy(url: &str, within: Duration, children: &Children) {
     let client = iot_ingest::infer_client::InferClient::new(url, Duration::from_secs(2)).expect("client");
     let deadline = Instant::now() + within;
@@ -223,7 +200,7 @@ async fn pipeline_stores_every_record_once_through_crashes_and_outages() {
         args
     };
     children.spawn("db-consumer", Path::new(env!("CARGO_BIN_EXE_db-consumer")), &db_args);
-    children.spawn("infer-consumer-1", Path::new(env!("CARGO_BIN_EXE_infer-consumer")), &infer_args(1));
+    children.spawn("infer-consumer-1", Path::new(env!("CARGO_BIN_EXE_infer-consumer")), infer_args(1));
 
     let truth_path = work.path().join("truth.csv");
     let producer_args: Vec<String> = vec![
@@ -248,7 +225,7 @@ async fn pipeline_stores_every_record_once_through_crashes_and_outages() {
     phase(&format!("infer-consumer killed with {at_kill} records inferred"));
     assert!(at_kill < TOTAL, "the infer-consumer finished before it could be killed");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    children.spawn("infer-consumer-2", Path::new(env!("CARGO_BIN_EXE_infer-consumer")), &infer_args(2));
+    children.spawn("infer-consumer-2", Path::new(env!("CARGO_BIN_EXE_infer-consumer")), infer_args(2));
 
     // 2. A malformed message (no GroundTruth) among the good ones.
     let malformed = br#"{"ID": 1, "ProducerID": "cam-x", "Data": "aGk="}"#;

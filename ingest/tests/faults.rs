@@ -53,7 +53,7 @@ fn producer_args(topic: &str, truth: &std::path::Path, extra: &[&str]) -> Vec<St
 
 /// Runs the producer binary to the end.
 fn produce(children: &mut Children, name: &str, topic: &str, truth: &std::path::Path, extra: &[&str]) -> Vec<TruthRow> {
-    children.spawn(name, producer_bin(), &producer_args(topic, truth, extra));
+    children.spawn(name, producer_bin(), producer_args(topic, truth, extra));
     let status = children.wait_exit(name, Duration::from_secs(60));
     assert!(status.is_some_and(|s| s.success()), "{name}: {status:?}{}", children.log_tails());
     truth_log::read(truth).expect("truth log")

@@ -39,6 +39,7 @@ pub struct Run {
     pub db: String,
     pub group: String,
     pub store: Store,
+    _cleanup: Cleanup,
 }
 
 impl Run {
@@ -55,7 +56,10 @@ impl Run {
         let store = Store::open(&MongoArgs { write_concurrency: 1, ..MongoArgs::new(&mongo_uri, &db) })
             .await
             .expect("MongoDB client");
-        let run = Run { dlq: format!("{name}.dlq"), group: format!("{name}-group"), name, kafka, mongo_uri, db, store };
+        let dlq = format!("{name}.dlq");
+        let cleanup = Cleanup { kafka: kafka.clone(), topics: vec![name.clone(), dlq.clone()], store: store.clone() };
+        let group = format!("{name}-group");
+        let run = Run { dlq, group, name, kafka, mongo_uri, db, store, _cleanup: cleanup };
         run.check_stack().await;
         run.create_topics(extra_topic_config).await;
         run
@@ -201,9 +205,16 @@ impl Run {
     }
 }
 
-impl Drop for Run {
+/// Drops the test database and deletes the test topics when the test ends, passes or fails.
+pub struct Cleanup {
+    pub kafka: KafkaArgs,
+    pub topics: Vec<String>,
+    pub store: Store,
+}
+
+impl Drop for Cleanup {
     fn drop(&mut self) {
-        let (kafka, topics, store) = (self.kafka.clone(), [self.name.clone(), self.dlq.clone()], self.store.clone());
+        let (kafka, topics, store) = (self.kafka.clone(), self.topics.clone(), self.store.clone());
         // Drop runs inside the test's runtime, which cannot be blocked on: use a thread of its own.
         let cleaner = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");

@@ -139,13 +139,16 @@ pub struct ExpectedLetters {
     pub records: usize,
 }
 
+/// A change to the plan before anything starts.
+type Tweak = Box<dyn FnOnce(&mut Plan)>;
+
 /// One fault case.
 pub struct Case {
     name: String,
     stream: Stream,
     /// Processes of the `dataflow count --follow` cluster watching the run; 0 for none.
     followers: usize,
-    tweaks: Vec<Box<dyn FnOnce(&mut Plan)>>,
+    tweaks: Vec<Tweak>,
     dead_letters: Vec<ExpectedLetters>,
 }
 
@@ -441,7 +444,8 @@ impl Run {
         self.check_fault_was_real(&truth);
         let letters = read_dead_letters(&self.kafka());
         let excluded = excluded_by_letters(&letters, expected_letters, &truth);
-        let included: Vec<TruthRow> = truth.into_iter().filter(|row| !excluded.contains(row)).collect();
+        let included: Vec<TruthRow> = truth.into_iter().filter(|row| !excluded.iter().any(|e| e.row == *row)).collect();
+        let unlabelled: Vec<TruthRow> = excluded.into_iter().filter(|e| e.stored_unlabelled).map(|e| e.row).collect();
         let exactness = Exactness {
             mongo_uri: self.stack.mongo_uri(),
             db: DB.to_owned(),
@@ -453,7 +457,7 @@ impl Run {
             Role::Follower { csv } => csv.clone(),
             _ => unreachable!(),
         });
-        let summary = exactness.check(&included, follower_csv.as_deref());
+        let summary = exactness.check(&included, &unlabelled, follower_csv.as_deref());
         self.phase(&format!(
             "exact: {} records inferred once, {} errors; batch and follow CSVs equal the truth; {} dead letter(s)",
             summary.records,
@@ -745,10 +749,19 @@ struct Identity {
     sent_at_ms: Option<i64>,
 }
 
+/// A truth row some consumer group dead-lettered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LetteredRow {
+    pub row: TruthRow,
+    /// Only the infer-consumer gave up on it: the db-consumer stored its metadata, so MongoDB
+    /// holds it without a label (pending, not counted).
+    pub stored_unlabelled: bool,
+}
+
 /// Checks the dead letters against what the case expects and returns the truth rows they cover:
 /// every letter has an expected reason, and each reason covers the expected number of distinct
 /// records (a record may be dead-lettered by both groups).
-fn excluded_by_letters(letters: &[DeadLetter], expected: &[ExpectedLetters], truth: &[TruthRow]) -> Vec<TruthRow> {
+fn excluded_by_letters(letters: &[DeadLetter], expected: &[ExpectedLetters], truth: &[TruthRow]) -> Vec<LetteredRow> {
     let mut records_by_reason: HashMap<&str, HashSet<(&str, i32, i64)>> = HashMap::new();
     for letter in letters {
         assert!(
@@ -766,16 +779,28 @@ fn excluded_by_letters(letters: &[DeadLetter], expected: &[ExpectedLetters], tru
         let got = records_by_reason.get(expectation.reason_code.as_str()).map_or(0, HashSet::len);
         assert_eq!(got, expectation.records, "records dead-lettered with {}", expectation.reason_code);
     }
-    let identities: Vec<Identity> =
-        letters.iter().filter_map(|l| l.payload.as_deref().and_then(|p| serde_json::from_str(p).ok())).collect();
+    let identities: Vec<(Identity, &str)> = letters
+        .iter()
+        .filter_map(|l| {
+            let identity = l.payload.as_deref().and_then(|p| serde_json::from_str(p).ok())?;
+            Some((identity, l.consumer_group.as_str()))
+        })
+        .collect();
     truth
         .iter()
-        .filter(|row| {
-            identities.iter().any(|i| {
-                i.producer_id == row.producer_id && i.id == row.id && i.sent_at_ms.is_none_or(|t| t == row.sent_at_ms)
-            })
+        .filter_map(|row| {
+            let groups: HashSet<&str> = identities
+                .iter()
+                .filter(|(i, _)| {
+                    i.producer_id == row.producer_id
+                        && i.id == row.id
+                        && i.sent_at_ms.is_none_or(|t| t == row.sent_at_ms)
+                })
+                .map(|(_, group)| *group)
+                .collect();
+            let stored_unlabelled = groups.len() == 1 && groups.contains(INFER_GROUP);
+            (!groups.is_empty()).then(|| LetteredRow { row: row.clone(), stored_unlabelled })
         })
-        .cloned()
         .collect()
 }
 
@@ -802,11 +827,15 @@ impl Exactness {
     /// the producer sent and an inference; `dataflow count` and `dataflow count --follow` (the
     /// running follower's CSV at `follower_csv`, or else a fresh one) both write exactly the
     /// per-producer error counts computed from `truth` and the stored labels.
-    pub fn check(&self, truth: &[TruthRow], follower_csv: Option<&Path>) -> Summary {
+    /// The records of `unlabelled` are stored with their metadata but without a label (pending,
+    /// not counted).
+    pub fn check(&self, truth: &[TruthRow], unlabelled: &[TruthRow], follower_csv: Option<&Path>) -> Summary {
         let tails = &self.log_tails;
         let by_id: HashMap<String, &TruthRow> =
             truth.iter().map(|r| (iot_schema::doc_id(&r.producer_id, r.id), r)).collect();
         assert_eq!(by_id.len(), truth.len(), "the truth logs name a record twice");
+        let mut pending: HashMap<String, &TruthRow> =
+            unlabelled.iter().map(|r| (iot_schema::doc_id(&r.producer_id, r.id), r)).collect();
 
         let client = mongo_client(&self.mongo_uri, Duration::from_secs(10));
         let records = client.database(&self.db).collection::<Document>(iot_schema::DEFAULT_COLLECTION);
@@ -814,20 +843,22 @@ impl Exactness {
         for doc in records.find(doc! {}).run().expect("find") {
             let doc = doc.expect("MongoDB cursor");
             let id = doc.get_str("_id").unwrap_or_else(|_| panic!("a record without a string _id: {doc}")).to_owned();
+            if let Some(row) = pending.remove(&id) {
+                assert_metadata(&doc, row, tails);
+                assert!(!doc.contains_key("Inferred"), "a record the infer-consumer dead-lettered has a label: {doc}");
+                continue;
+            }
             let Some(row) = by_id.get(&id) else {
                 panic!(
                     "MongoDB has a record no producer sent (or one that should have been dead-lettered): {doc}{tails}"
                 )
             };
-            assert_eq!(doc.get_str("ProducerID"), Ok(row.producer_id.as_str()), "{doc}");
-            assert_eq!(doc.get_i64("ID").or_else(|_| doc.get_i32("ID").map(i64::from)), Ok(row.id), "{doc}");
-            assert_eq!(doc.get_str("GroundTruth"), Ok(row.ground_truth.as_str()), "{doc}");
-            assert_eq!(doc.get_datetime("SentAt").map(|d| d.timestamp_millis()), Ok(row.sent_at_ms), "{doc}");
-            assert!(doc.get_datetime("StoredAt").is_ok(), "no metadata from the db-consumer: {doc}{tails}");
+            assert_metadata(&doc, row, tails);
             assert_eq!(doc.get_str("ModelId"), Ok(MODEL_ID), "{doc}{tails}");
             let label = doc.get_str("Inferred").unwrap_or_else(|_| panic!("not inferred: {doc}{tails}"));
             assert!(labels.insert(id, label.to_owned()).is_none(), "a record appears twice");
         }
+        assert!(pending.is_empty(), "dead-lettered records whose metadata was never stored: {pending:?}{tails}");
         let missing: Vec<&String> = by_id.keys().filter(|id| !labels.contains_key(*id)).take(10).collect();
         assert!(
             missing.is_empty(),
@@ -863,6 +894,15 @@ impl Exactness {
         wait_for_csv(csv, expected, FOLLOWER_WAIT, &children.log_tails());
         assert!(children.terminate(&process.name, STOP_WAIT), "the follower did not exit 0 on SIGTERM");
     }
+}
+
+/// The stored record holds what the producer sent for it, and the db-consumer's metadata.
+fn assert_metadata(doc: &Document, row: &TruthRow, tails: &str) {
+    assert_eq!(doc.get_str("ProducerID"), Ok(row.producer_id.as_str()), "{doc}");
+    assert_eq!(doc.get_i64("ID").or_else(|_| doc.get_i32("ID").map(i64::from)), Ok(row.id), "{doc}");
+    assert_eq!(doc.get_str("GroundTruth"), Ok(row.ground_truth.as_str()), "{doc}");
+    assert_eq!(doc.get_datetime("SentAt").map(|d| d.timestamp_millis()), Ok(row.sent_at_ms), "{doc}");
+    assert!(doc.get_datetime("StoredAt").is_ok(), "no metadata from the db-consumer: {doc}{tails}");
 }
 
 /// `ProducerID -> errors` from the truth and the stored labels.

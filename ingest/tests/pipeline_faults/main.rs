@@ -151,6 +151,8 @@ fn a_follower_cluster_member_killed_then_terminated() {
                 );
             }
             run.restart_followers();
+            // The restarted cluster reloads while the producers keep sending.
+            run.sleep_s(2);
         });
         // Long enough for the restarted cluster to reload; the producers are still sending.
         run.sleep_s(5);
@@ -165,6 +167,8 @@ fn a_follower_cluster_member_killed_then_terminated() {
                 );
             }
             run.restart_followers();
+            // The restarted cluster reloads while the producers keep sending.
+            run.sleep_s(2);
         });
         run.expect_logged("follower-0", "cluster peer lost");
         run.expect_logged("follower-0", "process 2 was asked to stop");

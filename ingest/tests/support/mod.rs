@@ -16,6 +16,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
+pub use crate::common::Cleanup;
 pub use iot_bench::testkit::{env_or, free_port, workspace_binary, workspace_root, Children};
 
 pub fn producer_bin() -> &'static Path {
@@ -122,33 +123,6 @@ fn which(program: &str) -> Option<PathBuf> {
 
 pub fn kafka_args(topic: &str) -> KafkaArgs {
     KafkaArgs { brokers: brokers(), topic: topic.to_owned(), kafka_opts: Vec::new() }
-}
-
-/// Drops the test database and deletes the test topics when the test ends, passes or fails.
-pub struct Cleanup {
-    pub kafka: KafkaArgs,
-    pub topics: Vec<String>,
-    pub store: Store,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let (kafka, topics, store) = (self.kafka.clone(), self.topics.clone(), self.store.clone());
-        // Drop runs inside the test's runtime, which cannot be blocked on: use a thread of its own.
-        let cleaner = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            runtime.block_on(async {
-                if let Err(err) = store.database().drop().await {
-                    eprintln!("cannot drop the test database: {err}");
-                }
-                let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-                if let Err(err) = iot_ingest::kafka::delete_topics(&kafka, &topics).await {
-                    eprintln!("cannot delete the test topics: {err:#}");
-                }
-            });
-        });
-        let _ = cleaner.join();
-    }
 }
 
 /// Fails early, with the fix, when Kafka or MongoDB does not answer.
