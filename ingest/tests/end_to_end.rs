@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bson::{doc, Document};
-use common::Cleanup;
+use common::{check_stack, Cleanup};
 use iot_bench::testkit::{
     assets_dir, env_or, free_port, ort_library, required, workspace_binary, workspace_root, Children,
 };
@@ -68,20 +68,6 @@ async fn wait_inferred(store: &Store, n: u64, within: Duration, children: &Child
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// Fails early, with the fix, when Kafka or MongoDB does not answer.
-async fn check_stack(kafka: &KafkaArgs, store: &Store) {
-    let admin = iot_ingest::kafka::admin(kafka).expect("Kafka admin client");
-    let metadata = admin.inner().fetch_metadata(None, Duration::from_secs(10));
-    assert!(
-        metadata.is_ok(),
-        "Kafka does not answer at {} ({:?}): start the stack with scripts/stack up",
-        kafka.brokers,
-        metadata.err()
-    );
-    let ping = store.database().run_command(doc! { "ping": 1 }).await;
-    assert!(ping.is_ok(), "MongoDB does not answer ({:?}): start the stack with scripts/stack up", ping.err());
 }
 
 /// Reads the dead-letter topic from the start until it has a letter for the malformed record

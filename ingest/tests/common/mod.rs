@@ -60,21 +60,9 @@ impl Run {
         let cleanup = Cleanup { kafka: kafka.clone(), topics: vec![name.clone(), dlq.clone()], store: store.clone() };
         let group = format!("{name}-group");
         let run = Run { dlq, group, name, kafka, mongo_uri, db, store, _cleanup: cleanup };
-        run.check_stack().await;
+        check_stack(&run.kafka, &run.store).await;
         run.create_topics(extra_topic_config).await;
         run
-    }
-
-    async fn check_stack(&self) {
-        let admin = iot_ingest::kafka::admin(&self.kafka).expect("Kafka admin client");
-        let metadata = admin.inner().fetch_metadata(None, Duration::from_secs(10));
-        assert!(
-            metadata.is_ok(),
-            "Kafka does not answer at {}: start the stack with scripts/stack up",
-            self.kafka.brokers
-        );
-        let ping = self.store.database().run_command(doc! { "ping": 1 }).await;
-        assert!(ping.is_ok(), "MongoDB does not answer ({:?}): start the stack with scripts/stack up", ping.err());
     }
 
     async fn create_topics(&self, extra: &[(&str, &str)]) {
@@ -203,6 +191,20 @@ impl Run {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// Fails early, with the fix, when Kafka or MongoDB does not answer.
+pub async fn check_stack(kafka: &KafkaArgs, store: &Store) {
+    let admin = iot_ingest::kafka::admin(kafka).expect("Kafka admin client");
+    let metadata = admin.inner().fetch_metadata(None, Duration::from_secs(10));
+    assert!(
+        metadata.is_ok(),
+        "Kafka does not answer at {} ({:?}): start the stack with scripts/stack up",
+        kafka.brokers,
+        metadata.err()
+    );
+    let ping = store.database().run_command(doc! { "ping": 1 }).await;
+    assert!(ping.is_ok(), "MongoDB does not answer ({:?}): start the stack with scripts/stack up", ping.err());
 }
 
 /// Drops the test database and deletes the test topics when the test ends, passes or fails.

@@ -16,7 +16,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-pub use crate::common::Cleanup;
+pub use crate::common::{check_stack, Cleanup};
 pub use iot_bench::testkit::{env_or, free_port, workspace_binary, workspace_root, Children};
 
 pub fn producer_bin() -> &'static Path {
@@ -123,20 +123,6 @@ fn which(program: &str) -> Option<PathBuf> {
 
 pub fn kafka_args(topic: &str) -> KafkaArgs {
     KafkaArgs { brokers: brokers(), topic: topic.to_owned(), kafka_opts: Vec::new() }
-}
-
-/// Fails early, with the fix, when Kafka or MongoDB does not answer.
-pub async fn check_stack(kafka: &KafkaArgs, store: &Store) {
-    let admin = iot_ingest::kafka::admin(kafka).expect("Kafka admin client");
-    let metadata = admin.inner().fetch_metadata(None, Duration::from_secs(10));
-    assert!(
-        metadata.is_ok(),
-        "Kafka does not answer at {} ({:?}): start the stack with scripts/stack up",
-        kafka.brokers,
-        metadata.err()
-    );
-    let ping = store.database().run_command(doc! { "ping": 1 }).await;
-    assert!(ping.is_ok(), "MongoDB does not answer ({:?}): start the stack with scripts/stack up", ping.err());
 }
 
 pub async fn count(store: &Store, filter: Document) -> u64 {
