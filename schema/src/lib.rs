@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod exit;
 pub mod infer;
 pub mod redact;
 pub mod write;
