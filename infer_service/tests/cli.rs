@@ -1,15 +1,15 @@
-//! The `infer_service` program itself: flags and environment, errors, SIGTERM.
+//! The `infer-service` program itself: flags and environment, errors, SIGTERM.
 
 mod common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use infer_service::api::{encode_base64, HealthResponse, LegacyInferResponse};
+use iot_infer_service::api::{encode_base64, HealthResponse, LegacyInferResponse};
 use serde_json::json;
 
 fn program() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_infer_service"));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_infer-service"));
     for var in ["IOT_MODEL", "IOT_CLASSES", "IOT_LABEL_MAP", "IOT_LISTEN", "IOT_MODEL_ID", "IOT_MAX_BATCH"] {
         command.env_remove(var);
     }
@@ -77,9 +77,9 @@ async fn configured_from_the_environment_it_serves_until_sigterm() {
             break response.json().await.expect("health JSON");
         }
         if let Some(status) = child.try_wait().expect("child status") {
-            panic!("infer_service exited early with {status}");
+            panic!("infer-service exited early with {status}");
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "infer_service did not come up");
+        assert!(started.elapsed() < Duration::from_secs(60), "infer-service did not come up");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(health.model_id, "int8-under-test");
@@ -96,7 +96,7 @@ async fn configured_from_the_environment_it_serves_until_sigterm() {
         if let Some(status) = child.try_wait().expect("child status") {
             break status;
         }
-        assert!(Instant::now() < deadline, "infer_service still running 20 s after SIGTERM");
+        assert!(Instant::now() < deadline, "infer-service still running 20 s after SIGTERM");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let mut stderr = String::new();

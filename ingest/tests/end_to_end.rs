@@ -134,7 +134,7 @@ async fn pipeline_stores_every_record_once_through_crashes_and_outages() {
     check_stack(&kafka, &store).await;
     let _cleanup = Cleanup { kafka: kafka.clone(), topics: vec![topic.clone(), dlq.clone()], store: store.clone() };
 
-    let infer_service = workspace_binary("infer_service");
+    let infer_service = workspace_binary("infer-service");
     let dataflow = workspace_binary("dataflow");
     let phase = |what: &str| eprintln!("[{:6.1}s] {what}", started.elapsed().as_secs_f64());
     phase("binaries ready");

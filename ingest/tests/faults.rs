@@ -107,7 +107,7 @@ async fn id_collisions_are_dead_lettered_and_never_merged() {
     check_stack(&kafka, &store).await;
     let _cleanup =
         Cleanup { kafka: kafka.clone(), topics: vec![names.topic.clone(), names.dlq.clone()], store: store.clone() };
-    let infer_service = workspace_binary("infer_service");
+    let infer_service = workspace_binary("infer-service");
     iot_ingest::kafka::create_topics(&kafka, &[&names.topic, &names.dlq], 2).await.expect("topics");
     let work = tempfile::tempdir().expect("temp dir");
     let mut children = Children::new(work.path());
