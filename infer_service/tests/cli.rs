@@ -6,6 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use iot_infer_service::api::{encode_base64, HealthResponse, LegacyInferResponse};
+use iot_schema::exit;
 use serde_json::json;
 
 fn program() -> Command {
@@ -20,12 +21,12 @@ fn program() -> Command {
 fn a_bad_flag_gets_the_usage() {
     let output =
         program().args(["--model", "m.onnx", "--classes", "c.txt", "--max-batch", "0"]).output().expect("runs");
-    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(output.status.code(), Some(exit::USAGE.into()));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("invalid value '0' for '--max-batch"), "{stderr}");
 
     let output = program().output().expect("runs");
-    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(output.status.code(), Some(exit::USAGE.into()));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--model <MODEL>") && stderr.contains("Usage:"), "{stderr}");
 }
@@ -37,9 +38,9 @@ fn a_missing_model_is_a_clear_error() {
         .env("IOT_CLASSES", common::imagenet_classes())
         .output()
         .expect("runs");
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(exit::FAILED.into()));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("/nonexistent/model.onnx"), "{stderr}");
+    assert!(stderr.contains("infer-service: error: ") && stderr.contains("/nonexistent/model.onnx"), "{stderr}");
 }
 
 #[test]
@@ -50,7 +51,7 @@ fn a_missing_onnxruntime_is_a_clear_error() {
         .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
         .output()
         .expect("runs");
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(exit::FAILED.into()));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("ONNX Runtime library /nonexistent/libonnxruntime.so does not exist"), "{stderr}");
 }
