@@ -274,7 +274,7 @@ pub fn service_files(port: u16) -> ServiceFiles {
     let label_map =
         required(workspace_root().join("data/label_maps/imagenet_to_cifar10.csv"), "it is part of the repository");
     ServiceFiles {
-        binary: testkit::workspace_binary("infer_service"),
+        binary: testkit::workspace_binary("infer-service"),
         args: vec![
             format!("--model={}", model.display()),
             format!("--classes={}", classes.display()),
