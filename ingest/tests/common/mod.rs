@@ -223,20 +223,60 @@ pub struct Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let (kafka, topics, store) = (self.kafka.clone(), self.topics.clone(), self.store.clone());
-        // Drop runs inside the test's runtime, which cannot be blocked on: use a thread of its own.
-        let cleaner = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            runtime.block_on(async {
-                if let Err(err) = store.database().drop().await {
-                    eprintln!("cannot drop the test database: {err}");
-                }
-                let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-                if let Err(err) = iot_ingest::kafka::delete_topics(&kafka, &topics).await {
-                    eprintln!("cannot delete the test topics: {err:#}");
-                }
-            });
+        block_outside_the_runtime(async move {
+            drop_database(&store).await;
+            let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+            if let Err(err) = iot_ingest::kafka::delete_topics(&kafka, &topics).await {
+                eprintln!("cannot delete the test topics: {err:#}");
+            }
         });
-        let _ = cleaner.join();
+    }
+}
+
+/// Drops a test's database when the test ends, passes or fails.
+pub struct DropDb(pub Store);
+
+impl Drop for DropDb {
+    fn drop(&mut self) {
+        let store = self.0.clone();
+        block_outside_the_runtime(async move { drop_database(&store).await });
+    }
+}
+
+async fn drop_database(store: &Store) {
+    if let Err(err) = store.database().drop().await {
+        eprintln!("cannot drop the test database: {err}");
+    }
+}
+
+/// Runs `work` to its end from a `Drop`, which runs inside the test's runtime and cannot block
+/// on it: on a thread and a runtime of its own.
+fn block_outside_the_runtime(work: impl std::future::Future<Output = ()> + Send + 'static) {
+    let worker = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(work);
+    });
+    let _ = worker.join();
+}
+
+/// A store on a new database `<prefix>_<unique>` of the shared stack's server, failing early
+/// with the fix when the server does not answer.
+pub async fn shared_store(db: &str) -> Store {
+    let uri = mongo_uri();
+    let store = Store::open(&MongoArgs::new(&uri, db)).await.expect("MongoDB client");
+    let ping = store.database().run_command(doc! { "ping": 1 }).await;
+    assert!(ping.is_ok(), "MongoDB does not answer at {uri} ({:?}): start the stack with scripts/stack up", ping.err());
+    store
+}
+
+/// Message `id` of one of three producers, without image data, with a fixed SentAt.
+pub fn test_message(id: i64) -> iot_schema::ImageMessage {
+    iot_schema::ImageMessage {
+        id,
+        producer_id: format!("cam-{}", id % 3),
+        ground_truth: "cat".into(),
+        data: String::new(),
+        sent_at_ms: Some(1_700_000_000_000 + id),
     }
 }
 
