@@ -10,13 +10,13 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bson::{doc, Document};
-use common::{check_stack, consumer_args, kafka_args, mongo_uri, service_files, Cleanup};
+use common::{check_stack, consumer_args, counts_csv, error_counts, kafka_args, mongo_uri, service_files, Cleanup};
 use iot_bench::testkit::{asset, expect_sample, free_port, unique_name, workspace_binary, Children};
 use iot_ingest::args::{KafkaArgs, MongoArgs};
 use iot_ingest::dlq::DeadLetter;
@@ -93,20 +93,6 @@ async fn read_dead_letters(kafka: &KafkaArgs, dlq: &str, groups: &[&str]) -> Vec
         letters.push((letter, reason_header));
     }
     letters
-}
-
-/// `ProducerID,total_errors` from the ground-truth logs and the stored inferences.
-fn expected_csv(truth: &[TruthRow], inferred: &HashMap<String, String>) -> String {
-    let mut errors: BTreeMap<&str, u64> = BTreeMap::new();
-    for row in truth {
-        let label = &inferred[&iot_schema::doc_id(&row.producer_id, row.id)];
-        *errors.entry(&row.producer_id).or_default() += u64::from(*label != row.ground_truth);
-    }
-    let mut csv = String::from("ProducerID,total_errors\n");
-    for (producer, n) in errors {
-        csv += &format!("{producer},{n}\n");
-    }
-    csv
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -410,7 +396,7 @@ impl Pipeline {
             .expect("run dataflow");
         assert!(status.success(), "dataflow count failed");
         let produced = std::fs::read_to_string(&output).expect("dataflow CSV");
-        assert_eq!(produced, expected_csv(truth, inferred), "dataflow CSV vs ground truth");
+        assert_eq!(produced, counts_csv(&error_counts(truth, inferred)), "dataflow CSV vs ground truth");
         produced
     }
 }

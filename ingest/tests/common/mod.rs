@@ -325,3 +325,26 @@ pub fn service_files(port: u16) -> ServiceFiles {
         ],
     }
 }
+
+/// `ProducerID -> errors` from the producers' truth logs and the stored labels: the answer
+/// `dataflow count` must give.
+pub fn error_counts(
+    truth: &[iot_ingest::truth_log::TruthRow],
+    labels: &HashMap<String, String>,
+) -> std::collections::BTreeMap<String, u64> {
+    let mut errors = std::collections::BTreeMap::new();
+    for row in truth {
+        let label = &labels[&iot_schema::doc_id(&row.producer_id, row.id)];
+        *errors.entry(row.producer_id.clone()).or_default() += u64::from(*label != row.ground_truth);
+    }
+    errors
+}
+
+/// The CSV `dataflow count` writes for these counts (the test producers' names need no quoting).
+pub fn counts_csv(errors: &std::collections::BTreeMap<String, u64>) -> String {
+    let mut csv = String::from("ProducerID,total_errors\n");
+    for (producer, n) in errors {
+        csv += &format!("{producer},{n}\n");
+    }
+    csv
+}

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::common::{counts_csv, error_counts};
 use bson::{doc, Document};
 use iot_bench::testkit::{self, Children, PrivateStack};
 use iot_ingest::args::KafkaArgs;
@@ -903,25 +904,6 @@ fn assert_metadata(doc: &Document, row: &TruthRow, tails: &str) {
     assert_eq!(doc.get_str("GroundTruth"), Ok(row.ground_truth.as_str()), "{doc}");
     assert_eq!(doc.get_datetime("SentAt").map(|d| d.timestamp_millis()), Ok(row.sent_at_ms), "{doc}");
     assert!(doc.get_datetime("StoredAt").is_ok(), "no metadata from the db-consumer: {doc}{tails}");
-}
-
-/// `ProducerID -> errors` from the truth and the stored labels.
-pub fn error_counts(truth: &[TruthRow], labels: &HashMap<String, String>) -> BTreeMap<String, u64> {
-    let mut errors = BTreeMap::new();
-    for row in truth {
-        let label = &labels[&iot_schema::doc_id(&row.producer_id, row.id)];
-        *errors.entry(row.producer_id.clone()).or_default() += u64::from(*label != row.ground_truth);
-    }
-    errors
-}
-
-/// The CSV `dataflow count` must write for these counts.
-fn counts_csv(errors: &BTreeMap<String, u64>) -> String {
-    let mut csv = String::from("ProducerID,total_errors\n");
-    for (producer, n) in errors {
-        csv += &format!("{producer},{n}\n");
-    }
-    csv
 }
 
 fn wait_for_csv(path: &Path, expected: &str, limit: Duration, tails: &str) {
