@@ -26,17 +26,19 @@ use timely::dataflow::{InputHandle, ProbeHandle};
 use timely::worker::Worker;
 
 use crate::cluster::ClusterArgs;
-use crate::consolidate::Consolidator;
 use crate::count::error_counts;
-use crate::job::{collect_at_worker_zero, current_table, distribute_plan, from_worker_zero, Rows, Shared, StatsInput};
+use crate::load::{Loader, Reading};
 use crate::progress::Progress;
 use crate::record::{Observation, Tally};
 use crate::sink::{rfc3339, rfc3339_ms, AsOf, Output, Position};
 use crate::source::changes::{ChangePoller, Changes};
 use crate::source::file::{self, Format, Tail};
-use crate::source::mongo::{document_id, read_document, MongoSource, Reading};
+use crate::source::mongo::{document_id, read_document, MongoSource};
 use crate::source::{bounded, Share, Source};
 use crate::stats::LoadStats;
+use crate::worker_zero::{
+    collect_at_worker_zero, current_table, distribute_plan, from_worker_zero, Rows, StatsInput, WorkerCell,
+};
 
 /// How often a worker that only holds state looks at its process's stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(100);
@@ -69,6 +71,15 @@ enum Stored {
 }
 
 impl Stored {
+    /// A record's state in the follower: `None` for a tombstone, which is not kept.
+    fn of(reading: &Reading<'_>) -> Option<Stored> {
+        match reading {
+            Reading::Counted { .. } => reading.observation().map(Stored::Counted),
+            Reading::Tombstone => None,
+            Reading::Malformed(_) => Some(Stored::Malformed),
+        }
+    }
+
     fn counted(self) -> Option<Observation> {
         match self {
             Stored::Counted(observation) => Some(observation),
@@ -126,9 +137,9 @@ fn follow_on_worker(
     let started = Instant::now();
     let loaded_as_of = SystemTime::now();
     let mut votes = StopVotes::new(worker, process);
-    let rows: Shared<Rows> = Default::default();
-    let merged: Shared<LoadStats> = Default::default();
-    let malformed: Shared<isize> = Default::default();
+    let rows: WorkerCell<Rows> = Default::default();
+    let merged: WorkerCell<LoadStats> = Default::default();
+    let malformed: WorkerCell<isize> = Default::default();
     let probe = ProbeHandle::new();
     let (mut inputs, mut stats_input) = worker.dataflow::<u64, _, _>(|scope| {
         let mut upserts = Upserts::new();
@@ -220,12 +231,12 @@ struct StopVotes {
     process: u16,
     sent: bool,
     /// At worker 0: the first process that asked.
-    asked_by: Shared<Option<u16>>,
+    asked_by: WorkerCell<Option<u16>>,
 }
 
 impl StopVotes {
     fn new(worker: &mut Worker, process: u16) -> Self {
-        let asked_by: Shared<Option<u16>> = Default::default();
+        let asked_by: WorkerCell<Option<u16>> = Default::default();
         let sink = asked_by.clone();
         let input = worker.dataflow::<u64, _, _>(|scope| {
             let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<u16>>>::new();
@@ -267,23 +278,16 @@ fn load_mongo(
         Some(Err(err)) => (None, Some(err)),
         started => (started.and_then(Result::ok), None),
     };
-    let (ranges, planning_failure) = distribute_plan(worker, source);
-    let failure = start_failure.or(planning_failure);
-    let loaded = failure.map_or(Ok(()), Err).and_then(|()| {
+    let planned = distribute_plan(worker, source);
+    let loaded = start_failure.map_or(planned, Err).and_then(|ranges| {
         ranges.iter().try_for_each(|range| {
             source.scan_range(range, progress, |document| {
-                stats.records += 1;
-                match read_document(document) {
-                    Reading::Counted { producer_id, ground_truth, inferred } => inputs.upserts.send((
-                        document_id(document),
-                        Some(Stored::Counted(Observation::new(producer_id, ground_truth, inferred))),
-                        0,
-                    )),
-                    Reading::Deleted => stats.deleted += 1,
-                    Reading::Malformed(reason) => {
-                        stats.skip(|| document_id(document), &reason);
-                        inputs.upserts.send((document_id(document), Some(Stored::Malformed), 0));
-                    }
+                let id = document_id(document);
+                let reading = read_document(document);
+                stats.account(&reading, || id.clone());
+                // Malformed records are kept too, so that the sidecar's count of them stays exact.
+                if let Some(stored) = Stored::of(&reading) {
+                    inputs.upserts.send((id, Some(stored), 0));
                 }
             })
         })
@@ -301,13 +305,17 @@ fn load_file(
     progress: &Progress,
 ) -> (Option<Feed>, Result<()>) {
     let share = Share { index: worker.index(), peers: worker.peers() };
-    let (lengths, failure) = from_worker_zero(worker, |peers| Ok(vec![file::complete_len(path)?; peers]));
-    let Some(&len) = lengths.first() else {
-        return (None, Err(failure.unwrap_or_else(|| anyhow::anyhow!("worker 0 did not measure the file"))));
+    let measured = from_worker_zero(worker, |peers| Ok(vec![file::complete_len(path)?; peers]));
+    let len = match measured.map(|lengths| lengths.first().copied()) {
+        Ok(Some(len)) => len,
+        Ok(None) => return (None, Err(anyhow::anyhow!("worker 0 did not measure the file"))),
+        Err(err) => return (None, Err(err)),
     };
-    let mut counts = Consolidator::default();
-    let loaded = file::load_lines(path, share, len, &mut counts, stats, progress);
-    counts.drain().into_iter().for_each(|(observation, diff)| inputs.appended.update(observation, diff));
+    let mut loader = Loader::default();
+    let loaded = file::load_lines(path, share, len, &mut loader, progress);
+    let (counts, loaded_stats) = loader.take();
+    counts.into_iter().for_each(|(observation, diff)| inputs.appended.update(observation, diff));
+    stats.merge(&loaded_stats);
     let feed = (worker.index() == 0).then(|| Feed::File(Tail::new(path, len)));
     (feed, loaded)
 }
@@ -365,12 +373,13 @@ impl Feed {
                 Ok(Some(Polled { changed, malformed_lines: 0 }))
             }
             Feed::File(tail) => {
-                let (mut counts, mut stats) = (Consolidator::default(), LoadStats::default());
-                tail.read_appended(&mut counts, &mut stats)?;
+                let mut loader = Loader::default();
+                tail.read_appended(&mut loader)?;
+                let (counts, stats) = loader.take();
                 for example in &stats.skipped_examples {
                     tracing::warn!("appended line not counted: {example}");
                 }
-                counts.drain().into_iter().for_each(|(observation, diff)| inputs.appended.update(observation, diff));
+                counts.into_iter().for_each(|(observation, diff)| inputs.appended.update(observation, diff));
                 Ok(Some(Polled { changed: stats.records as usize, malformed_lines: stats.skipped }))
             }
         }
@@ -387,9 +396,9 @@ impl Feed {
 
 /// What worker 0 publishes: the table from the dataflow and what the sidecar says about it.
 struct State<'a> {
-    rows: &'a Shared<Rows>,
+    rows: &'a WorkerCell<Rows>,
     /// Malformed records in the dataflow (MongoDB).
-    malformed: &'a Shared<isize>,
+    malformed: &'a WorkerCell<isize>,
     /// Malformed lines of a followed file.
     malformed_lines: u64,
     source: String,
