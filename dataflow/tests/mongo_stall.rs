@@ -1,5 +1,5 @@
 //! A MongoDB server that is up but stalled (here: a private FerretDB frozen with SIGSTOP, never
-//! the shared one): the batch job fails with exit code 2 instead of hanging, and the follower
+//! the shared one): the batch job fails (exit code 1) instead of hanging, and the follower
 //! logs the stall, keeps its last CSV and catches up once the server answers again.
 
 mod common;
@@ -77,7 +77,7 @@ impl Drop for PrivateFerretDb {
 }
 
 #[test]
-fn a_stalled_server_fails_the_batch_job_with_exit_code_2() {
+fn a_stalled_server_fails_the_batch_job_with_exit_code_1() {
     let server = PrivateFerretDb::start(27400..27450);
     let (db, model) = base_at(&server.uri(), 100, 41);
     let dir = tempfile::tempdir().unwrap();
@@ -101,7 +101,7 @@ fn a_stalled_server_fails_the_batch_job_with_exit_code_2() {
     let status = wait_for_exit(&mut batch.child, Duration::from_secs(60));
     server.thaw();
     let said = read_log(&log);
-    assert_eq!(status.code(), Some(2), "{said}");
+    assert_eq!(status.code(), Some(iot_schema::exit::FAILED.into()), "{said}");
     assert!(said.contains(&format!("MongoDB at {uri} stopped answering")), "{said}");
     assert!(said.contains("no answer within 2s (--mongo-op-timeout)"), "{said}");
     assert!(!output.exists(), "no CSV");
