@@ -127,6 +127,16 @@ pub fn run(source: Source, cluster: ClusterArgs, options: FollowOptions, progres
     Ok(())
 }
 
+/// What worker 0 collects from the dataflow.
+#[derive(Default)]
+struct Collected {
+    rows: WorkerCell<Rows>,
+    /// The initial load's statistics, merged over every worker.
+    loaded: WorkerCell<LoadStats>,
+    /// Malformed records in the dataflow (MongoDB).
+    malformed: WorkerCell<isize>,
+}
+
 fn follow_on_worker(
     worker: &mut Worker,
     process: u16,
@@ -137,33 +147,9 @@ fn follow_on_worker(
     let started = Instant::now();
     let loaded_as_of = SystemTime::now();
     let mut votes = StopVotes::new(worker, process);
-    let rows: WorkerCell<Rows> = Default::default();
-    let merged: WorkerCell<LoadStats> = Default::default();
-    let malformed: WorkerCell<isize> = Default::default();
+    let collected = Collected::default();
     let probe = ProbeHandle::new();
-    let (mut inputs, mut stats_input) = worker.dataflow::<u64, _, _>(|scope| {
-        let mut upserts = Upserts::new();
-        let (appended, appended_records) = scope.new_collection::<Observation, isize>();
-        let mut stats_input = StatsInput::new();
-        let records_by_id = arrange_from_upsert::<
-            ValBuilder<String, Stored, u64, isize>,
-            ValSpine<String, Stored, u64, isize>,
-            String,
-            Stored,
-        >(upserts.to_stream(scope), "RecordsById")
-        .as_collection(|_id, stored| stored.clone());
-        let observations = records_by_id.clone().flat_map(Stored::counted).concat(appended_records);
-        collect_at_worker_zero(error_counts(observations), stats_input.to_stream(scope), &rows, &merged, &probe);
-        // One `()` per malformed record; their multiplicities add up to how many there are.
-        let sink = malformed.clone();
-        records_by_id
-            .filter(Stored::is_malformed)
-            .inner
-            .exchange(|_| 0)
-            .inspect(move |(_, _time, diff)| *sink.borrow_mut() += diff)
-            .probe_with(&probe);
-        (Inputs { upserts, appended }, stats_input)
-    });
+    let (mut inputs, mut stats_input) = build_dataflow(worker, &collected, &probe);
 
     let mut stats = LoadStats::default();
     let (feed, loaded) = match source {
@@ -179,36 +165,19 @@ fn follow_on_worker(
     worker.step_while(|| probe.less_than(&1));
 
     if worker.index() != 0 {
-        // Only worker 0 feeds changes; the others keep their share of the state until it stops,
-        // and pass on a stop asked of their process.
-        drop(inputs);
-        while !probe.done() {
-            worker.step_or_park(Some(STOP_CHECK));
-            votes.vote_if(&options.stop);
-        }
+        hold_state_until_stopped(worker, inputs, &probe, &mut votes, options);
         return Ok(());
     }
     progress.finish();
-    let loaded = merged.borrow().clone();
+    let loaded = collected.loaded.borrow().clone();
     let result = match (loaded.failure.clone(), feed) {
         (Some(failure), _) => Err(failure),
         (None, None) => Err("the change feed did not start".to_owned()),
         (None, Some(feed)) => {
-            eprintln!(
-                "loaded {} records in {:.2}s ({} skipped, {} deleted) as of {}; following changes every {} ms",
-                loaded.records,
-                started.elapsed().as_secs_f64(),
-                loaded.skipped,
-                loaded.deleted,
-                rfc3339(loaded_as_of),
-                options.poll_interval.as_millis()
-            );
-            for example in &loaded.skipped_examples {
-                eprintln!("  skipped {example}");
-            }
+            report_loaded(&loaded, started, loaded_as_of, options);
             let state = State {
-                rows: &rows,
-                malformed: &malformed,
+                rows: &collected.rows,
+                malformed: &collected.malformed,
                 // Malformed records of MongoDB are in the dataflow; lines of a file are only counted.
                 malformed_lines: if matches!(feed, Feed::File(_)) { loaded.skipped } else { 0 },
                 source: source.describe(),
@@ -221,6 +190,66 @@ fn follow_on_worker(
     drop(inputs);
     worker.step_or_park_while(None, || !probe.done());
     result
+}
+
+/// Records by `_id` (upserts) and appended lines feed the same counting function as the batch
+/// job; worker 0 collects its table, the load statistics and the number of malformed records.
+fn build_dataflow(worker: &mut Worker, collected: &Collected, probe: &ProbeHandle<u64>) -> (Inputs, StatsInput) {
+    worker.dataflow::<u64, _, _>(|scope| {
+        let mut upserts = Upserts::new();
+        let (appended, appended_records) = scope.new_collection::<Observation, isize>();
+        let mut stats_input = StatsInput::new();
+        let records_by_id = arrange_from_upsert::<
+            ValBuilder<String, Stored, u64, isize>,
+            ValSpine<String, Stored, u64, isize>,
+            String,
+            Stored,
+        >(upserts.to_stream(scope), "RecordsById")
+        .as_collection(|_id, stored| stored.clone());
+        let observations = records_by_id.clone().flat_map(Stored::counted).concat(appended_records);
+        let counts = error_counts(observations);
+        collect_at_worker_zero(counts, stats_input.to_stream(scope), &collected.rows, &collected.loaded, probe);
+        // One `()` per malformed record; their multiplicities add up to how many there are.
+        let sink = collected.malformed.clone();
+        records_by_id
+            .filter(Stored::is_malformed)
+            .inner
+            .exchange(|_| 0)
+            .inspect(move |(_, _time, diff)| *sink.borrow_mut() += diff)
+            .probe_with(probe);
+        (Inputs { upserts, appended }, stats_input)
+    })
+}
+
+/// Only worker 0 feeds changes; the others keep their share of the state until it stops, and
+/// pass on a stop asked of their process.
+fn hold_state_until_stopped(
+    worker: &mut Worker,
+    inputs: Inputs,
+    probe: &ProbeHandle<u64>,
+    votes: &mut StopVotes,
+    options: &FollowOptions,
+) {
+    drop(inputs);
+    while !probe.done() {
+        worker.step_or_park(Some(STOP_CHECK));
+        votes.vote_if(&options.stop);
+    }
+}
+
+fn report_loaded(loaded: &LoadStats, started: Instant, as_of: SystemTime, options: &FollowOptions) {
+    eprintln!(
+        "loaded {} records in {:.2}s ({} skipped, {} deleted) as of {}; following changes every {} ms",
+        loaded.records,
+        started.elapsed().as_secs_f64(),
+        loaded.skipped,
+        loaded.deleted,
+        rfc3339(as_of),
+        options.poll_interval.as_millis()
+    );
+    for example in &loaded.skipped_examples {
+        eprintln!("  skipped {example}");
+    }
 }
 
 /// Stop requests: a worker of any process whose stop flag is set (Ctrl-C, SIGTERM) sends its

@@ -36,6 +36,7 @@ impl LoadStats {
     /// Accounts for one record read. `name` names it in the report, and is only called when the
     /// record is malformed: building names for the millions of good records would cost more
     /// than reading them.
+    #[inline]
     pub fn account(&mut self, reading: &Reading<'_>, name: impl FnOnce() -> String) {
         self.records += 1;
         match reading {
@@ -55,6 +56,7 @@ pub struct Loader {
 
 impl Loader {
     /// Counts one record, or leaves it out and says why; see [`LoadStats::account`] for `name`.
+    #[inline]
     pub fn load(&mut self, reading: Reading<'_>, name: impl FnOnce() -> String) {
         self.stats.account(&reading, name);
         if let Reading::Counted { producer_id, ground_truth, inferred } = reading {

@@ -228,6 +228,7 @@ iot_schema::record_struct! {
 }
 
 impl<'a> WellFormed<'a> {
+    #[inline]
     fn reading(&self) -> Reading<'a> {
         if self.deleted == Some(true) {
             return Reading::Tombstone;
