@@ -75,3 +75,35 @@ macro_rules! record_struct {
         $crate::record_struct!(@next $head [$($done)* $($field)*,] $($rest)*);
     };
 }
+
+#[cfg(test)]
+mod tests {
+    crate::record_struct! {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Row<'a> {
+            producer_id: &'a str,
+            /// Milliseconds: the same wire name as `sent_at`.
+            sent_at_ms: i64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            inferred: Option<&'a str>,
+            latency_ms: i64,
+        }
+    }
+
+    #[test]
+    fn fields_take_their_wire_names_and_others_keep_theirs() {
+        let row = Row { producer_id: "p", sent_at_ms: 5, inferred: None, latency_ms: 7 };
+        let json = serde_json::to_string(&row).unwrap();
+        assert_eq!(json, r#"{"ProducerID":"p","SentAt":5,"latency_ms":7}"#);
+        let back: Row =
+            serde_json::from_str(r#"{"ProducerID":"q","SentAt":1,"Inferred":"cat","latency_ms":2}"#).unwrap();
+        assert_eq!((back.producer_id, back.sent_at_ms, back.inferred, back.latency_ms), ("q", 1, Some("cat"), 2));
+    }
+
+    #[test]
+    fn the_field_constants_come_from_the_same_table() {
+        assert_eq!(crate::field::SENT_AT, crate::wire_name!(sent_at_ms));
+        assert_eq!(crate::field::INFERRED_AT, crate::wire_name!(inferred_at_ms));
+        assert_eq!(crate::field::DOC_ID, "_id");
+    }
+}
