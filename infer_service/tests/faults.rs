@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::Router;
-use infer_service::api::{encode_base64, ErrorResponse, InferResponse, LegacyInferResponse};
-use infer_service::{RunningService, Service, ServiceConfig};
+use iot_bench::testkit::{self, sample};
+use iot_infer_service::api::{encode_base64, ErrorResponse, InferResponse, LegacyInferResponse};
+use iot_infer_service::{RunningService, Service, ServiceConfig};
 use serde_json::json;
 use tower::ServiceExt;
 
@@ -39,7 +40,7 @@ async fn start(configure: impl FnOnce(&mut ServiceConfig)) -> RunningService {
 }
 
 fn frog() -> String {
-    encode_base64(common::png_bytes(&common::cifar_record(FROG_RECORD).1))
+    encode_base64(testkit::png_bytes(&testkit::cifar_image(FROG_RECORD)))
 }
 
 fn post(uri: &str, body: serde_json::Value) -> Request<Body> {
@@ -76,14 +77,6 @@ async fn metrics(router: &Router) -> String {
     let answer = call(router, Request::get("/metrics").body(Body::empty()).expect("request")).await;
     assert_eq!(answer.status, StatusCode::OK);
     String::from_utf8(answer.body).expect("UTF-8 metrics")
-}
-
-/// Value of the sample `series` (exact series text, labels included) in Prometheus text.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        let (name, value) = line.rsplit_once(' ')?;
-        (name == series).then(|| value.parse().ok()).flatten()
-    })
 }
 
 fn assert_all_frogs(answer: &Answer, images: usize) {

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use image::{ImageEncoder, RgbImage};
-use infer_service::api::{
+use iot_bench::testkit::{self, sample};
+use iot_infer_service::api::{
     encode_base64, ErrorResponse, FailureCode, HealthResponse, InferRequest, InferResponse, LegacyInferRequest,
     LegacyInferResponse,
 };
-use infer_service::{RunningService, ServiceConfig};
+use iot_infer_service::{RunningService, ServiceConfig};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -33,7 +34,7 @@ fn client() -> reqwest::Client {
 }
 
 fn record_base64(index: usize) -> String {
-    encode_base64(common::png_bytes(&common::cifar_record(index).1))
+    encode_base64(testkit::png_bytes(&testkit::cifar_image(index)))
 }
 
 fn jpeg_base64(image: &RgbImage) -> String {
@@ -44,17 +45,6 @@ fn jpeg_base64(image: &RgbImage) -> String {
     encode_base64(out)
 }
 
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = 0xffff_ffffu32;
-    for &byte in bytes {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
-        }
-    }
-    !crc
-}
-
 /// A well-formed PNG header announcing `width`×`height`, with no real pixel data behind it:
 /// only a service that checks the header before decoding refuses it as too large.
 fn png_claiming(width: u32, height: u32) -> Vec<u8> {
@@ -63,7 +53,7 @@ fn png_claiming(width: u32, height: u32) -> Vec<u8> {
         let mut body = kind.to_vec();
         body.extend_from_slice(data);
         out.extend_from_slice(&body);
-        out.extend(crc32(&body).to_be_bytes());
+        out.extend(crc32fast::hash(&body).to_be_bytes());
     }
     let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
     let mut header = Vec::new();
@@ -84,14 +74,6 @@ async fn metrics_text(client: &reqwest::Client, service: &RunningService) -> Str
     let response = client.get(format!("{}/metrics", service.url())).send().await.expect("metrics");
     assert_eq!(response.status(), StatusCode::OK);
     response.text().await.expect("metrics body")
-}
-
-/// Value of the sample `name` (exact series text, labels included) in Prometheus text.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        let (name, value) = line.rsplit_once(' ')?;
-        (name == series).then(|| value.parse().ok()).flatten()
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,7 +109,7 @@ async fn health_legacy_and_batch_api_answer() {
         RgbImage::from_fn(640, 480, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8]));
     let images = vec![
         record_base64(FROG_RECORD),
-        jpeg_base64(&common::cifar_record(2).1),
+        jpeg_base64(&testkit::cifar_image(2)),
         encode_base64(grey_png),
         encode_base64(rgba_png),
         jpeg_base64(&photo),
@@ -171,7 +153,7 @@ async fn bad_requests_get_4xx_bad_images_their_own_error_and_the_service_keeps_s
     let root = service.url();
     let infer = format!("{root}/v1/infer");
     let good = record_base64(FROG_RECORD);
-    let mut truncated = common::png_bytes(&common::cifar_record(0).1);
+    let mut truncated = testkit::png_bytes(&testkit::cifar_image(0));
     truncated.truncate(truncated.len() / 2);
 
     // A bad image in /v1/infer fails only itself: 200, its own error entry, the others classified.

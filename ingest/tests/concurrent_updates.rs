@@ -5,11 +5,13 @@
 //! updates in flight hold 100 statements. `scripts/setup` builds FerretDB with a fix
 //! (docs/follow.md, "FerretDB"); every test here fails without it.
 
+mod common;
+
 use std::time::Duration;
 
 use bson::{doc, DateTime, Document};
-use iot_ingest::args::MongoArgs;
-use iot_ingest::store::Store;
+use common::{mongo_uri, shared_store, test_message as message};
+use iot_bench::testkit::unique_name;
 use iot_schema::write::{store_inference, store_metadata};
 use iot_schema::{field, ImageMessage};
 use mongodb::{Client, Collection};
@@ -31,14 +33,6 @@ const STATEMENTS: i64 = 150;
 /// A deadlock must fail the test rather than hang it.
 const DEADLINE: Duration = Duration::from_secs(120);
 
-fn mongo_uri() -> String {
-    std::env::var("IOT_MONGO_URI").unwrap_or_else(|_| "mongodb://127.0.0.1:27017".to_owned())
-}
-
-fn unique_db(test: &str) -> String {
-    format!("{test}_{}_{}", std::process::id(), iot_ingest::now_ms())
-}
-
 async fn client() -> Client {
     let uri = mongo_uri();
     let client = Client::with_uri_str(&uri).await.expect("MongoDB client");
@@ -53,7 +47,7 @@ fn writer_field(writer: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_sets_of_different_fields_of_the_same_documents_all_survive() {
-    let db = unique_db("concurrent_sets");
+    let db = unique_name("concurrent_sets");
     let mut writers = Vec::new();
     for _ in 0..WRITERS {
         writers.push(client().await.database(&db).collection::<Document>("docs"));
@@ -117,21 +111,6 @@ fn assert_none_lost(lost: &[String], updates: i64) {
     assert!(lost.is_empty(), "{} of {updates} acknowledged updates lost, e.g. {examples:?}", lost.len());
 }
 
-async fn store(db: &str) -> Store {
-    client().await; // fails clearly when the server is down
-    Store::open(&MongoArgs::new(&mongo_uri(), db)).await.expect("MongoDB client")
-}
-
-fn message(id: i64) -> ImageMessage {
-    ImageMessage {
-        id,
-        producer_id: format!("cam-{}", id % 3),
-        ground_truth: "cat".into(),
-        data: String::new(),
-        sent_at_ms: Some(1_700_000_000_000 + id),
-    }
-}
-
 /// One delivery of every message to both consumers: what they write, with their own values.
 struct Delivery {
     at: DateTime,
@@ -141,8 +120,8 @@ struct Delivery {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_and_inference_written_at_once_both_survive_a_redelivery() {
-    let db = unique_db("concurrent_contract");
-    let (db_consumer, infer_consumer) = (store(&db).await, store(&db).await);
+    let db = unique_name("concurrent_contract");
+    let (db_consumer, infer_consumer) = (shared_store(&db).await, shared_store(&db).await);
     let messages: Vec<ImageMessage> = (0..RECORDS).map(message).collect();
     // The first delivery creates the records; the redelivery (both consumers restarted, a new
     // model) updates existing ones at the same time, which is where a field can be lost.
@@ -176,7 +155,7 @@ async fn metadata_and_inference_written_at_once_both_survive_a_redelivery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_multi_statement_updates_of_the_same_documents_finish_and_lose_nothing() {
-    let db = unique_db("concurrent_commands");
+    let db = unique_name("concurrent_commands");
     let mut writers = Vec::new();
     for _ in 0..WRITERS {
         writers.push(client().await.database(&db));

@@ -3,35 +3,20 @@
 //! repeated. (FerretDB 1.24 as released hangs on concurrent multi-statement updates; this test
 //! guards the single-document path that replaced them. `concurrent_updates.rs` tests the server.)
 
+mod common;
+
 use std::time::Duration;
 
 use bson::doc;
-use iot_ingest::args::MongoArgs;
-use iot_ingest::store::{Applied, Store};
+use common::{shared_store, test_message as message, DropDb};
+use iot_bench::testkit::unique_name;
+use iot_ingest::store::Applied;
 use iot_schema::ImageMessage;
-
-async fn store(db: &str) -> Store {
-    let uri = std::env::var("IOT_MONGO_URI").unwrap_or_else(|_| "mongodb://127.0.0.1:27017".to_owned());
-    let store = Store::open(&MongoArgs::new(&uri, db)).await.expect("MongoDB client");
-    let ping = store.database().run_command(doc! { "ping": 1 }).await;
-    assert!(ping.is_ok(), "MongoDB does not answer at {uri} ({:?}): start the stack with scripts/stack up", ping.err());
-    store
-}
-
-fn message(id: i64) -> ImageMessage {
-    ImageMessage {
-        id,
-        producer_id: format!("cam-{}", id % 3),
-        ground_truth: "cat".into(),
-        data: String::new(),
-        sent_at_ms: Some(1_700_000_000_000 + id),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_consumers_upserting_the_same_records_at_once_end_in_complete_documents() {
-    let db = format!("store_test_{}_{}", std::process::id(), iot_ingest::now_ms());
-    let (metadata, inference) = (store(&db).await, store(&db).await);
+    let db = unique_name("store_test");
+    let (metadata, inference) = (shared_store(&db).await, shared_store(&db).await);
     metadata.ensure_indexes().await.expect("indexes");
     inference.ensure_indexes().await.expect("indexes again (idempotent)");
 
@@ -86,24 +71,10 @@ async fn both_consumers_upserting_the_same_records_at_once_end_in_complete_docum
     assert_eq!((total, complete, logged), (300, 300, 600), "documents, complete documents, change-log entries");
 }
 
-/// A fresh database of `store`'s server, dropped when the guard goes.
-struct DropDb(Store);
-
-impl Drop for DropDb {
-    fn drop(&mut self) {
-        let db = self.0.database().clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            runtime.block_on(async { db.drop().await })
-        })
-        .join();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivery_is_stored_again_and_other_content_under_the_same_id_is_a_collision() {
-    let db = format!("store_collide_{}_{}", std::process::id(), iot_ingest::now_ms());
-    let store = store(&db).await;
+    let db = unique_name("store_collide");
+    let store = shared_store(&db).await;
     let _drop = DropDb(store.clone());
     let now = bson::DateTime::now();
     let first = message(7);
@@ -142,8 +113,8 @@ async fn a_redelivery_is_stored_again_and_other_content_under_the_same_id_is_a_c
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_messages_racing_for_one_new_id_end_in_one_message_s_record() {
-    let db = format!("store_race_{}_{}", std::process::id(), iot_ingest::now_ms());
-    let (a, b) = (store(&db).await, store(&db).await);
+    let db = unique_name("store_race");
+    let (a, b) = (shared_store(&db).await, shared_store(&db).await);
     let _drop = DropDb(a.clone());
     let now = bson::DateTime::now();
     let firsts: Vec<ImageMessage> = (0..40).map(message).collect();
@@ -183,8 +154,8 @@ async fn two_messages_racing_for_one_new_id_end_in_one_message_s_record() {
 /// id-filter-pushdown patch: writes slowed with every record stored).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_write_contracts_filter_is_answered_from_the_id_index() {
-    let db = format!("store_index_{}_{}", std::process::id(), iot_ingest::now_ms());
-    let store = store(&db).await;
+    let db = unique_name("store_index");
+    let store = shared_store(&db).await;
     store.ensure_indexes().await.expect("indexes");
     let writes: Vec<_> =
         (0..50).map(|id| iot_schema::write::store_metadata(&message(id), bson::DateTime::now())).collect();

@@ -17,10 +17,10 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use image::{ImageEncoder, RgbImage};
 use indicatif::{ProgressBar, ProgressStyle};
-use infer_service::api::{encode_base64, HealthResponse, InferRequest, InferResponse};
-use infer_service::model::{Classifier, SessionOptions};
-use infer_service::preprocess::{Preprocessor, DEFAULT_RESIZE_RATIO};
-use infer_service::{RunningService, ServiceConfig};
+use iot_infer_service::api::{encode_base64, HealthResponse, InferRequest, InferResponse};
+use iot_infer_service::model::{Classifier, SessionOptions};
+use iot_infer_service::preprocess::{Preprocessor, DEFAULT_RESIZE_RATIO};
+use iot_infer_service::{RunningService, ServiceConfig};
 
 const CIFAR_RECORD_BYTES: usize = 3073;
 
@@ -81,7 +81,7 @@ struct Level {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    infer_service::init_tracing();
+    iot_infer_service::init_tracing();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run(args))
 }
@@ -324,8 +324,8 @@ fn request_bodies(cifar: &Path, count: usize) -> anyhow::Result<Vec<String>> {
 /// The service's own engine without HTTP: the same preprocessing done beforehand, then
 /// `--requests` images through one ort session in batches of `--max-batch`.
 fn rust_run_only(model: &Path, pngs: &[Vec<u8>], args: &Args) -> anyhow::Result<f64> {
-    let library = infer_service::runtime::locate_onnxruntime(None)?;
-    let env = infer_service::runtime::environment(&library)?;
+    let library = iot_infer_service::runtime::locate_onnxruntime(None)?;
+    let env = iot_infer_service::runtime::environment(&library)?;
     let options = SessionOptions { intra_threads: args.intra_threads };
     let mut classifier = Classifier::load(&env, model, &options)?;
     let spec = classifier.spec().clone();
