@@ -39,19 +39,17 @@ impl Default for Spec {
     }
 }
 
-/// One stored record, as the consumers would have written it.
-#[derive(Clone, Debug, Serialize)]
-pub struct Record<'a> {
-    #[serde(rename = "_id")]
-    pub doc_id: String,
-    #[serde(rename = "ID")]
-    pub id: i64,
-    #[serde(rename = "ProducerID")]
-    pub producer_id: &'a str,
-    #[serde(rename = "GroundTruth")]
-    pub ground_truth: &'static str,
-    #[serde(rename = "Inferred", skip_serializing_if = "Option::is_none")]
-    pub inferred: Option<&'static str>,
+iot_schema::record_struct! {
+    /// One stored record, as the consumers would have written it.
+    #[derive(Clone, Debug, Serialize)]
+    pub struct Record<'a> {
+        pub doc_id: String,
+        pub id: i64,
+        pub producer_id: &'a str,
+        pub ground_truth: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub inferred: Option<&'static str>,
+    }
 }
 
 /// What a producer's records add up to.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Result};
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
 
 use crate::cluster::ClusterArgs;
 use crate::follow::{self, FollowOptions};
@@ -139,50 +139,84 @@ fn parse_mode(text: &str) -> Result<u32, String> {
     }
 }
 
-pub fn run(cli: Cli) -> Result<()> {
-    let args = match cli.command {
-        Some(Command::Count(args)) => args,
-        None => cli.count,
-    };
-    count(&args)
+/// What one run does, decided once from the flags: count once, or count and keep following.
+#[derive(Debug)]
+pub enum Plan {
+    Batch { job: CountJob, output: Output },
+    Follow { source: Source, cluster: ClusterArgs, options: FollowOptions },
 }
 
-pub fn count(args: &CountArgs) -> Result<()> {
-    let started = Instant::now();
-    let as_of = SystemTime::now();
-    args.cluster.timely_config()?; // flags first: a usage error needs no input
-    let source = args.source()?;
-    let what = match &source {
+impl Cli {
+    /// The plan the flags ask for. Flags that parse but do not fit together (a host file
+    /// without `host:port` lines, an input file that does not exist, `-p` outside `-n`) are
+    /// usage errors, as clap's own are: exit code 2 and the usage line.
+    pub fn plan(self) -> Result<Plan, clap::Error> {
+        let args = match self.command {
+            Some(Command::Count(args)) => args,
+            None => self.count,
+        };
+        args.plan().map_err(|err| Cli::command().error(clap::error::ErrorKind::ValueValidation, format!("{err:#}")))
+    }
+}
+
+impl CountArgs {
+    fn plan(&self) -> Result<Plan> {
+        self.cluster.timely_config()?; // flags first: a usage error needs no input
+        let source = self.source()?;
+        let cluster = self.cluster.clone();
+        if !self.follow {
+            return Ok(Plan::Batch { job: CountJob { source, cluster }, output: self.output() });
+        }
+        let options = FollowOptions {
+            output: self.output(),
+            poll_interval: Duration::from_millis(self.poll_interval_ms),
+            settle: Duration::from_millis(self.settle_ms),
+            change_retention: Duration::from_secs(self.change_retention_s),
+            print_changes: self.changes,
+            status_every: Duration::from_secs(self.status_every),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        Ok(Plan::Follow { source, cluster, options })
+    }
+}
+
+/// Runs the plan: one function per mode.
+pub fn run(plan: Plan) -> Result<()> {
+    match plan {
+        Plan::Batch { job, output } => count_once(job, &output),
+        Plan::Follow { source, cluster, options } => count_and_follow(source, cluster, options),
+    }
+}
+
+fn reading(source: &Source) -> Progress {
+    Progress::stderr(&match source {
         Source::File(path) => format!("reading {}", path.display()),
         Source::Mongo(m) => format!("reading {}.{}", m.db, m.collection),
-    };
-    let progress = Progress::stderr(&what);
-    if args.follow {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))?;
-        let options = FollowOptions {
-            output: args.output(),
-            poll_interval: Duration::from_millis(args.poll_interval_ms),
-            settle: Duration::from_millis(args.settle_ms),
-            change_retention: Duration::from_secs(args.change_retention_s),
-            print_changes: args.changes,
-            status_every: Duration::from_secs(args.status_every),
-            stop,
-        };
-        return follow::run(source, args.cluster.clone(), options, progress);
-    }
-    let description = source.describe();
-    let job = CountJob { source, cluster: args.cluster.clone() };
+    })
+}
+
+/// The batch count: process 0 writes the CSV, its sidecar and a summary.
+fn count_once(job: CountJob, output: &Output) -> Result<()> {
+    let started = Instant::now();
+    let as_of = SystemTime::now();
+    let progress = reading(&job.source);
+    let description = job.source.describe();
     let outcome = job::run(job, progress.clone());
     progress.finish();
     if let Some(outcome) = outcome? {
-        let output = args.output();
         let as_of = AsOf::of(&outcome.table, as_of, outcome.stats.skipped, description);
         output.write(&outcome.table, &as_of)?;
-        eprintln!("{}", summary(&outcome, started.elapsed(), &output, &as_of));
+        eprintln!("{}", summary(&outcome, started.elapsed(), output, &as_of));
     }
     Ok(())
+}
+
+/// `--follow`: count, then keep the CSV current until Ctrl-C or SIGTERM.
+fn count_and_follow(source: Source, cluster: ClusterArgs, options: FollowOptions) -> Result<()> {
+    let progress = reading(&source);
+    let stop = options.stop.clone();
+    ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))?;
+    follow::run(source, cluster, options, progress)
 }
 
 fn summary(outcome: &Outcome, elapsed: Duration, output: &Output, as_of: &AsOf) -> String {

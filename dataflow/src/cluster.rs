@@ -7,9 +7,8 @@ use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use iot_schema::exit;
 use timely::{CommunicationConfig, WorkerConfig};
-
-use crate::exit;
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct ClusterArgs {
@@ -90,7 +89,7 @@ impl ClusterArgs {
                          and that the addresses in the host file are reachable",
                         timeout.as_secs()
                     );
-                    std::process::exit(exit::PEER_TIMEOUT);
+                    std::process::exit(exit::PEER_TIMEOUT.into());
                 }
             });
         }
@@ -172,7 +171,7 @@ fn exit_when_a_peer_is_lost(process: u16) {
             }
             let thread = std::thread::current();
             eprintln!("error: {}", lost_peer_message(process, thread.name(), message));
-            std::process::exit(exit::PEER_LOST);
+            std::process::exit(exit::PEER_LOST.into());
         }));
     });
 }

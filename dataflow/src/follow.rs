@@ -26,17 +26,19 @@ use timely::dataflow::{InputHandle, ProbeHandle};
 use timely::worker::Worker;
 
 use crate::cluster::ClusterArgs;
-use crate::consolidate::Consolidator;
 use crate::count::error_counts;
-use crate::job::{collect_at_worker_zero, current_table, distribute_plan, from_worker_zero, Rows, Shared, StatsInput};
+use crate::load::{Loader, Reading};
 use crate::progress::Progress;
 use crate::record::{Observation, Tally};
 use crate::sink::{rfc3339, rfc3339_ms, AsOf, Output, Position};
 use crate::source::changes::{ChangePoller, Changes};
 use crate::source::file::{self, Format, Tail};
-use crate::source::mongo::{document_id, read_document, MongoSource, Reading};
+use crate::source::mongo::{document_id, read_document, MongoSource};
 use crate::source::{bounded, Share, Source};
 use crate::stats::LoadStats;
+use crate::worker_zero::{
+    collect_at_worker_zero, current_table, distribute_plan, from_worker_zero, Rows, StatsInput, WorkerCell,
+};
 
 /// How often a worker that only holds state looks at its process's stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(100);
@@ -69,6 +71,15 @@ enum Stored {
 }
 
 impl Stored {
+    /// A record's state in the follower: `None` for a tombstone, which is not kept.
+    fn of(reading: &Reading<'_>) -> Option<Stored> {
+        match reading {
+            Reading::Counted { .. } => reading.observation().map(Stored::Counted),
+            Reading::Tombstone => None,
+            Reading::Malformed(_) => Some(Stored::Malformed),
+        }
+    }
+
     fn counted(self) -> Option<Observation> {
         match self {
             Stored::Counted(observation) => Some(observation),
@@ -116,6 +127,16 @@ pub fn run(source: Source, cluster: ClusterArgs, options: FollowOptions, progres
     Ok(())
 }
 
+/// What worker 0 collects from the dataflow.
+#[derive(Default)]
+struct Collected {
+    rows: WorkerCell<Rows>,
+    /// The initial load's statistics, merged over every worker.
+    loaded: WorkerCell<LoadStats>,
+    /// Malformed records in the dataflow (MongoDB).
+    malformed: WorkerCell<isize>,
+}
+
 fn follow_on_worker(
     worker: &mut Worker,
     process: u16,
@@ -126,33 +147,9 @@ fn follow_on_worker(
     let started = Instant::now();
     let loaded_as_of = SystemTime::now();
     let mut votes = StopVotes::new(worker, process);
-    let rows: Shared<Rows> = Default::default();
-    let merged: Shared<LoadStats> = Default::default();
-    let malformed: Shared<isize> = Default::default();
+    let collected = Collected::default();
     let probe = ProbeHandle::new();
-    let (mut inputs, mut stats_input) = worker.dataflow::<u64, _, _>(|scope| {
-        let mut upserts = Upserts::new();
-        let (appended, appended_records) = scope.new_collection::<Observation, isize>();
-        let mut stats_input = StatsInput::new();
-        let records_by_id = arrange_from_upsert::<
-            ValBuilder<String, Stored, u64, isize>,
-            ValSpine<String, Stored, u64, isize>,
-            String,
-            Stored,
-        >(upserts.to_stream(scope), "RecordsById")
-        .as_collection(|_id, stored| stored.clone());
-        let observations = records_by_id.clone().flat_map(Stored::counted).concat(appended_records);
-        collect_at_worker_zero(error_counts(observations), stats_input.to_stream(scope), &rows, &merged, &probe);
-        // One `()` per malformed record; their multiplicities add up to how many there are.
-        let sink = malformed.clone();
-        records_by_id
-            .filter(Stored::is_malformed)
-            .inner
-            .exchange(|_| 0)
-            .inspect(move |(_, _time, diff)| *sink.borrow_mut() += diff)
-            .probe_with(&probe);
-        (Inputs { upserts, appended }, stats_input)
-    });
+    let (mut inputs, mut stats_input) = build_dataflow(worker, &collected, &probe);
 
     let mut stats = LoadStats::default();
     let (feed, loaded) = match source {
@@ -168,36 +165,19 @@ fn follow_on_worker(
     worker.step_while(|| probe.less_than(&1));
 
     if worker.index() != 0 {
-        // Only worker 0 feeds changes; the others keep their share of the state until it stops,
-        // and pass on a stop asked of their process.
-        drop(inputs);
-        while !probe.done() {
-            worker.step_or_park(Some(STOP_CHECK));
-            votes.vote_if(&options.stop);
-        }
+        hold_state_until_stopped(worker, inputs, &probe, &mut votes, options);
         return Ok(());
     }
     progress.finish();
-    let loaded = merged.borrow().clone();
+    let loaded = collected.loaded.borrow().clone();
     let result = match (loaded.failure.clone(), feed) {
         (Some(failure), _) => Err(failure),
         (None, None) => Err("the change feed did not start".to_owned()),
         (None, Some(feed)) => {
-            eprintln!(
-                "loaded {} records in {:.2}s ({} skipped, {} deleted) as of {}; following changes every {} ms",
-                loaded.records,
-                started.elapsed().as_secs_f64(),
-                loaded.skipped,
-                loaded.deleted,
-                rfc3339(loaded_as_of),
-                options.poll_interval.as_millis()
-            );
-            for example in &loaded.skipped_examples {
-                eprintln!("  skipped {example}");
-            }
+            report_loaded(&loaded, started, loaded_as_of, options);
             let state = State {
-                rows: &rows,
-                malformed: &malformed,
+                rows: &collected.rows,
+                malformed: &collected.malformed,
                 // Malformed records of MongoDB are in the dataflow; lines of a file are only counted.
                 malformed_lines: if matches!(feed, Feed::File(_)) { loaded.skipped } else { 0 },
                 source: source.describe(),
@@ -212,6 +192,66 @@ fn follow_on_worker(
     result
 }
 
+/// Records by `_id` (upserts) and appended lines feed the same counting function as the batch
+/// job; worker 0 collects its table, the load statistics and the number of malformed records.
+fn build_dataflow(worker: &mut Worker, collected: &Collected, probe: &ProbeHandle<u64>) -> (Inputs, StatsInput) {
+    worker.dataflow::<u64, _, _>(|scope| {
+        let mut upserts = Upserts::new();
+        let (appended, appended_records) = scope.new_collection::<Observation, isize>();
+        let mut stats_input = StatsInput::new();
+        let records_by_id = arrange_from_upsert::<
+            ValBuilder<String, Stored, u64, isize>,
+            ValSpine<String, Stored, u64, isize>,
+            String,
+            Stored,
+        >(upserts.to_stream(scope), "RecordsById")
+        .as_collection(|_id, stored| stored.clone());
+        let observations = records_by_id.clone().flat_map(Stored::counted).concat(appended_records);
+        let counts = error_counts(observations);
+        collect_at_worker_zero(counts, stats_input.to_stream(scope), &collected.rows, &collected.loaded, probe);
+        // One `()` per malformed record; their multiplicities add up to how many there are.
+        let sink = collected.malformed.clone();
+        records_by_id
+            .filter(Stored::is_malformed)
+            .inner
+            .exchange(|_| 0)
+            .inspect(move |(_, _time, diff)| *sink.borrow_mut() += diff)
+            .probe_with(probe);
+        (Inputs { upserts, appended }, stats_input)
+    })
+}
+
+/// Only worker 0 feeds changes; the others keep their share of the state until it stops, and
+/// pass on a stop asked of their process.
+fn hold_state_until_stopped(
+    worker: &mut Worker,
+    inputs: Inputs,
+    probe: &ProbeHandle<u64>,
+    votes: &mut StopVotes,
+    options: &FollowOptions,
+) {
+    drop(inputs);
+    while !probe.done() {
+        worker.step_or_park(Some(STOP_CHECK));
+        votes.vote_if(&options.stop);
+    }
+}
+
+fn report_loaded(loaded: &LoadStats, started: Instant, as_of: SystemTime, options: &FollowOptions) {
+    eprintln!(
+        "loaded {} records in {:.2}s ({} skipped, {} deleted) as of {}; following changes every {} ms",
+        loaded.records,
+        started.elapsed().as_secs_f64(),
+        loaded.skipped,
+        loaded.deleted,
+        rfc3339(as_of),
+        options.poll_interval.as_millis()
+    );
+    for example in &loaded.skipped_examples {
+        eprintln!("  skipped {example}");
+    }
+}
+
 /// Stop requests: a worker of any process whose stop flag is set (Ctrl-C, SIGTERM) sends its
 /// process's index to worker 0, which stops the whole cluster after its current round. The
 /// requests travel in a dataflow of their own, whose frontier nothing waits for.
@@ -220,12 +260,12 @@ struct StopVotes {
     process: u16,
     sent: bool,
     /// At worker 0: the first process that asked.
-    asked_by: Shared<Option<u16>>,
+    asked_by: WorkerCell<Option<u16>>,
 }
 
 impl StopVotes {
     fn new(worker: &mut Worker, process: u16) -> Self {
-        let asked_by: Shared<Option<u16>> = Default::default();
+        let asked_by: WorkerCell<Option<u16>> = Default::default();
         let sink = asked_by.clone();
         let input = worker.dataflow::<u64, _, _>(|scope| {
             let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<u16>>>::new();
@@ -267,23 +307,16 @@ fn load_mongo(
         Some(Err(err)) => (None, Some(err)),
         started => (started.and_then(Result::ok), None),
     };
-    let (ranges, planning_failure) = distribute_plan(worker, source);
-    let failure = start_failure.or(planning_failure);
-    let loaded = failure.map_or(Ok(()), Err).and_then(|()| {
+    let planned = distribute_plan(worker, source);
+    let loaded = start_failure.map_or(planned, Err).and_then(|ranges| {
         ranges.iter().try_for_each(|range| {
             source.scan_range(range, progress, |document| {
-                stats.records += 1;
-                match read_document(document) {
-                    Reading::Counted { producer_id, ground_truth, inferred } => inputs.upserts.send((
-                        document_id(document),
-                        Some(Stored::Counted(Observation::new(producer_id, ground_truth, inferred))),
-                        0,
-                    )),
-                    Reading::Deleted => stats.deleted += 1,
-                    Reading::Malformed(reason) => {
-                        stats.skip(|| document_id(document), &reason);
-                        inputs.upserts.send((document_id(document), Some(Stored::Malformed), 0));
-                    }
+                let id = document_id(document);
+                let reading = read_document(document);
+                stats.account(&reading, || id.clone());
+                // Malformed records are kept too, so that the sidecar's count of them stays exact.
+                if let Some(stored) = Stored::of(&reading) {
+                    inputs.upserts.send((id, Some(stored), 0));
                 }
             })
         })
@@ -301,13 +334,17 @@ fn load_file(
     progress: &Progress,
 ) -> (Option<Feed>, Result<()>) {
     let share = Share { index: worker.index(), peers: worker.peers() };
-    let (lengths, failure) = from_worker_zero(worker, |peers| Ok(vec![file::complete_len(path)?; peers]));
-    let Some(&len) = lengths.first() else {
-        return (None, Err(failure.unwrap_or_else(|| anyhow::anyhow!("worker 0 did not measure the file"))));
+    let measured = from_worker_zero(worker, |peers| Ok(vec![file::complete_len(path)?; peers]));
+    let len = match measured.map(|lengths| lengths.first().copied()) {
+        Ok(Some(len)) => len,
+        Ok(None) => return (None, Err(anyhow::anyhow!("worker 0 did not measure the file"))),
+        Err(err) => return (None, Err(err)),
     };
-    let mut counts = Consolidator::default();
-    let loaded = file::load_lines(path, share, len, &mut counts, stats, progress);
-    counts.drain().into_iter().for_each(|(observation, diff)| inputs.appended.update(observation, diff));
+    let mut loader = Loader::default();
+    let loaded = file::load_lines(path, share, len, &mut loader, progress);
+    let (counts, loaded_stats) = loader.take();
+    counts.into_iter().for_each(|(observation, diff)| inputs.appended.update(observation, diff));
+    stats.merge(&loaded_stats);
     let feed = (worker.index() == 0).then(|| Feed::File(Tail::new(path, len)));
     (feed, loaded)
 }
@@ -365,12 +402,13 @@ impl Feed {
                 Ok(Some(Polled { changed, malformed_lines: 0 }))
             }
             Feed::File(tail) => {
-                let (mut counts, mut stats) = (Consolidator::default(), LoadStats::default());
-                tail.read_appended(&mut counts, &mut stats)?;
+                let mut loader = Loader::default();
+                tail.read_appended(&mut loader)?;
+                let (counts, stats) = loader.take();
                 for example in &stats.skipped_examples {
                     tracing::warn!("appended line not counted: {example}");
                 }
-                counts.drain().into_iter().for_each(|(observation, diff)| inputs.appended.update(observation, diff));
+                counts.into_iter().for_each(|(observation, diff)| inputs.appended.update(observation, diff));
                 Ok(Some(Polled { changed: stats.records as usize, malformed_lines: stats.skipped }))
             }
         }
@@ -387,9 +425,9 @@ impl Feed {
 
 /// What worker 0 publishes: the table from the dataflow and what the sidecar says about it.
 struct State<'a> {
-    rows: &'a Shared<Rows>,
+    rows: &'a WorkerCell<Rows>,
     /// Malformed records in the dataflow (MongoDB).
-    malformed: &'a Shared<isize>,
+    malformed: &'a WorkerCell<isize>,
     /// Malformed lines of a followed file.
     malformed_lines: u64,
     source: String,

@@ -8,13 +8,12 @@ use std::path::Path;
 use bson::RawDocumentBuf;
 
 use crate::cluster::{read_hostfile, ClusterArgs};
-use crate::consolidate::Consolidator;
+use crate::load::Loader;
 use crate::progress::Progress;
 use crate::record::Observation;
 use crate::source::file::{self, Format};
 use crate::source::mongo::{document_id, read_document};
 use crate::source::Share;
-use crate::stats::LoadStats;
 
 /// Reads `data` as an input file with one, two and three workers; every split must give the
 /// same counts, and a JSON Lines file must count like the JSON array of its lines.
@@ -44,15 +43,12 @@ pub fn record_file(data: &[u8]) {
 type Loaded = Result<(Vec<(Observation, isize)>, u64, u64, u64), String>;
 
 fn load(path: &Path, peers: usize) -> Loaded {
-    let mut counts = Consolidator::default();
-    let mut stats = LoadStats::default();
+    let mut loader = Loader::default();
     for index in 0..peers {
-        let mut share = LoadStats::default();
-        file::load_share(path, Share { index, peers }, &mut counts, &mut share, &Progress::hidden())
+        file::load_share(path, Share { index, peers }, &mut loader, &Progress::hidden())
             .map_err(|err| format!("{err:#}"))?;
-        stats.merge(&share);
     }
-    let mut observations = counts.drain();
+    let (mut observations, stats) = loader.take();
     observations.sort();
     Ok((observations, stats.records, stats.skipped, stats.deleted))
 }

@@ -1,26 +1,21 @@
 //! The batch job: every worker loads its share, the counting dataflow reduces across the
 //! cluster, and worker 0 (in process 0) collects the table.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::rc::Rc;
 
 use anyhow::Result;
 use differential_dataflow::input::Input;
-use differential_dataflow::VecCollection;
-use timely::container::CapacityContainerBuilder;
-use timely::dataflow::operators::{Exchange, Inspect, Probe};
-use timely::dataflow::{InputHandle, ProbeHandle, Stream};
+use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
 
 use crate::cluster::ClusterArgs;
-use crate::consolidate::Consolidator;
 use crate::count::error_counts;
+use crate::load::Loader;
 use crate::progress::Progress;
 use crate::record::{Observation, Tally};
-use crate::source::mongo::{KeyRange, MongoSource};
 use crate::source::{Share, Source};
 use crate::stats::LoadStats;
+use crate::worker_zero::{collect_at_worker_zero, current_table, distribute_plan, Rows, StatsInput, WorkerCell};
 
 #[derive(Clone, Debug)]
 pub struct CountJob {
@@ -50,33 +45,10 @@ pub fn run(job: CountJob, progress: Progress) -> Result<Option<Outcome>> {
     Ok(outcomes.into_iter().flatten().next())
 }
 
-pub(crate) type Shared<T> = Rc<RefCell<T>>;
-/// Every `(ProducerID, Tally)` row worker 0 has seen, with its accumulated multiplicity.
-pub(crate) type Rows = BTreeMap<(String, Tally), isize>;
-pub(crate) type StatsInput = InputHandle<u64, CapacityContainerBuilder<Vec<LoadStats>>>;
-
-/// The sink side of every job: tallies and load statistics go to worker 0, which keeps them.
-pub(crate) fn collect_at_worker_zero<'scope>(
-    counts: VecCollection<'scope, u64, (String, Tally), isize>,
-    stats: Stream<'scope, u64, Vec<LoadStats>>,
-    rows: &Shared<Rows>,
-    merged: &Shared<LoadStats>,
-    probe: &ProbeHandle<u64>,
-) {
-    let sink = rows.clone();
-    counts
-        .inner
-        .exchange(|_| 0)
-        .inspect(move |(row, _time, diff)| *sink.borrow_mut().entry(row.clone()).or_default() += diff)
-        .probe_with(probe);
-    let sink = merged.clone();
-    stats.exchange(|_| 0).inspect(move |stats: &LoadStats| sink.borrow_mut().merge(stats)).probe_with(probe);
-}
-
 fn count_on_worker(worker: &mut Worker, job: &CountJob, progress: &Progress) -> Result<Option<Outcome>, String> {
     let share = Share { index: worker.index(), peers: worker.peers() };
-    let rows: Shared<Rows> = Default::default();
-    let merged: Shared<LoadStats> = Default::default();
+    let rows: WorkerCell<Rows> = Default::default();
+    let merged: WorkerCell<LoadStats> = Default::default();
     let probe = ProbeHandle::new();
 
     let (mut observations, mut stats_input) = worker.dataflow::<u64, _, _>(|scope| {
@@ -86,22 +58,13 @@ fn count_on_worker(worker: &mut Worker, job: &CountJob, progress: &Progress) -> 
         (observations_input, stats_input)
     });
 
-    let mut counts = Consolidator::default();
-    let mut stats = LoadStats::default();
-    let loaded = match &job.source {
-        Source::Mongo(mongo) => {
-            let (ranges, planning_failure) = distribute_plan(worker, mongo);
-            planning_failure.map_or(Ok(()), Err).and_then(|()| {
-                ranges.iter().try_for_each(|range| mongo.load_range(range, &mut counts, &mut stats, progress))
-            })
-        }
-        Source::File(path) => crate::source::file::load_share(path, share, &mut counts, &mut stats, progress),
-    };
-    if let Err(err) = loaded {
+    let mut loader = Loader::default();
+    if let Err(err) = load_share(worker, &job.source, &mut loader, progress) {
         // Still take part in the dataflow, so that the failure reaches process 0 and no worker waits forever.
-        stats.failure = Some(format!("{err:#}"));
+        loader.stats.failure = Some(format!("{err:#}"));
     }
-    for (observation, diff) in counts.drain() {
+    let (counts, stats) = loader.take();
+    for (observation, diff) in counts {
         observations.update(observation, diff);
     }
     stats_input.send(stats);
@@ -121,43 +84,15 @@ fn count_on_worker(worker: &mut Worker, job: &CountJob, progress: &Progress) -> 
     Ok(Some(Outcome { table, stats }))
 }
 
-/// The table as of the last completed time: the rows whose updates add up to one.
-pub fn current_table(rows: &Rows) -> BTreeMap<String, Tally> {
-    rows.iter().filter(|(_, diff)| **diff > 0).map(|((producer, tally), _)| (producer.clone(), *tally)).collect()
-}
-
-/// Worker 0 plans the `_id` ranges; a tiny dataflow hands each worker its own.
-pub(crate) fn distribute_plan(worker: &mut Worker, mongo: &MongoSource) -> (Vec<KeyRange>, Option<anyhow::Error>) {
-    from_worker_zero(worker, |peers| mongo.plan(peers))
-}
-
-/// Worker 0 decides a list of items, the `i`-th for worker `i % peers`; a tiny dataflow hands
-/// each worker its own. The error, if deciding failed, stays with worker 0.
-pub(crate) fn from_worker_zero<T: timely::ExchangeData + Clone>(
-    worker: &mut Worker,
-    decide: impl FnOnce(usize) -> anyhow::Result<Vec<T>>,
-) -> (Vec<T>, Option<anyhow::Error>) {
-    let mine: Shared<Vec<T>> = Default::default();
-    let probe = ProbeHandle::new();
-    let mut input = worker.dataflow::<u64, _, _>(|scope| {
-        let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<(usize, T)>>>::new();
-        let sink = mine.clone();
-        input
-            .to_stream(scope)
-            .exchange(|(worker, _): &(usize, T)| *worker as u64)
-            .inspect(move |(_, item): &(usize, T)| sink.borrow_mut().push(item.clone()))
-            .probe_with(&probe);
-        input
-    });
-    let mut failure = None;
-    if worker.index() == 0 {
-        match decide(worker.peers()) {
-            Ok(items) => items.into_iter().enumerate().for_each(|item| input.send(item)),
-            Err(err) => failure = Some(err),
+/// This worker's share of the source: its `_id` ranges of the collection, or its part of the file.
+fn load_share(worker: &mut Worker, source: &Source, loader: &mut Loader, progress: &Progress) -> Result<()> {
+    match source {
+        Source::Mongo(mongo) => {
+            distribute_plan(worker, mongo)?.iter().try_for_each(|range| mongo.load_range(range, loader, progress))
+        }
+        Source::File(path) => {
+            let share = Share { index: worker.index(), peers: worker.peers() };
+            crate::source::file::load_share(path, share, loader, progress)
         }
     }
-    input.advance_to(1);
-    worker.step_while(|| probe.less_than(&1));
-    let items = mine.borrow().clone();
-    (items, failure)
 }

@@ -1,18 +1,21 @@
 //! iot-dataflow: per-producer inference error counts on a timely/differential dataflow cluster.
 //!
-//! [`count::error_counts`] is the whole computation; [`source`] adapters feed it, [`sink`]
-//! writes its result, [`job`] runs it across the cluster described by [`cluster`].
+//! [`count::error_counts`] is the whole computation. [`source`] adapters read records into
+//! [`load::Reading`]s, which one [`load::Loader`] turns into observations and statistics;
+//! [`job`] runs the batch count across the cluster described by [`cluster`], [`follow`] keeps
+//! it current, both through the [`worker_zero`] plumbing; [`sink`] writes the result.
 
 pub mod cli;
 pub mod cluster;
 pub mod consolidate;
 pub mod count;
-pub mod exit;
 pub mod follow;
 pub mod fuzzing;
 pub mod job;
+pub mod load;
 pub mod progress;
 pub mod record;
 pub mod sink;
 pub mod source;
 pub mod stats;
+pub mod worker_zero;

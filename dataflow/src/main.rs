@@ -8,12 +8,13 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    let cli = iot_dataflow::cli::Cli::parse();
-    match iot_dataflow::cli::run(cli) {
+    // A usage error exits here with clap's code and message; everything after is a run.
+    let plan = iot_dataflow::cli::Cli::parse().plan().unwrap_or_else(|err| err.exit());
+    match iot_dataflow::cli::run(plan) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            std::process::ExitCode::from(iot_dataflow::exit::FAILED)
+            std::process::ExitCode::from(iot_schema::exit::FAILED)
         }
     }
 }

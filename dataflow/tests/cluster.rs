@@ -15,7 +15,7 @@ fn two_processes_of_two_workers_give_the_producers_answer_from_a_file() {
     assert_eq!(counts, expected(&answer));
 }
 
-/// A member killed while the batch job runs: the other process stops with exit code 4 and one
+/// A member killed while the batch job runs: the other process stops with exit code 4 (`iot_schema::exit::PEER_LOST`) and one
 /// clear message, not a panic, and writes no CSV.
 #[test]
 fn a_killed_member_stops_the_batch_job_with_exit_code_4() {
@@ -50,7 +50,7 @@ fn a_killed_member_stops_the_batch_job_with_exit_code_4() {
     processes[1].kill();
     let status = processes[0].expect_exit(std::time::Duration::from_secs(30));
     let said = read_log(&dir.path().join("batch-0.log"));
-    assert_eq!(status.code(), Some(4), "{said}");
+    assert_eq!(status.code(), Some(iot_schema::exit::PEER_LOST.into()), "{said}");
     assert!(said.contains("cluster peer lost: process 0 lost its connection to process 1"), "{said}");
     assert!(!said.contains("panicked"), "{said}");
     assert!(!output.exists(), "no CSV");

@@ -85,7 +85,7 @@ fn the_csv_and_its_sidecar_are_0644_unless_told_otherwise() {
         assert_eq!((mode("out.csv"), mode("out.csv.meta.json")), (expected, expected), "{args:?}");
     }
     let output = dataflow().args(["count", "--output-mode", "rw-r--r--"]).output().unwrap();
-    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(output.status.code(), Some(iot_schema::exit::USAGE.into()));
     assert!(stderr(&output).contains("not an octal file mode"), "{}", stderr(&output));
 }
 
@@ -114,7 +114,7 @@ fn an_empty_file_gives_a_header_only_csv() {
 }
 
 #[test]
-fn bad_flags_and_inputs_give_a_clear_error_and_a_nonzero_exit() {
+fn bad_flags_and_inputs_are_usage_errors_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let bad_hosts = dir.path().join("bad-hosts.txt");
     std::fs::write(&bad_hosts, "localhost\n").unwrap();
@@ -128,8 +128,9 @@ fn bad_flags_and_inputs_give_a_clear_error_and_a_nonzero_exit() {
     ];
     for (args, message) in cases {
         let output = dataflow().args(&args).output().unwrap();
-        assert!(!output.status.success(), "{args:?} succeeded");
+        assert_eq!(output.status.code(), Some(iot_schema::exit::USAGE.into()), "{args:?}: {}", stderr(&output));
         assert!(stderr(&output).contains(message), "{args:?}: {}", stderr(&output));
+        assert!(stderr(&output).contains("try '--help'"), "{args:?}: {}", stderr(&output));
     }
 }
 
@@ -160,7 +161,7 @@ fn an_unreachable_peer_is_an_error_within_the_connect_timeout() {
         .arg(&hosts)
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(3));
+    assert_eq!(output.status.code(), Some(iot_schema::exit::PEER_TIMEOUT.into()));
     assert!(stderr(&output).contains("could not connect to every process"), "{}", stderr(&output));
     assert!(started.elapsed() < std::time::Duration::from_secs(60), "bounded by the timeout");
 }

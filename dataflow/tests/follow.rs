@@ -283,7 +283,7 @@ fn a_killed_member_stops_the_cluster_and_a_restart_catches_up() {
     for p in [0, 2] {
         let status = cluster[p].expect_exit(Duration::from_secs(30));
         let said = read_log(&dir.path().join(format!("first-{p}.log")));
-        assert_eq!(status.code(), Some(4), "process {p}: {said}");
+        assert_eq!(status.code(), Some(iot_schema::exit::PEER_LOST.into()), "process {p}: {said}");
         assert!(said.contains("cluster peer lost") && said.contains("restart every process"), "process {p}: {said}");
         assert!(!said.contains("panicked"), "process {p}: {said}");
     }

@@ -66,7 +66,7 @@ fn the_password_of_the_uri_is_never_printed() {
             command.arg("--follow");
         }
         let output = command.arg("--output").arg(dir.path().join("never.csv")).output().unwrap();
-        assert_eq!(output.status.code(), Some(2));
+        assert_eq!(output.status.code(), Some(iot_schema::exit::FAILED.into()));
         let said = format!("{}{}", stderr(&output), String::from_utf8_lossy(&output.stdout));
         assert!(said.contains("mongodb://user:****@127.0.0.1:1/"), "the server is still named: {said}");
         assert!(!said.contains("SECRETPW"), "{said}");

@@ -1,5 +1,5 @@
 //! A MongoDB server that is up but stalled (here: a private MongoDB-compatible server frozen with SIGSTOP, never
-//! the shared one): the batch job fails with exit code 2 instead of hanging, and the follower
+//! the shared one): the batch job fails (exit code 1) instead of hanging, and the follower
 //! logs the stall, keeps its last CSV and catches up once the server answers again.
 
 mod common;
@@ -10,7 +10,7 @@ use common::*;
 use iot_bench::testkit::PrivateMongo;
 
 #[test]
-fn a_stalled_server_fails_the_batch_job_with_exit_code_2() {
+fn a_stalled_server_fails_the_batch_job_with_exit_code_1() {
     let server = PrivateMongo::start();
     let (db, model) = base_at(&server.uri.clone(), 100, 41);
     let dir = tempfile::tempdir().unwrap();
@@ -27,7 +27,7 @@ fn a_stalled_server_fails_the_batch_job_with_exit_code_2() {
     let status = batch.expect_exit(Duration::from_secs(60));
     server.thaw();
     let said = read_log(&log);
-    assert_eq!(status.code(), Some(2), "{said}");
+    assert_eq!(status.code(), Some(iot_schema::exit::FAILED.into()), "{said}");
     assert!(said.contains(&format!("MongoDB at {uri} stopped answering")), "{said}");
     assert!(said.contains("no answer within 2s (--mongo-op-timeout)"), "{said}");
     assert!(!output.exists(), "no CSV");

@@ -9,17 +9,16 @@ use std::sync::Mutex;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LatencyRow {
-    #[serde(rename = "ProducerID")]
-    pub producer_id: String,
-    #[serde(rename = "ID")]
-    pub id: i64,
-    #[serde(rename = "SentAt")]
-    pub sent_at_ms: i64,
-    #[serde(rename = "InferredAt")]
-    pub inferred_at_ms: i64,
-    pub latency_ms: i64,
+iot_schema::record_struct! {
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct LatencyRow {
+        pub producer_id: String,
+        pub id: i64,
+        pub sent_at_ms: i64,
+        pub inferred_at_ms: i64,
+        /// Not a record field: keeps its own name as a column.
+        pub latency_ms: i64,
+    }
 }
 
 impl LatencyRow {

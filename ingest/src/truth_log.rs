@@ -9,16 +9,14 @@ use std::sync::Mutex;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TruthRow {
-    #[serde(rename = "ProducerID")]
-    pub producer_id: String,
-    #[serde(rename = "ID")]
-    pub id: i64,
-    #[serde(rename = "GroundTruth")]
-    pub ground_truth: String,
-    #[serde(rename = "SentAt")]
-    pub sent_at_ms: i64,
+iot_schema::record_struct! {
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct TruthRow {
+        pub producer_id: String,
+        pub id: i64,
+        pub ground_truth: String,
+        pub sent_at_ms: i64,
+    }
 }
 
 /// Shared by every producer task; rows arrive in acknowledgement order.

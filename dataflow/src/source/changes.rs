@@ -22,14 +22,16 @@ use iot_schema::{field, write};
 use mongodb::{Client, Collection};
 
 use super::bounded;
-use super::mongo::{counted_fields, describe_id, read_document, MongoSource, Reading};
+use super::mongo::{counted_fields, describe_id, read_document, MongoSource};
+use crate::load::Reading;
 use crate::record::Observation;
 
-/// A record's new state: its observation, or `None` once deleted (or no longer countable).
-pub type Upsert = (String, Option<Observation>);
+/// A changed record's `_id` and new state: its observation, or `None` once deleted (or no
+/// longer countable).
+pub type ChangedRecord = (String, Option<Observation>);
 
 /// One looked-up record, and why it cannot be counted if it cannot.
-type Fetched = (Upsert, Option<String>);
+type Fetched = (ChangedRecord, Option<String>);
 
 /// Records fetched at once after a poll; a burst's lookups overlap instead of queueing.
 const FETCH_THREADS: usize = 8;
@@ -58,7 +60,7 @@ pub struct ChangePoller {
 /// What one poll found.
 #[derive(Debug, Default)]
 pub struct Changes {
-    pub upserts: Vec<Upsert>,
+    pub upserts: Vec<ChangedRecord>,
     /// `(_id, reason)` of changed documents that cannot be counted (they count as removed).
     pub malformed: Vec<(String, String)>,
 }
@@ -172,7 +174,11 @@ impl ChangePoller {
     }
 
     /// The current state of each changed record, looked up by `_id` on a few connections at once.
-    fn fetch(&self, changed: HashMap<String, Bson>, malformed: &mut Vec<(String, String)>) -> Result<Vec<Upsert>> {
+    fn fetch(
+        &self,
+        changed: HashMap<String, Bson>,
+        malformed: &mut Vec<(String, String)>,
+    ) -> Result<Vec<ChangedRecord>> {
         let changed: Vec<(String, Bson)> = changed.into_iter().collect();
         if changed.is_empty() {
             return Ok(Vec::new());
@@ -206,12 +212,11 @@ impl ChangePoller {
             .max_time(self.op_timeout);
         let document =
             bounded::call(self.op_timeout, lookup).with_context(|| format!("fetching changed record {id} failed"))?;
-        let (observation, problem) = match document.as_deref().map(read_document) {
-            Some(Reading::Counted { producer_id, ground_truth, inferred }) => {
-                (Some(Observation::new(producer_id, ground_truth, inferred)), None)
-            }
-            Some(Reading::Malformed(reason)) => (None, Some(reason)),
-            Some(Reading::Deleted) | None => (None, None),
+        let reading = document.as_deref().map(read_document);
+        let observation = reading.as_ref().and_then(Reading::observation);
+        let problem = match reading {
+            Some(Reading::Malformed(reason)) => Some(reason.into_owned()),
+            _ => None,
         };
         Ok(((id.to_owned(), observation), problem))
     }

@@ -11,9 +11,8 @@ use serde_json::value::RawValue;
 
 use super::json::JsonRecord;
 use super::Share;
-use crate::consolidate::Consolidator;
+use crate::load::{Loader, Reading};
 use crate::progress::Progress;
-use crate::stats::LoadStats;
 
 /// Bytes read at a time; each worker holds one such buffer (it grows only for a longer line).
 const CHUNK: usize = 4 << 20;
@@ -57,21 +56,15 @@ fn open_input(path: &Path) -> Result<File> {
     File::open(path).with_context(|| format!("cannot open input file {}", path.display()))
 }
 
-/// Counts this worker's share of the file into `counts`.
-pub fn load_share(
-    path: &Path,
-    share: Share,
-    counts: &mut Consolidator,
-    stats: &mut LoadStats,
-    progress: &Progress,
-) -> Result<()> {
+/// Loads this worker's share of the file.
+pub fn load_share(path: &Path, share: Share, loader: &mut Loader, progress: &Progress) -> Result<()> {
     match detect(path)? {
         None => Ok(()),
         Some(Format::JsonLines) => {
             let len = open_input(path)?.metadata()?.len();
-            load_lines(path, share, len, counts, stats, progress)
+            load_lines(path, share, len, loader, progress)
         }
-        Some(Format::JsonArray) => load_array(path, share, counts, stats, progress),
+        Some(Format::JsonArray) => load_array(path, share, loader, progress),
     }
 }
 
@@ -111,9 +104,9 @@ impl Tail {
         self.offset
     }
 
-    /// Counts the complete lines appended since the last call. A file that shrank is an error:
+    /// Loads the complete lines appended since the last call. A file that shrank is an error:
     /// lines already counted are gone, which only a fresh count can reflect.
-    pub fn read_appended(&mut self, counts: &mut Consolidator, stats: &mut LoadStats) -> Result<()> {
+    pub fn read_appended(&mut self, loader: &mut Loader) -> Result<()> {
         let file = open_input(&self.path)?;
         let len = file.metadata()?.len();
         if len < self.offset {
@@ -128,7 +121,7 @@ impl Tail {
         let Some(last_newline) = memchr::memrchr(b'\n', &appended) else { return Ok(()) };
         let mut line_start = 0;
         for newline in memchr::memchr_iter(b'\n', &appended[..=last_newline]) {
-            count_line(&appended[line_start..newline], self.offset + line_start as u64, counts, stats);
+            load_line(&appended[line_start..newline], self.offset + line_start as u64, loader);
             line_start = newline + 1;
         }
         self.offset += line_start as u64;
@@ -136,17 +129,10 @@ impl Tail {
     }
 }
 
-/// Counts this worker's share of the first `len` bytes of a JSON Lines file. A line belongs to
+/// Loads this worker's share of the first `len` bytes of a JSON Lines file. A line belongs to
 /// the share in which it starts; shares split the file by bytes, so workers read disjoint parts
 /// in parallel with no coordination.
-pub fn load_lines(
-    path: &Path,
-    share: Share,
-    len: u64,
-    counts: &mut Consolidator,
-    stats: &mut LoadStats,
-    progress: &Progress,
-) -> Result<()> {
+pub fn load_lines(path: &Path, share: Share, len: u64, loader: &mut Loader, progress: &Progress) -> Result<()> {
     let file = open_input(path)?;
     let (start, end) = share.byte_range(len);
     if start >= end {
@@ -176,20 +162,20 @@ pub fn load_lines(
                 }
             }
         }
-        let records_before = stats.records;
+        let records_before = loader.stats.records;
         while let Some(newline) = memchr::memchr(b'\n', &buf[cursor..filled]) {
             let line_at = offset + cursor as u64;
             if line_at >= end {
-                progress.add(stats.records - records_before);
+                progress.add(loader.stats.records - records_before);
                 return Ok(());
             }
-            count_line(&buf[cursor..cursor + newline], line_at, counts, stats);
+            load_line(&buf[cursor..cursor + newline], line_at, loader);
             cursor += newline + 1;
         }
-        progress.add(stats.records - records_before);
+        progress.add(loader.stats.records - records_before);
         if eof {
             if cursor < filled && offset + (cursor as u64) < end {
-                count_line(&buf[cursor..filled], offset + cursor as u64, counts, stats);
+                load_line(&buf[cursor..filled], offset + cursor as u64, loader);
                 progress.add(1);
             }
             return Ok(());
@@ -203,7 +189,7 @@ pub fn load_lines(
     }
 }
 
-fn count_line(line: &[u8], at: u64, counts: &mut Consolidator, stats: &mut LoadStats) {
+fn load_line(line: &[u8], at: u64, loader: &mut Loader) {
     // A byte order mark may open the file (`detect` allows one); it is not part of the first record.
     let line = if at == 0 { line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line) } else { line };
     let line = line.trim_ascii();
@@ -212,61 +198,54 @@ fn count_line(line: &[u8], at: u64, counts: &mut Consolidator, stats: &mut LoadS
     }
     let name = || format!("line at byte {at}");
     if line[0] != b'{' {
-        stats.records += 1;
-        return stats.skip(name, "not a JSON object");
+        return loader.load(Reading::Malformed("not a JSON object".into()), name);
     }
     let Ok(line) = std::str::from_utf8(line) else {
-        stats.records += 1;
-        return stats.skip(name, "not valid UTF-8");
+        return loader.load(Reading::Malformed("not valid UTF-8".into()), name);
     };
     // Nearly every line is a well-formed record: read it with the strict, borrowing parser,
     // and take the lenient one only to explain what is wrong with the others.
     if let Ok(record) = serde_json::from_str::<WellFormed>(line) {
-        stats.records += 1;
-        if record.deleted == Some(true) {
-            stats.deleted += 1;
-        } else {
-            counts.add(record.producer_id, record.ground_truth, record.inferred, 1);
-        }
-        return;
+        return loader.load(record.reading(), name);
     }
     match serde_json::from_str::<JsonRecord>(line) {
-        Ok(record) => record.count_into(counts, stats, name),
-        Err(err) => {
-            stats.records += 1;
-            stats.skip(name, &format!("not a JSON object ({err})"));
-        }
+        Ok(record) => loader.load(record.reading(), || record.name(name)),
+        Err(err) => loader.load(Reading::Malformed(format!("not a JSON object ({err})").into()), name),
     }
 }
 
-/// A record whose fields all have the expected types and need no unescaping.
-#[derive(serde::Deserialize)]
-struct WellFormed<'a> {
-    #[serde(rename = "ProducerID")]
-    producer_id: &'a str,
-    #[serde(rename = "GroundTruth")]
-    ground_truth: &'a str,
-    #[serde(rename = "Inferred", default)]
-    inferred: Option<&'a str>,
-    #[serde(rename = "Deleted", default)]
-    deleted: Option<bool>,
+iot_schema::record_struct! {
+    /// A record whose fields all have the expected types and need no unescaping.
+    #[derive(serde::Deserialize)]
+    struct WellFormed<'a> {
+        producer_id: &'a str,
+        ground_truth: &'a str,
+        #[serde(default)]
+        inferred: Option<&'a str>,
+        #[serde(default)]
+        deleted: Option<bool>,
+    }
+}
+
+impl<'a> WellFormed<'a> {
+    #[inline]
+    fn reading(&self) -> Reading<'a> {
+        if self.deleted == Some(true) {
+            return Reading::Tombstone;
+        }
+        Reading::Counted { producer_id: self.producer_id, ground_truth: self.ground_truth, inferred: self.inferred }
+    }
 }
 
 /// A JSON array cannot be split by bytes, so every worker walks its structure (cheap, nothing is
 /// decoded) and fully parses only every `peers`-th element.
-fn load_array(
-    path: &Path,
-    share: Share,
-    counts: &mut Consolidator,
-    stats: &mut LoadStats,
-    progress: &Progress,
-) -> Result<()> {
+fn load_array(path: &Path, share: Share, loader: &mut Loader, progress: &Progress) -> Result<()> {
     let file = open_input(path)?;
     // SAFETY: the file is only read; a concurrent writer could change what we read, as with read().
     let bytes = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let visitor = ArrayVisitor { share, counts, stats, progress };
+    let visitor = ArrayVisitor { share, loader, progress };
     deserializer
         .deserialize_seq(visitor)
         .and_then(|()| deserializer.end())
@@ -275,8 +254,7 @@ fn load_array(
 
 struct ArrayVisitor<'s> {
     share: Share,
-    counts: &'s mut Consolidator,
-    stats: &'s mut LoadStats,
+    loader: &'s mut Loader,
     progress: &'s Progress,
 }
 
@@ -294,14 +272,10 @@ impl<'de> Visitor<'de> for ArrayVisitor<'_> {
                 let name = || format!("array element {index}");
                 match serde_json::from_str::<JsonRecord>(element.get()) {
                     _ if !element.get().starts_with('{') => {
-                        self.stats.records += 1;
-                        self.stats.skip(name, "not a JSON object");
+                        self.loader.load(Reading::Malformed("not a JSON object".into()), name)
                     }
-                    Ok(record) => record.count_into(self.counts, self.stats, name),
-                    Err(err) => {
-                        self.stats.records += 1;
-                        self.stats.skip(name, &format!("not a JSON object ({err})"));
-                    }
+                    Ok(record) => self.loader.load(record.reading(), || record.name(name)),
+                    Err(err) => self.loader.load(Reading::Malformed(format!("not a JSON object ({err})").into()), name),
                 }
                 self.progress.add(1);
             }
@@ -317,19 +291,16 @@ mod tests {
 
     use super::*;
     use crate::record::Observation;
+    use crate::stats::LoadStats;
 
     fn load_all(content: &str, peers: usize) -> (Vec<(Observation, isize)>, LoadStats) {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         file.write_all(content.as_bytes()).unwrap();
-        let mut counts = Consolidator::default();
-        let mut stats = LoadStats::default();
+        let mut loader = Loader::default();
         for index in 0..peers {
-            let mut share_stats = LoadStats::default();
-            load_share(file.path(), Share { index, peers }, &mut counts, &mut share_stats, &Progress::hidden())
-                .unwrap();
-            stats.merge(&share_stats);
+            load_share(file.path(), Share { index, peers }, &mut loader, &Progress::hidden()).unwrap();
         }
-        let mut observations = counts.drain();
+        let (mut observations, stats) = loader.take();
         observations.sort();
         (observations, stats)
     }
@@ -428,14 +399,8 @@ mod tests {
     fn a_broken_array_is_an_error_not_a_partial_count() {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         file.write_all(br#"[{"ProducerID":"a","GroundTruth":"x"}, {"#).unwrap();
-        let err = load_share(
-            file.path(),
-            Share { index: 0, peers: 1 },
-            &mut Consolidator::default(),
-            &mut LoadStats::default(),
-            &Progress::hidden(),
-        )
-        .unwrap_err();
+        let err = load_share(file.path(), Share { index: 0, peers: 1 }, &mut Loader::default(), &Progress::hidden())
+            .unwrap_err();
         assert!(format!("{err:#}").contains("not a valid JSON array"), "{err:#}");
     }
 

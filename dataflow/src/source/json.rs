@@ -7,8 +7,7 @@ use std::fmt;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use crate::consolidate::Consolidator;
-use crate::stats::LoadStats;
+use crate::load::Reading;
 
 /// Any JSON value, keeping only what the counter needs.
 #[derive(Debug, PartialEq)]
@@ -69,21 +68,23 @@ impl<'de: 'a, 'a> Deserialize<'de> for Value<'a> {
     }
 }
 
-/// The fields of a stored record that the counter reads; every other field is skipped unparsed.
-#[derive(Debug, Deserialize)]
-pub struct JsonRecord<'a> {
-    #[serde(rename = "_id", borrow, default)]
-    pub doc_id: Option<Value<'a>>,
-    #[serde(rename = "ID", borrow, default)]
-    pub id: Option<Value<'a>>,
-    #[serde(rename = "ProducerID", borrow, default)]
-    pub producer_id: Option<Value<'a>>,
-    #[serde(rename = "GroundTruth", borrow, default)]
-    pub ground_truth: Option<Value<'a>>,
-    #[serde(rename = "Inferred", borrow, default)]
-    pub inferred: Option<Value<'a>>,
-    #[serde(rename = "Deleted", borrow, default)]
-    pub deleted: Option<Value<'a>>,
+iot_schema::record_struct! {
+    /// The fields of a stored record that the counter reads; every other field is skipped unparsed.
+    #[derive(Debug, Deserialize)]
+    pub struct JsonRecord<'a> {
+        #[serde(borrow, default)]
+        pub doc_id: Option<Value<'a>>,
+        #[serde(borrow, default)]
+        pub id: Option<Value<'a>>,
+        #[serde(borrow, default)]
+        pub producer_id: Option<Value<'a>>,
+        #[serde(borrow, default)]
+        pub ground_truth: Option<Value<'a>>,
+        #[serde(borrow, default)]
+        pub inferred: Option<Value<'a>>,
+        #[serde(borrow, default)]
+        pub deleted: Option<Value<'a>>,
+    }
 }
 
 fn text<'v>(value: &'v Option<Value<'_>>) -> Option<&'v str> {
@@ -105,27 +106,23 @@ impl JsonRecord<'_> {
         }
     }
 
-    /// Counts the record, or reports why it cannot be counted.
-    pub fn count_into(&self, counts: &mut Consolidator, stats: &mut LoadStats, fallback_name: impl FnOnce() -> String) {
-        stats.records += 1;
+    /// What the record says: counted, a tombstone, or why it cannot be counted.
+    pub fn reading(&self) -> Reading<'_> {
         if matches!(self.deleted, Some(Value::Bool(true))) {
-            stats.deleted += 1;
-            return;
+            return Reading::Tombstone;
         }
         let inferred = match &self.inferred {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Text(label)) => Ok(Some(&**label)),
             Some(_) => Err("Inferred is not a string"),
         };
-        let checked = match (text(&self.producer_id), text(&self.ground_truth), inferred) {
-            (None, _, _) => Err(missing_or_mistyped(&self.producer_id, "ProducerID")),
-            (_, None, _) => Err(missing_or_mistyped(&self.ground_truth, "GroundTruth")),
-            (_, _, Err(reason)) => Err(reason),
-            (Some(producer), Some(truth), Ok(inferred)) => Ok((producer, truth, inferred)),
-        };
-        match checked {
-            Ok((producer, truth, inferred)) => counts.add(producer, truth, inferred, 1),
-            Err(reason) => stats.skip(|| self.name(fallback_name), reason),
+        match (text(&self.producer_id), text(&self.ground_truth), inferred) {
+            (None, _, _) => Reading::Malformed(missing_or_mistyped(&self.producer_id, "ProducerID").into()),
+            (_, None, _) => Reading::Malformed(missing_or_mistyped(&self.ground_truth, "GroundTruth").into()),
+            (_, _, Err(reason)) => Reading::Malformed(reason.into()),
+            (Some(producer_id), Some(ground_truth), Ok(inferred)) => {
+                Reading::Counted { producer_id, ground_truth, inferred }
+            }
         }
     }
 }
@@ -143,12 +140,14 @@ fn missing_or_mistyped(value: &Option<Value<'_>>, field: &'static str) -> &'stat
 mod tests {
     use super::*;
 
+    use crate::load::Loader;
+    use crate::stats::LoadStats;
+
     fn count(line: &str) -> (Vec<(crate::record::Observation, isize)>, LoadStats) {
-        let mut counts = Consolidator::default();
-        let mut stats = LoadStats::default();
+        let mut loader = Loader::default();
         let record: JsonRecord = serde_json::from_str(line).unwrap();
-        record.count_into(&mut counts, &mut stats, || "line 1".into());
-        (counts.drain(), stats)
+        loader.load(record.reading(), || record.name(|| "line 1".into()));
+        loader.take()
     }
 
     #[test]

@@ -15,9 +15,8 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::bounded;
-use crate::consolidate::Consolidator;
+use crate::load::{Loader, Reading};
 use crate::progress::Progress;
-use crate::stats::LoadStats;
 
 /// Collections smaller than this are read by one worker: splitting costs more than it saves.
 const MIN_DOCS_TO_SPLIT: u64 = 20_000;
@@ -209,15 +208,9 @@ impl MongoSource {
         Ok((sample, scanned))
     }
 
-    /// Reads one share and counts it.
-    pub fn load_range(
-        &self,
-        range: &KeyRange,
-        counts: &mut Consolidator,
-        stats: &mut LoadStats,
-        progress: &Progress,
-    ) -> Result<()> {
-        self.scan_range(range, progress, |document| count_document(document, counts, stats))
+    /// Reads one share and loads it.
+    pub fn load_range(&self, range: &KeyRange, loader: &mut Loader, progress: &Progress) -> Result<()> {
+        self.scan_range(range, progress, |document| loader.load(read_document(document), || document_id(document)))
     }
 
     /// Calls `each` for every document of one share, fetching only the fields the count needs.
@@ -251,17 +244,10 @@ pub fn counted_fields() -> Document {
 }
 
 /// What one stored document says.
-#[derive(Debug, PartialEq)]
-pub enum Reading<'a> {
-    Counted { producer_id: &'a str, ground_truth: &'a str, inferred: Option<&'a str> },
-    Deleted,
-    Malformed(String),
-}
-
 pub fn read_document(document: &RawDocument) -> Reading<'_> {
     let get = |name| document.get(name).ok().flatten();
     if let Some(RawBsonRef::Boolean(true)) = get(field::DELETED) {
-        return Reading::Deleted;
+        return Reading::Tombstone;
     }
     let text = |name| match get(name) {
         Some(RawBsonRef::String(text)) => Ok(text),
@@ -280,7 +266,7 @@ pub fn read_document(document: &RawDocument) -> Reading<'_> {
             inferred: inferred?,
         })
     };
-    read().unwrap_or_else(Reading::Malformed)
+    read().unwrap_or_else(|reason| Reading::Malformed(reason.into()))
 }
 
 /// The document's `_id` as text, for keys and reports.
@@ -293,15 +279,6 @@ fn is_not_implemented(err: &anyhow::Error) -> bool {
     err.downcast_ref::<mongodb::error::Error>().is_some_and(
         |err| matches!(&*err.kind, mongodb::error::ErrorKind::Command(e) if e.code == 238 || e.code == 40324),
     )
-}
-
-fn count_document(document: &RawDocument, counts: &mut Consolidator, stats: &mut LoadStats) {
-    stats.records += 1;
-    match read_document(document) {
-        Reading::Counted { producer_id, ground_truth, inferred } => counts.add(producer_id, ground_truth, inferred, 1),
-        Reading::Deleted => stats.deleted += 1,
-        Reading::Malformed(reason) => stats.skip(|| document_id(document), &reason),
-    }
 }
 
 pub(crate) fn describe_id(id: Option<RawBsonRef<'_>>) -> String {
@@ -356,8 +333,7 @@ mod tests {
 
     #[test]
     fn documents_are_counted_or_skipped_with_their_id() {
-        let mut counts = Consolidator::default();
-        let mut stats = LoadStats::default();
+        let mut loader = Loader::default();
         let docs = [
             doc! { "_id": "p/1", "ProducerID": "p", "GroundTruth": "cat", "Inferred": "dog" },
             doc! { "_id": "p/2", "ProducerID": "p", "GroundTruth": "cat" },
@@ -366,10 +342,12 @@ mod tests {
             doc! { "_id": 5, "GroundTruth": "cat" },
         ];
         for document in docs {
-            count_document(&RawDocumentBuf::from_document(&document).unwrap(), &mut counts, &mut stats);
+            let document = RawDocumentBuf::from_document(&document).unwrap();
+            loader.load(read_document(&document), || document_id(&document));
         }
+        let (observations, stats) = loader.take();
         assert_eq!((stats.records, stats.deleted, stats.skipped), (5, 1, 2));
         assert_eq!(stats.skipped_examples, ["p/4: GroundTruth is not a string", "5: ProducerID is missing"]);
-        assert_eq!(counts.drain().len(), 2);
+        assert_eq!(observations.len(), 2);
     }
 }
