@@ -739,15 +739,14 @@ fn read_dead_letters(kafka: &KafkaArgs) -> Vec<DeadLetter> {
     letters
 }
 
-/// What identifies a record in a dead letter's payload.
-#[derive(serde::Deserialize)]
-struct Identity {
-    #[serde(rename = "ProducerID")]
-    producer_id: String,
-    #[serde(rename = "ID")]
-    id: i64,
-    #[serde(rename = "SentAt")]
-    sent_at_ms: Option<i64>,
+iot_schema::record_struct! {
+    /// What identifies a record in a dead letter's payload.
+    #[derive(serde::Deserialize)]
+    struct Identity {
+        producer_id: String,
+        id: i64,
+        sent_at_ms: Option<i64>,
+    }
 }
 
 /// A truth row some consumer group dead-lettered.
