@@ -1,5 +1,5 @@
 # shellcheck shell=bash disable=SC2034 # the variables are used by the scripts that source this
-# Shared settings for scripts/setup and scripts/stack. Sourced, not run.
+# Shared settings for scripts/setup, scripts/stack and scripts/check-deploy. Sourced, not run.
 # Every path and version lives here once, so the two scripts cannot drift apart.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -20,6 +20,10 @@ ORT_VERSION=1.32.0           # must match the onnxruntime pin in scripts/require
 VENV_DIR=$CACHE_DIR/venv
 VENV_PY=$VENV_DIR/bin/python
 PY_REQUIREMENTS=$ROOT/scripts/requirements-dev.txt
+# The offline deployment checkers (scripts/check-deploy), in a venv of their own: ansible's pins
+# and the stack's pins do not have to agree.
+DEPLOY_VENV_DIR=$CACHE_DIR/deploy-venv
+DEPLOY_REQUIREMENTS=$ROOT/scripts/requirements-deploy.txt
 ORT_LIB_DIR=$CACHE_DIR/onnxruntime/lib
 ORT_LIB=$ORT_LIB_DIR/libonnxruntime.so
 KAFKA_HOME=$CACHE_DIR/kafka
@@ -45,10 +49,16 @@ die() { printf '[%s] ERROR: %s\n' "${0##*/}" "$*" >&2; exit 1; }
 kafka_installed() { [[ -f $KAFKA_LIBS/.complete && $(cat "$KAFKA_LIBS/.complete") == "$KAFKA_VERSION" ]]; }
 
 # True when the venv exists and was built from the current requirements file.
-venv_installed() {
-  [[ -x $VENV_PY && -f $VENV_DIR/.requirements.sha256 ]] &&
-    [[ $(cat "$VENV_DIR/.requirements.sha256") == "$(sha256sum <"$PY_REQUIREMENTS" | cut -d' ' -f1)" ]]
+venv_installed() { venv_current "$VENV_DIR" "$PY_REQUIREMENTS"; }
+
+# venv_current DIR REQUIREMENTS: DIR is a venv stamped with the hash of REQUIREMENTS (venv_stamp).
+venv_current() {
+  [[ -x $1/bin/python && -f $1/.requirements.sha256 ]] &&
+    [[ $(cat "$1/.requirements.sha256") == "$(sha256sum <"$2" | cut -d' ' -f1)" ]]
 }
+
+# venv_stamp DIR REQUIREMENTS: after a successful install, so a changed file reinstalls next time.
+venv_stamp() { sha256sum <"$2" | cut -d' ' -f1 >"$1/.requirements.sha256"; }
 
 # The binary's own report; also proves it starts (a build without version.txt panics here).
 ferretdb_installed() {

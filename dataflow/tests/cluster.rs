@@ -30,26 +30,25 @@ fn a_killed_member_stops_the_batch_job_with_exit_code_4() {
             let p = p.to_string();
             let args =
                 ["--mongo-uri", "mongodb://127.0.0.1:1", "--mongo-timeout", "120", "-w", "1", "-n", "2", "-p", &p];
-            let child = dataflow()
-                .arg("count")
-                .args(args)
-                .arg("-h")
-                .arg(&hosts)
-                .arg("--output")
-                .arg(&output)
-                .env("RUST_LOG", "info")
-                .stderr(log)
-                .spawn()
-                .unwrap();
-            Follower { child }
+            ChildGuard::spawn(
+                dataflow()
+                    .arg("count")
+                    .args(args)
+                    .arg("-h")
+                    .arg(&hosts)
+                    .arg("--output")
+                    .arg(&output)
+                    .env("RUST_LOG", "info")
+                    .stderr(log),
+            )
         })
         .collect();
     for p in 0..2 {
         let log = dir.path().join(format!("batch-{p}.log"));
         wait_for_log(&log, "connected to every process of the cluster", std::time::Duration::from_secs(60));
     }
-    signal(&processes[1].child, libc::SIGKILL);
-    let status = wait_for_exit(&mut processes[0].child, std::time::Duration::from_secs(30));
+    processes[1].kill();
+    let status = processes[0].expect_exit(std::time::Duration::from_secs(30));
     let said = read_log(&dir.path().join("batch-0.log"));
     assert_eq!(status.code(), Some(4), "{said}");
     assert!(said.contains("cluster peer lost: process 0 lost its connection to process 1"), "{said}");

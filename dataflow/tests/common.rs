@@ -2,15 +2,16 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use iot_bench::expected::{error_counts, read_error_counts};
 use iot_bench::{generate, Answer, Spec, LABELS};
 use iot_schema::{write, ImageMessage};
-use mongodb::sync::{Client, Database};
+use mongodb::sync::Database;
+
+pub use iot_bench::testkit::{env_or, ChildGuard, TestDb};
 
 pub fn dataflow() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_dataflow"));
@@ -35,19 +36,13 @@ pub fn stderr(output: &Output) -> String {
 }
 
 pub fn mongo_uri() -> String {
-    std::env::var("IOT_MONGO_URI").unwrap_or_else(|_| "mongodb://127.0.0.1:27017".to_owned())
-}
-
-/// A database name no other test uses.
-pub fn unique_db(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    format!("{prefix}_{}_{nanos}", std::process::id())
+    env_or("IOT_MONGO_URI", "mongodb://127.0.0.1:27017")
 }
 
 /// Free loopback ports for a host file: one `127.0.0.1:port` line per process.
 pub fn hostfile(dir: &Path, processes: usize) -> PathBuf {
-    let listeners: Vec<_> = (0..processes).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    let lines: String = listeners.iter().map(|l| format!("{}\n", l.local_addr().unwrap())).collect();
+    let ports = iot_bench::testkit::free_ports(processes);
+    let lines: String = ports.iter().map(|port| format!("127.0.0.1:{port}\n")).collect();
     let path = dir.join("hosts.txt");
     std::fs::write(&path, lines).unwrap();
     path
@@ -84,16 +79,7 @@ pub fn count_on_cluster(dir: &Path, processes: usize, workers: usize, args: &[&s
 }
 
 /// A `dataflow count --follow` process, killed when dropped.
-pub struct Follower {
-    pub child: Child,
-}
-
-impl Drop for Follower {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub type Follower = ChildGuard;
 
 pub fn start_follower(args: &[&str], output: &Path) -> Follower {
     spawn_follower(args, output, Stdio::inherit())
@@ -105,17 +91,16 @@ pub fn start_follower_logged(args: &[&str], output: &Path, log: &Path) -> Follow
 }
 
 fn spawn_follower(args: &[&str], output: &Path, stderr: Stdio) -> Follower {
-    let child = dataflow()
-        .args(["count", "--follow", "--poll-interval-ms", "100", "--status-every", "0"])
-        .args(args)
-        .arg("--output")
-        .arg(output)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .unwrap();
-    Follower { child }
+    ChildGuard::spawn(
+        dataflow()
+            .args(["count", "--follow", "--poll-interval-ms", "100", "--status-every", "0"])
+            .args(args)
+            .arg("--output")
+            .arg(output)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(stderr),
+    )
 }
 
 /// One follower per process of a `processes`-process cluster of one worker each on `hosts`;
@@ -147,24 +132,6 @@ pub fn wait_for_log(log: &Path, text: &str, limit: Duration) {
             read_log(log)
         );
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Sends `signal` to our own child process.
-pub fn signal(child: &Child, signal: i32) {
-    // SAFETY: kill(2) on the pid of a child this test started and has not reaped yet.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
-}
-
-/// The child's exit status; fails if it is still running after `limit`.
-pub fn wait_for_exit(child: &mut Child, limit: Duration) -> ExitStatus {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(started.elapsed() < limit, "process {} still runs after {limit:?}", child.id());
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -213,28 +180,9 @@ pub fn apply(db: &Database, write: write::Write) {
     iot_bench::mongo::apply(db, "inferences", &write).unwrap();
 }
 
-/// A test database, dropped at the end of the test.
-pub struct TestDb {
-    pub client: Client,
-    pub name: String,
-}
-
-impl TestDb {
-    pub fn database(&self) -> Database {
-        self.client.database(&self.name)
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let _ = self.client.database(&self.name).drop().run();
-    }
-}
-
 /// A fresh database at `uri` holding `records` generated records, and the model of them.
 pub fn base_at(uri: &str, records: u64, seed: u64) -> (TestDb, Model) {
-    let client = Client::with_uri_str(uri).unwrap();
-    let db = TestDb { client, name: unique_db("follow_test") };
+    let db = TestDb::new(uri, "follow_test");
     let spec = Spec { records, producers: 12, awkward_names: true, seed, ..Spec::default() };
     iot_bench::mongo::load(uri, &db.name, "inferences", &spec, |_| {})
         .unwrap_or_else(|err| panic!("cannot load the base set ({err:#}); start the stack with scripts/stack up"));

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bson::Document;
 use common::*;
 use iot_bench::expected::read_error_counts;
+use iot_bench::testkit::Signal;
 use iot_bench::LABELS;
 use iot_schema::write::Upsert;
 use iot_schema::{field, write};
@@ -144,16 +145,7 @@ fn sigterm_stops_cleanly_with_the_csv_in_place() {
     let left: Vec<String> =
         log.find(bson::doc! {}).run().unwrap().map(|d| d.unwrap().get_str("_id").unwrap().to_owned()).collect();
     assert_eq!(left, ["recent"], "entries past --change-retention-s are pruned, newer ones kept");
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(follower.child.id() as i32, libc::SIGTERM) };
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = follower.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "--follow did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = follower.terminate_within(Duration::from_secs(30)).expect("--follow stops on SIGTERM");
     assert!(status.success(), "{status}");
     assert_eq!(read_error_counts(&output).unwrap(), errors_of(&model));
 }
@@ -170,8 +162,7 @@ fn a_restarted_follower_catches_up_with_changes_made_while_it_was_down() {
     wait_for_csv(&output, &errors_of(&model), Duration::from_secs(60));
     let changed = write_changes(&database, &model, 2);
     // Killed without warning, possibly in the middle of a round: the CSV is still whole.
-    let _ = follower.child.kill();
-    let _ = follower.child.wait();
+    follower.kill();
     assert!(read_error_counts(&output).is_ok(), "the CSV survives a kill");
     let changed_while_down = write_changes(&database, &changed, 3);
     let _follower = start_follower(&args, &output);
@@ -288,9 +279,9 @@ fn a_killed_member_stops_the_cluster_and_a_restart_catches_up() {
     let mut cluster = start_follower_cluster(&args, &hosts, &output, dir.path(), "first");
     wait_for_csv(&output, &errors_of(&model), Duration::from_secs(90));
 
-    signal(&cluster[1].child, libc::SIGKILL);
+    cluster[1].kill();
     for p in [0, 2] {
-        let status = wait_for_exit(&mut cluster[p].child, Duration::from_secs(30));
+        let status = cluster[p].expect_exit(Duration::from_secs(30));
         let said = read_log(&dir.path().join(format!("first-{p}.log")));
         assert_eq!(status.code(), Some(4), "process {p}: {said}");
         assert!(said.contains("cluster peer lost") && said.contains("restart every process"), "process {p}: {said}");
@@ -322,9 +313,9 @@ fn sigterm_to_any_member_stops_the_whole_cluster_cleanly() {
     let changed = write_changes(&db.database(), &model, 2);
     wait_for_csv(&output, &errors_of(&changed), Duration::from_secs(60));
 
-    signal(&cluster[1].child, libc::SIGTERM);
+    cluster[1].signal(Signal::Term);
     for (p, member) in cluster.iter_mut().enumerate() {
-        let status = wait_for_exit(&mut member.child, Duration::from_secs(30));
+        let status = member.expect_exit(Duration::from_secs(30));
         let said = read_log(&dir.path().join(format!("member-{p}.log")));
         assert!(status.success(), "process {p} {status}: {said}");
     }

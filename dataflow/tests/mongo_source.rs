@@ -6,35 +6,10 @@ mod common;
 use bson::doc;
 use common::*;
 use iot_bench::Spec;
-use mongodb::sync::Client;
-
-struct TestDb {
-    client: Client,
-    name: String,
-}
-
-impl TestDb {
-    fn new() -> Self {
-        let uri = mongo_uri();
-        let client = Client::with_uri_str(&uri).unwrap();
-        client
-            .database("admin")
-            .run_command(doc! { "ping": 1 })
-            .run()
-            .unwrap_or_else(|err| panic!("no MongoDB at {uri} ({err}); start the stack with scripts/stack up"));
-        TestDb { client, name: unique_db("dataflow_test") }
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let _ = self.client.database(&self.name).drop().run();
-    }
-}
 
 #[test]
 fn every_worker_layout_reads_the_whole_collection_exactly_once() {
-    let db = TestDb::new();
+    let db = TestDb::new(&mongo_uri(), "dataflow_test");
     let spec = Spec { records: 100_000, producers: 40, awkward_names: true, seed: 3, ..Spec::default() };
     let answer = iot_bench::mongo::load(&mongo_uri(), &db.name, "inferences", &spec, |_| {}).unwrap();
     // Records outside the schema are reported, not counted; tombstones are left out.

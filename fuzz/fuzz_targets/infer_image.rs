@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| infer_service::fuzzing::image(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| iot_infer_service::fuzzing::image(data));

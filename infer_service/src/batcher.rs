@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::metrics::Metrics;
+use crate::metrics::ServiceMetrics;
 use crate::model::{Classifier, Prediction};
 
 /// How long the batching thread sleeps between checks while images are still being decoded.
@@ -45,7 +45,7 @@ pub struct BatchConfig {
 
 /// Why an image got no prediction.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum InferError {
+pub enum PredictionError {
     #[error("inference failed: {0}")]
     Failed(String),
     #[error("the inference thread has stopped")]
@@ -69,7 +69,7 @@ struct Queue {
     capacity: usize,
     /// Images per second the model gets through (f64 bits; 0 until the first run).
     drain_rate: AtomicU64,
-    metrics: Metrics,
+    metrics: ServiceMetrics,
 }
 
 /// One admitted image's place in the queue, given back when dropped (its batch started, or the
@@ -131,7 +131,7 @@ struct Job {
     deadline: Instant,
     /// Held while the image waits; released when its batch starts.
     slot: Option<QueueSlot>,
-    reply: oneshot::Sender<Result<Prediction, InferError>>,
+    reply: oneshot::Sender<Result<Prediction, PredictionError>>,
 }
 
 impl Job {
@@ -176,7 +176,7 @@ impl Batcher {
     pub fn spawn(
         mut classifier: Classifier,
         config: BatchConfig,
-        metrics: Metrics,
+        metrics: ServiceMetrics,
     ) -> std::io::Result<(Batcher, JoinHandle<()>)> {
         let image_len = classifier.spec().image_len();
         let config = BatchConfig { max_batch: classifier.batch_limit(config.max_batch.max(1)), ..config };
@@ -189,7 +189,7 @@ impl Batcher {
         run: R,
         image_len: usize,
         config: BatchConfig,
-        metrics: Metrics,
+        metrics: ServiceMetrics,
     ) -> std::io::Result<(Batcher, JoinHandle<()>)>
     where
         R: FnMut(&[f32], usize) -> anyhow::Result<Vec<Prediction>> + Send + 'static,
@@ -255,9 +255,9 @@ impl Batcher {
         pixels: Vec<f32>,
         slot: QueueSlot,
         deadline: Instant,
-    ) -> Result<oneshot::Receiver<Result<Prediction, InferError>>, InferError> {
+    ) -> Result<oneshot::Receiver<Result<Prediction, PredictionError>>, PredictionError> {
         if pixels.len() != self.image_len {
-            return Err(InferError::Failed(format!(
+            return Err(PredictionError::Failed(format!(
                 "image tensor has {} values, expected {}",
                 pixels.len(),
                 self.image_len
@@ -265,7 +265,7 @@ impl Batcher {
         }
         let (reply, result) = oneshot::channel();
         let job = Job { pixels, queued_at: Instant::now(), deadline, slot: Some(slot), reply };
-        self.jobs.send(job).map_err(|_| InferError::Stopped)?;
+        self.jobs.send(job).map_err(|_| PredictionError::Stopped)?;
         Ok(result)
     }
 }
@@ -277,7 +277,7 @@ struct Worker<R> {
     admitted: Arc<Queue>,
     max_batch: usize,
     max_wait: Duration,
-    metrics: Metrics,
+    metrics: ServiceMetrics,
     /// Reused input buffer of the batch (max_batch × image size).
     input: Vec<f32>,
 }
@@ -366,7 +366,7 @@ where
     }
 
     /// One ONNX Runtime run over `jobs`.
-    fn run_images(&mut self, jobs: &[Job]) -> Result<Vec<Prediction>, InferError> {
+    fn run_images(&mut self, jobs: &[Job]) -> Result<Vec<Prediction>, PredictionError> {
         let count = jobs.len();
         self.input.clear();
         for job in jobs {
@@ -380,10 +380,10 @@ where
         let result = match outcome {
             Ok(Ok(predictions)) if predictions.len() == count => Ok(predictions),
             Ok(Ok(predictions)) => {
-                Err(InferError::Failed(format!("{} predictions for {count} images", predictions.len())))
+                Err(PredictionError::Failed(format!("{} predictions for {count} images", predictions.len())))
             }
-            Ok(Err(e)) => Err(InferError::Failed(format!("{e:#}"))),
-            Err(_) => Err(InferError::Failed("ONNX Runtime call panicked".into())),
+            Ok(Err(e)) => Err(PredictionError::Failed(format!("{e:#}"))),
+            Err(_) => Err(PredictionError::Failed("ONNX Runtime call panicked".into())),
         };
         match &result {
             Ok(_) => {
@@ -486,7 +486,7 @@ mod tests {
     #[test]
     fn a_failing_image_fails_only_itself() {
         let runs = Arc::new(Mutex::new(Vec::new()));
-        let metrics = Metrics::new("test").unwrap();
+        let metrics = ServiceMetrics::new("test").unwrap();
         let (batcher, thread) =
             Batcher::spawn_runner(fake_model(Arc::clone(&runs)), 1, config(8), metrics.clone()).unwrap();
         // Held while submitting, so all six images land in one batch.
@@ -500,7 +500,7 @@ mod tests {
         for (value, outcome) in values.iter().zip(&outcomes) {
             match outcome {
                 Ok(prediction) => assert_eq!(prediction.class_index, *value as usize),
-                Err(InferError::Failed(reason)) => {
+                Err(PredictionError::Failed(reason)) => {
                     assert_eq!(*value, POISON);
                     assert!(reason.contains("the model failed"), "{reason}");
                 }
@@ -522,7 +522,7 @@ mod tests {
     #[test]
     fn abandoned_images_are_dropped_before_they_run() {
         let runs = Arc::new(Mutex::new(Vec::new()));
-        let metrics = Metrics::new("test").unwrap();
+        let metrics = ServiceMetrics::new("test").unwrap();
         let (batcher, thread) =
             Batcher::spawn_runner(fake_model(Arc::clone(&runs)), 1, config(8), metrics.clone()).unwrap();
         let preparing = batcher.preparing();
@@ -546,7 +546,7 @@ mod tests {
 
     #[test]
     fn the_queue_admits_whole_requests_up_to_its_bound() {
-        let metrics = Metrics::new("test").unwrap();
+        let metrics = ServiceMetrics::new("test").unwrap();
         let runs = Arc::new(Mutex::new(Vec::new()));
         let config = BatchConfig { max_queue: 5, ..config(4) };
         let (batcher, thread) = Batcher::spawn_runner(fake_model(runs), 1, config, metrics.clone()).unwrap();
@@ -572,7 +572,7 @@ mod tests {
             depth: AtomicUsize::new(0),
             capacity: 10,
             drain_rate: AtomicU64::new(0),
-            metrics: Metrics::new("test").unwrap(),
+            metrics: ServiceMetrics::new("test").unwrap(),
         };
         assert_eq!(queue.time_to_drain(100), RETRY_AFTER_MIN);
         queue.observe_run(10, Duration::from_secs(1));

@@ -80,7 +80,7 @@ impl ServiceConfig {
 
 /// Image classification over HTTP with any ONNX ImageNet-style classifier.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "infer_service", version)]
+#[command(name = "infer-service", version)]
 pub struct Args {
     /// ONNX classifier taking float32 NCHW [N,3,H,W] images.
     #[arg(long, env = "IOT_MODEL")]
@@ -170,7 +170,7 @@ mod tests {
     #[test]
     fn flags_parse_with_defaults() {
         let args =
-            Args::try_parse_from(["infer_service", "--model", "m.onnx", "--classes", "c.txt", "--max-batch", "8"])
+            Args::try_parse_from(["infer-service", "--model", "m.onnx", "--classes", "c.txt", "--max-batch", "8"])
                 .unwrap();
         let config = args.service_config();
         assert_eq!(config.max_batch, 8);
@@ -183,7 +183,7 @@ mod tests {
     #[test]
     fn the_queue_bound_holds_at_least_one_largest_request() {
         let parse = |extra: &[&str]| {
-            let mut argv = vec!["infer_service", "--model", "m.onnx", "--classes", "c.txt"];
+            let mut argv = vec!["infer-service", "--model", "m.onnx", "--classes", "c.txt"];
             argv.extend_from_slice(extra);
             Args::try_parse_from(argv).map(|args| args.service_config())
         };
@@ -204,10 +204,10 @@ mod tests {
     #[test]
     fn bad_flags_are_refused() {
         assert!(
-            Args::try_parse_from(["infer_service", "--model", "m.onnx", "--classes", "c", "--max-batch", "0"]).is_err()
+            Args::try_parse_from(["infer-service", "--model", "m.onnx", "--classes", "c", "--max-batch", "0"]).is_err()
         );
         assert!(Args::try_parse_from([
-            "infer_service",
+            "infer-service",
             "--model",
             "m.onnx",
             "--classes",
@@ -216,7 +216,7 @@ mod tests {
             "0.5"
         ])
         .is_err());
-        assert!(Args::try_parse_from(["infer_service", "--model", "m.onnx", "--classes", "c", "--listen", "nowhere"])
+        assert!(Args::try_parse_from(["infer-service", "--model", "m.onnx", "--classes", "c", "--listen", "nowhere"])
             .is_err());
     }
 }

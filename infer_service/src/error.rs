@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::api::{ErrorResponse, FailureCode, ImageFailure};
-use crate::batcher::{InferError, QueueFull};
+use crate::batcher::{PredictionError, QueueFull};
 use crate::preprocess::ImageError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,11 +143,11 @@ impl From<ImageError> for ApiError {
     }
 }
 
-impl From<InferError> for ApiError {
-    fn from(error: InferError) -> ApiError {
+impl From<PredictionError> for ApiError {
+    fn from(error: PredictionError) -> ApiError {
         let kind = match error {
-            InferError::Failed(_) => ErrorKind::InferenceFailed,
-            InferError::Stopped => ErrorKind::Unavailable,
+            PredictionError::Failed(_) => ErrorKind::InferenceFailed,
+            PredictionError::Stopped => ErrorKind::Unavailable,
         };
         ApiError::new(kind, error.to_string())
     }

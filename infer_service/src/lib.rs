@@ -34,7 +34,7 @@ pub fn init_tracing() {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
-/// The `infer_service` program: load the model, serve until SIGTERM or Ctrl-C.
+/// The `infer-service` program: load the model, serve until SIGTERM or Ctrl-C.
 pub fn run(args: Args) -> anyhow::Result<()> {
     init_tracing();
     let runtime =

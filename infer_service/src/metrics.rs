@@ -9,7 +9,7 @@ use prometheus::{
 };
 
 #[derive(Clone)]
-pub struct Metrics {
+pub struct ServiceMetrics {
     registry: Registry,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
@@ -26,8 +26,8 @@ pub struct Metrics {
 const LATENCY_BUCKETS: &[f64] = &[0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
-impl Metrics {
-    pub fn new(model_id: &str) -> prometheus::Result<Metrics> {
+impl ServiceMetrics {
+    pub fn new(model_id: &str) -> prometheus::Result<ServiceMetrics> {
         let registry = Registry::new();
         let http_requests = IntCounterVec::new(
             Opts::new("infer_http_requests_total", "HTTP requests by route and status code"),
@@ -84,7 +84,7 @@ impl Metrics {
         registry.register(Box::new(failed_runs.clone()))?;
         registry.register(Box::new(images.clone()))?;
         registry.register(Box::new(model_info))?;
-        Ok(Metrics {
+        Ok(ServiceMetrics {
             registry,
             http_requests,
             http_duration,

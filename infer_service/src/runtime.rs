@@ -67,7 +67,7 @@ pub fn environment(library: &Path) -> anyhow::Result<Environment> {
     }
     let env = ort::init_from(library)
         .map_err(|e| anyhow::anyhow!("cannot load ONNX Runtime from {}: {e}", library.display()))?
-        .with_name("infer_service")
+        .with_name("infer-service")
         .with_telemetry(false)
         .build()
         .map_err(|e| anyhow::anyhow!("{e}"))

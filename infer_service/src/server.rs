@@ -16,11 +16,11 @@ use crate::api::{
     FailureCode, HealthResponse, ImageOutcome, InferRequest, InferResponse, InferResult, LegacyInferRequest,
     LegacyInferResponse, ROUTE_HEALTH, ROUTE_INFER, ROUTE_LEGACY, ROUTE_METRICS,
 };
-use crate::batcher::{Batcher, InferError, QueueSlot};
+use crate::batcher::{Batcher, PredictionError, QueueSlot};
 use crate::error::{ApiError, ErrorKind};
 use crate::labels::Labeller;
 use crate::linger::{self, Linger};
-use crate::metrics::Metrics;
+use crate::metrics::ServiceMetrics;
 use crate::model::Prediction;
 use crate::preprocess::Preprocessor;
 
@@ -30,7 +30,7 @@ pub struct AppState {
     pub batcher: Batcher,
     pub preprocessor: Preprocessor,
     pub labeller: Labeller,
-    pub metrics: Metrics,
+    pub metrics: ServiceMetrics,
     pub max_images_per_request: usize,
     pub request_timeout: Duration,
 }
@@ -214,7 +214,7 @@ async fn classify_one(
         Ok(prediction) => prediction?,
         // Unanswered: the batcher dropped the image as expired, or has stopped.
         Err(_) if Instant::now() >= deadline => return Err(timed_out(&state)),
-        Err(_) => return Err(InferError::Stopped.into()),
+        Err(_) => return Err(PredictionError::Stopped.into()),
     };
     describe(&state, prediction)
 }

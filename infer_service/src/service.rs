@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 use crate::batcher::{BatchConfig, Batcher};
 use crate::config::ServiceConfig;
 use crate::labels::{ClassList, LabelMap, Labeller};
-use crate::metrics::Metrics;
+use crate::metrics::ServiceMetrics;
 use crate::model::{Classifier, SessionOptions};
 use crate::preprocess::Preprocessor;
 use crate::runtime;
@@ -60,7 +60,7 @@ impl Service {
         };
         let (height, width) = (u32::try_from(spec.height)?, u32::try_from(spec.width)?);
         let preprocessor = Preprocessor::new(height, width, config.resize_ratio, config.max_image_pixels);
-        let metrics = Metrics::new(&model_id).context("cannot register metrics")?;
+        let metrics = ServiceMetrics::new(&model_id).context("cannot register metrics")?;
         let batch = BatchConfig { max_batch: config.max_batch, max_wait: config.max_wait, max_queue };
         let (batcher, inference_thread) =
             Batcher::spawn(classifier, batch, metrics.clone()).context("cannot start the inference thread")?;

@@ -1,15 +1,16 @@
-//! The `infer_service` program itself: flags and environment, errors, SIGTERM.
+//! The `infer-service` program itself: flags and environment, errors, SIGTERM.
 
 mod common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use infer_service::api::{encode_base64, HealthResponse, LegacyInferResponse};
+use iot_infer_service::api::{encode_base64, HealthResponse, LegacyInferResponse};
+use iot_schema::exit;
 use serde_json::json;
 
 fn program() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_infer_service"));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_infer-service"));
     for var in ["IOT_MODEL", "IOT_CLASSES", "IOT_LABEL_MAP", "IOT_LISTEN", "IOT_MODEL_ID", "IOT_MAX_BATCH"] {
         command.env_remove(var);
     }
@@ -20,12 +21,12 @@ fn program() -> Command {
 fn a_bad_flag_gets_the_usage() {
     let output =
         program().args(["--model", "m.onnx", "--classes", "c.txt", "--max-batch", "0"]).output().expect("runs");
-    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(output.status.code(), Some(exit::USAGE.into()));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("invalid value '0' for '--max-batch"), "{stderr}");
 
     let output = program().output().expect("runs");
-    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(output.status.code(), Some(exit::USAGE.into()));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--model <MODEL>") && stderr.contains("Usage:"), "{stderr}");
 }
@@ -37,9 +38,9 @@ fn a_missing_model_is_a_clear_error() {
         .env("IOT_CLASSES", common::imagenet_classes())
         .output()
         .expect("runs");
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(exit::FAILED.into()));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("/nonexistent/model.onnx"), "{stderr}");
+    assert!(stderr.contains("infer-service: error: ") && stderr.contains("/nonexistent/model.onnx"), "{stderr}");
 }
 
 #[test]
@@ -50,7 +51,7 @@ fn a_missing_onnxruntime_is_a_clear_error() {
         .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
         .output()
         .expect("runs");
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(exit::FAILED.into()));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("ONNX Runtime library /nonexistent/libonnxruntime.so does not exist"), "{stderr}");
 }
@@ -77,9 +78,9 @@ async fn configured_from_the_environment_it_serves_until_sigterm() {
             break response.json().await.expect("health JSON");
         }
         if let Some(status) = child.try_wait().expect("child status") {
-            panic!("infer_service exited early with {status}");
+            panic!("infer-service exited early with {status}");
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "infer_service did not come up");
+        assert!(started.elapsed() < Duration::from_secs(60), "infer-service did not come up");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(health.model_id, "int8-under-test");
@@ -96,7 +97,7 @@ async fn configured_from_the_environment_it_serves_until_sigterm() {
         if let Some(status) = child.try_wait().expect("child status") {
             break status;
         }
-        assert!(Instant::now() < deadline, "infer_service still running 20 s after SIGTERM");
+        assert!(Instant::now() < deadline, "infer-service still running 20 s after SIGTERM");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let mut stderr = String::new();

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::Router;
-use infer_service::api::{encode_base64, ErrorResponse, InferResponse, LegacyInferResponse};
-use infer_service::{RunningService, Service, ServiceConfig};
+use iot_infer_service::api::{encode_base64, ErrorResponse, InferResponse, LegacyInferResponse};
+use iot_infer_service::{RunningService, Service, ServiceConfig};
 use serde_json::json;
 use tower::ServiceExt;
 

@@ -5,5 +5,5 @@ use iot_bench::testkit::replay_fuzz_corpus as replay;
 
 #[test]
 fn infer_image() {
-    replay("infer_image", infer_service::fuzzing::image);
+    replay("infer_image", iot_infer_service::fuzzing::image);
 }

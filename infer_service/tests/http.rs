@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use image::{ImageEncoder, RgbImage};
-use infer_service::api::{
+use iot_infer_service::api::{
     encode_base64, ErrorResponse, FailureCode, HealthResponse, InferRequest, InferResponse, LegacyInferRequest,
     LegacyInferResponse,
 };
-use infer_service::{RunningService, ServiceConfig};
+use iot_infer_service::{RunningService, ServiceConfig};
 use reqwest::StatusCode;
 use serde_json::json;
 

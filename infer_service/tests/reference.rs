@@ -9,9 +9,9 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use infer_service::model::{first_max, Classifier, SessionOptions};
-use infer_service::preprocess::{Preprocessor, DEFAULT_RESIZE_RATIO};
-use infer_service::runtime;
+use iot_infer_service::model::{first_max, Classifier, SessionOptions};
+use iot_infer_service::preprocess::{Preprocessor, DEFAULT_RESIZE_RATIO};
+use iot_infer_service::runtime;
 use serde_json::Value;
 
 const RECORDS: usize = 10;

@@ -152,8 +152,9 @@ impl Registrar<'_> {
 /// Serves `GET /metrics` on `addr` until the process ends.
 pub async fn serve(addr: std::net::SocketAddr, metrics: Arc<ConsumerMetrics>) -> anyhow::Result<()> {
     use axum::routing::get;
+    // The path is the service's too: one name for the scrape annotations of every pod.
     let app = axum::Router::new().route(
-        "/metrics",
+        iot_schema::infer::ROUTE_METRICS,
         get(move || {
             let metrics = metrics.clone();
             async move { ([(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], metrics.render()) }

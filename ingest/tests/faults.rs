@@ -12,13 +12,13 @@
 //! (`tests/pipeline_faults`), with both consumers and the exactness check.
 
 mod common;
-mod support;
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bson::{doc, Document};
+use common::*;
+use iot_bench::testkit::{asset, free_port, scrape_sample as metric, unique_name, Children, PrivateMongo};
 use iot_ingest::args::MongoArgs;
 use iot_ingest::dlq::DeadLetter;
 use iot_ingest::store::Store;
@@ -27,7 +27,6 @@ use iot_schema::ImageMessage;
 use rdkafka::admin::AdminOptions;
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
-use support::*;
 
 /// What one test run uses: its topic, dead-letter topic, database and group names.
 struct Names {
@@ -39,7 +38,7 @@ struct Names {
 
 impl Names {
     fn new(what: &str) -> Names {
-        let run = unique(what);
+        let run = unique_name(what);
         Names { topic: run.clone(), dlq: format!("{run}.dlq"), db: run.replace('-', "_"), group: format!("{run}-db") }
     }
 }
@@ -93,13 +92,8 @@ fn assert_committed_to_the_end(kafka: &iot_ingest::args::KafkaArgs, group: &str,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn id_collisions_are_dead_lettered_and_never_merged() {
-    let root = workspace_root();
-    let assets = PathBuf::from(env_or("IOT_ASSETS_DIR", &root.join("../shared/assets").to_string_lossy()));
-    let ort = env_or("ORT_DYLIB_PATH", &root.join(".cache/onnxruntime/lib/libonnxruntime.so").to_string_lossy());
-    for needed in [PathBuf::from(&ort), assets.join("mobilenetv2-12-int8.onnx"), assets.join("cifar10_test_batch.bin")]
-    {
-        assert!(needed.is_file(), "{} is missing: run scripts/setup, set IOT_ASSETS_DIR", needed.display());
-    }
+    let port = free_port();
+    let service = service_files(port);
     let names = Names::new("collide");
     let infer_group = format!("{}-infer", names.topic);
     let kafka = kafka_args(&names.topic);
@@ -107,21 +101,12 @@ async fn id_collisions_are_dead_lettered_and_never_merged() {
     check_stack(&kafka, &store).await;
     let _cleanup =
         Cleanup { kafka: kafka.clone(), topics: vec![names.topic.clone(), names.dlq.clone()], store: store.clone() };
-    let infer_service = workspace_binary("infer_service");
     iot_ingest::kafka::create_topics(&kafka, &[&names.topic, &names.dlq], 2).await.expect("topics");
     let work = tempfile::tempdir().expect("temp dir");
     let mut children = Children::new(work.path());
 
-    let port = free_port();
     let infer_url = format!("http://127.0.0.1:{port}");
-    let service_args = vec![
-        format!("--model={}", assets.join("mobilenetv2-12-int8.onnx").display()),
-        format!("--classes={}", assets.join("imagenet_classes.txt").display()),
-        format!("--label-map={}", root.join("data/label_maps/imagenet_to_cifar10.csv").display()),
-        format!("--listen=127.0.0.1:{port}"),
-        format!("--ort-dylib={ort}"),
-    ];
-    children.spawn("infer-service", &infer_service, &service_args);
+    children.spawn("infer-service", &service.binary, &service.args);
     let client = iot_ingest::infer_client::InferClient::new(&infer_url, Duration::from_secs(2)).expect("client");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !client.healthy().await {
@@ -138,7 +123,7 @@ async fn id_collisions_are_dead_lettered_and_never_merged() {
     children.spawn("infer-consumer", infer_consumer_bin(), &infer_args);
 
     // The first producer: CIFAR-10 images 0..29. All stored and inferred before the second runs.
-    let cifar = format!("--cifar={}", assets.join("cifar10_test_batch.bin").display());
+    let cifar = format!("--cifar={}", asset("cifar10_test_batch.bin").display());
     let first_args = ["--producer-id=cam-c", "--count=30", "--image-limit=1017", cifar.as_str()];
     let first = produce(&mut children, "producer-1", &names.topic, &work.path().join("t1.csv"), &first_args);
     assert_eq!(first.len(), 30);
@@ -238,7 +223,7 @@ fn original_data_prefix(payload: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_mongodb_stalls_writes_but_the_member_keeps_its_partitions() {
     const FREEZE: Duration = Duration::from_secs(12);
-    let mongo = PrivateMongo::start().await;
+    let mongo = PrivateMongo::start();
     let names = Names::new("stall");
     let kafka = kafka_args(&names.topic);
     let store = Store::open(&MongoArgs::new(&mongo.uri, &names.db)).await.expect("MongoDB client");

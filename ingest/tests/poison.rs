@@ -3,7 +3,7 @@
 //! (`inference_failed`) and labels and stores everything else. A service that fails every image
 //! must not empty the topic into the dead letters either.
 //!
-//! The real `infer_service` (MobileNetV2 int8) answers; a stub proxy in front of it plays the
+//! The real `infer-service` (MobileNetV2 int8) answers; a stub proxy in front of it plays the
 //! faults the real service cannot be made to show on one chosen image: an HTTP 500, and a
 //! request that hangs past the consumer's timeout. Needs the shared stack (Kafka, MongoDB), the
 //! ONNX Runtime library and the assets, as `end_to_end.rs` does.

@@ -1,4 +1,4 @@
-//! Wire types of the inference service's HTTP API (`infer_service`), shared by the service and
+//! Wire types of the inference service's HTTP API (`infer-service`), shared by the service and
 //! its clients (the ingest consumers, tests, the benchmark), and the one base64 engine both
 //! sides use for images.
 

@@ -58,7 +58,7 @@ pub fn python() -> PathBuf {
 /// ONNX Runtime library: `ORT_DYLIB_PATH`, else the project's installation.
 pub fn onnxruntime() -> PathBuf {
     let explicit = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from);
-    infer_service::runtime::locate_onnxruntime(explicit.as_deref()).unwrap_or_else(|e| panic!("{e:#}"))
+    iot_infer_service::runtime::locate_onnxruntime(explicit.as_deref()).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// CIFAR-10 label and 32×32 RGB picture of test record `index`.

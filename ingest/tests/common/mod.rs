@@ -1,5 +1,7 @@
-//! What the fault tests share: the shared stack's addresses, topics and a database of their
-//! own (removed afterwards), consumers run in-process, and reading back what Kafka holds.
+//! What the ingest tests share, beside the workspace's test kit (`iot_bench::testkit`): a run's
+//! topics and database on the shared stack (removed afterwards), the consumer binaries and their
+//! flags, the real inference service's files, a stub in front of it, and reading back what Kafka
+//! and MongoDB hold.
 
 #![allow(dead_code)]
 
@@ -9,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bson::doc;
-use iot_bench::testkit::{self, env_or, required, workspace_root};
+use iot_bench::testkit::{self, required, workspace_root};
 use iot_ingest::args::{KafkaArgs, MongoArgs};
 use iot_ingest::dlq::DeadLetter;
 use iot_ingest::store::Store;
@@ -19,7 +21,15 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+pub mod binaries;
+pub mod readback;
 pub mod stub;
+
+// Each test binary uses its own part of what is re-exported here.
+#[allow(unused_imports)]
+pub use binaries::*;
+#[allow(unused_imports)]
+pub use readback::*;
 
 pub const PARTITIONS: i32 = 4;
 
@@ -45,13 +55,9 @@ pub struct Run {
 impl Run {
     /// Creates the topics (`extra_topic_config` applied to the source topic).
     pub async fn new(tag: &str, extra_topic_config: &[(&str, &str)]) -> Run {
-        let name = format!("{tag}-{}-{}", std::process::id(), iot_ingest::now_ms());
-        let kafka = KafkaArgs {
-            brokers: env_or("IOT_KAFKA_BROKERS", "127.0.0.1:9092"),
-            topic: name.clone(),
-            kafka_opts: Vec::new(),
-        };
-        let mongo_uri = env_or("IOT_MONGO_URI", "mongodb://127.0.0.1:27017");
+        let name = testkit::unique_name(tag);
+        let kafka = kafka_args(&name);
+        let mongo_uri = mongo_uri();
         let db = name.replace('-', "_");
         let store = Store::open(&MongoArgs { write_concurrency: 1, ..MongoArgs::new(&mongo_uri, &db) })
             .await
@@ -264,13 +270,11 @@ pub struct ServiceFiles {
 }
 
 pub fn service_files(port: u16) -> ServiceFiles {
-    let assets = testkit::assets_dir();
-    let model = required(assets.join("mobilenetv2-12-int8.onnx"), "set IOT_ASSETS_DIR to the assets folder");
-    let classes = required(assets.join("imagenet_classes.txt"), "set IOT_ASSETS_DIR to the assets folder");
+    let (model, classes) = (testkit::asset("mobilenetv2-12-int8.onnx"), testkit::asset("imagenet_classes.txt"));
     let label_map =
         required(workspace_root().join("data/label_maps/imagenet_to_cifar10.csv"), "it is part of the repository");
     ServiceFiles {
-        binary: testkit::workspace_binary("infer_service"),
+        binary: testkit::workspace_binary("infer-service"),
         args: vec![
             format!("--model={}", model.display()),
             format!("--classes={}", classes.display()),

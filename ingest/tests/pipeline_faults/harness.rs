@@ -547,7 +547,7 @@ fn default_plan(work: &Path, stack: &PrivateStack, stream: Stream, followers: us
     let infer_url = format!("http://127.0.0.1:{infer_port}");
     let mut processes = vec![Process {
         name: "infer-service".to_owned(),
-        program: testkit::workspace_binary("infer_service"),
+        program: testkit::workspace_binary("infer-service"),
         args: vec![
             format!("--model={}", asset("mobilenetv2-12-int8.onnx").display()),
             format!("--classes={}", asset("imagenet_classes.txt").display()),
