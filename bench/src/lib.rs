@@ -1,12 +1,16 @@
-//! Records with known answers, for tests and benchmarks.
+//! The one home of the benchmarks (README.md lists them), and records with known answers for
+//! tests and benchmarks.
 //!
 //! [`Generator`] makes a reproducible stream of stored records and keeps, on the side, the
 //! per-producer truth that any correct count must reproduce. [`expected`] reads a
 //! `dataflow count` CSV back for comparison.
 
 pub mod expected;
+pub mod latency_report;
 pub mod mongo;
+pub mod pipeline;
 pub mod run;
+pub mod stats;
 pub mod testkit;
 
 use std::collections::BTreeMap;

@@ -7,7 +7,7 @@ use std::fmt::Display;
 use std::future::Future;
 use std::time::Duration;
 
-use crate::shutdown::Shutdown;
+use crate::shutdown::CancellationToken;
 
 /// Longest `Retry-After` honoured, so that a nonsensical header cannot park a consumer for days.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
@@ -83,7 +83,7 @@ impl<E> Failure<E> {
 pub async fn retry<T, E, F, Fut>(
     what: &str,
     backoff: Backoff,
-    shutdown: &Shutdown,
+    shutdown: &CancellationToken,
     mut op: F,
 ) -> Result<T, ShutdownRequested>
 where
@@ -108,7 +108,7 @@ pub async fn retry_bounded<T, E, F, Fut>(
     what: &str,
     mut backoff: Backoff,
     attempts: u32,
-    shutdown: &Shutdown,
+    shutdown: &CancellationToken,
     mut op: F,
 ) -> Result<Result<T, E>, ShutdownRequested>
 where
@@ -116,7 +116,6 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Failure<E>>>,
 {
-    let mut shutdown = shutdown.clone();
     let mut failed = 0u32;
     loop {
         let (why, after) = match op().await {
@@ -137,15 +136,20 @@ where
             }
             Err(Failure::Unavailable { why, after }) => (why, after),
         };
-        if shutdown.is_requested() {
+        if shutdown.is_cancelled() {
             return Err(ShutdownRequested);
         }
         let delay = backoff.next_delay().max(after.unwrap_or_default().min(MAX_RETRY_AFTER));
         tracing::warn!("{what} failed (attempt {}): {why}; retrying in {} ms", backoff.attempts(), delay.as_millis());
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.requested() => return Err(ShutdownRequested),
-        }
+        sleep(delay, shutdown).await?;
+    }
+}
+
+/// Sleeps for `delay`, or less if a shutdown comes first.
+pub async fn sleep(delay: Duration, shutdown: &CancellationToken) -> Result<(), ShutdownRequested> {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => Ok(()),
+        _ = shutdown.cancelled() => Err(ShutdownRequested),
     }
 }
 
@@ -192,7 +196,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retry_keeps_going_until_success() {
         let mut calls = 0;
-        let got = retry("op", Backoff::new(ms(10), ms(40)), &Shutdown::never(), || {
+        let got = retry("op", Backoff::new(ms(10), ms(40)), &CancellationToken::new(), || {
             calls += 1;
             let n = calls;
             async move {
@@ -209,10 +213,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retry_stops_on_shutdown_without_a_result() {
-        let (trigger, shutdown) = crate::shutdown::channel();
+        let shutdown = CancellationToken::new();
+        let trigger = shutdown.clone();
         let stopper = tokio::spawn(async move {
             tokio::time::sleep(ms(1000)).await;
-            trigger.trigger();
+            trigger.cancel();
         });
         let got: Result<(), _> = retry("op", Backoff::new(ms(10), ms(100)), &shutdown, || async { Err("down") }).await;
         assert_eq!(got, Err(ShutdownRequested));
@@ -223,7 +228,7 @@ mod tests {
     async fn failures_are_tried_a_bounded_number_of_times_then_handed_back() {
         let mut calls = 0;
         let got: Result<Result<(), _>, _> =
-            retry_bounded("op", Backoff::new(ms(10), ms(40)), 3, &Shutdown::never(), || {
+            retry_bounded("op", Backoff::new(ms(10), ms(40)), 3, &CancellationToken::new(), || {
                 calls += 1;
                 let n = calls;
                 async move { Err(Failure::Failed(format!("try {n}"))) }
@@ -236,7 +241,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn unavailability_never_counts_toward_the_limit() {
         let mut calls = 0;
-        let got = retry_bounded("op", Backoff::new(ms(10), ms(40)), 2, &Shutdown::never(), || {
+        let got = retry_bounded("op", Backoff::new(ms(10), ms(40)), 2, &CancellationToken::new(), || {
             calls += 1;
             let n = calls;
             async move {
@@ -255,7 +260,7 @@ mod tests {
     async fn a_final_failure_is_handed_back_at_once() {
         let mut calls = 0;
         let got: Result<Result<(), _>, _> =
-            retry_bounded("op", Backoff::new(ms(10), ms(40)), 5, &Shutdown::never(), || {
+            retry_bounded("op", Backoff::new(ms(10), ms(40)), 5, &CancellationToken::new(), || {
                 calls += 1;
                 async { Err(Failure::Final("refused")) }
             })
@@ -267,17 +272,21 @@ mod tests {
     async fn retry_after_is_honoured() {
         let started = tokio::time::Instant::now();
         let mut calls = 0;
-        let got = retry_bounded("op", Backoff::new(ms(10), ms(40)).without_jitter(), 1, &Shutdown::never(), || {
-            calls += 1;
-            let n = calls;
-            async move {
-                match n {
-                    1 => Err(Failure::<&str>::Unavailable { why: "busy".into(), after: Some(Duration::from_secs(7)) }),
-                    _ => Ok(()),
+        let got =
+            retry_bounded("op", Backoff::new(ms(10), ms(40)).without_jitter(), 1, &CancellationToken::new(), || {
+                calls += 1;
+                let n = calls;
+                async move {
+                    match n {
+                        1 => Err(Failure::<&str>::Unavailable {
+                            why: "busy".into(),
+                            after: Some(Duration::from_secs(7)),
+                        }),
+                        _ => Ok(()),
+                    }
                 }
-            }
-        })
-        .await;
+            })
+            .await;
         assert_eq!(got, Ok(Ok(())));
         assert!(started.elapsed() >= Duration::from_secs(7), "{:?}", started.elapsed());
     }

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::args::{ConsumerArgs, KafkaArgs};
 use crate::backoff::{retry, Backoff, ShutdownRequested};
 use crate::message::{Inbound, Malformed};
-use crate::shutdown::Shutdown;
+use crate::shutdown::CancellationToken;
 
 /// Longest `reason` kept, in characters: serde's messages can quote a whole field value.
 const MAX_REASON_CHARS: usize = 1000;
@@ -200,7 +200,7 @@ impl DeadLetters {
         &self,
         inbound: &Inbound,
         reason: &Malformed,
-        shutdown: &Shutdown,
+        shutdown: &CancellationToken,
     ) -> Result<(), ShutdownRequested> {
         let letter = DeadLetter::new(inbound, reason, &self.group);
         tracing::warn!(

@@ -12,7 +12,7 @@ pub use iot_schema::infer::{FailureCode, ImageOutcome, InferRequest, InferRespon
 
 /// Why a request brought no answer, sorted by what retrying it can do.
 #[derive(Debug, thiserror::Error, PartialEq)]
-pub enum InferError {
+pub enum InferRequestError {
     /// The service refused the request itself (400, 413, 415, 422): retrying cannot help.
     #[error("the service rejected the request ({status}): {reason}")]
     Rejected { status: u16, reason: String },
@@ -27,13 +27,13 @@ pub enum InferError {
     Failed(String),
 }
 
-impl InferError {
+impl InferRequestError {
     /// How [`crate::backoff::retry_bounded`] treats it.
-    pub fn into_failure(self) -> Failure<InferError> {
+    pub fn into_failure(self) -> Failure<InferRequestError> {
         match self {
-            InferError::Unavailable { why, retry_after } => Failure::Unavailable { why, after: retry_after },
-            failed @ InferError::Failed(_) => Failure::Failed(failed),
-            rejected @ InferError::Rejected { .. } => Failure::Final(rejected),
+            InferRequestError::Unavailable { why, retry_after } => Failure::Unavailable { why, after: retry_after },
+            failed @ InferRequestError::Failed(_) => Failure::Failed(failed),
+            rejected @ InferRequestError::Rejected { .. } => Failure::Final(rejected),
         }
     }
 }
@@ -74,12 +74,12 @@ impl InferClient {
     }
 
     /// Classifies base64 images in one request; the answer has one outcome per image, in order.
-    pub async fn infer(&self, images: &[&str]) -> Result<InferResponse, InferError> {
+    pub async fn infer(&self, images: &[&str]) -> Result<InferResponse, InferRequestError> {
         self.infer_within(images, self.timeout).await
     }
 
     /// [`InferClient::infer`] with a time limit of its own.
-    pub async fn infer_within(&self, images: &[&str], timeout: Duration) -> Result<InferResponse, InferError> {
+    pub async fn infer_within(&self, images: &[&str], timeout: Duration) -> Result<InferResponse, InferRequestError> {
         let url = format!("{}{ROUTE_INFER}", self.base);
         let request = InferRequest { images: images.iter().map(|&i| i.to_owned()).collect() };
         let sent = self.http.post(&url).timeout(timeout).json(&request).send().await;
@@ -98,14 +98,14 @@ impl InferClient {
     /// No connection at all is unavailability; anything that goes wrong once the request is
     /// sent (no answer in time, the connection dropped: a crash or an out-of-memory kill) may be
     /// the request's doing.
-    fn transport_error(&self, err: reqwest::Error, timeout: Duration) -> InferError {
+    fn transport_error(&self, err: reqwest::Error, timeout: Duration) -> InferRequestError {
         let url = self.base_url();
         if err.is_connect() {
-            InferError::Unavailable { why: format!("{url}: {}", err.without_url()), retry_after: None }
+            InferRequestError::Unavailable { why: format!("{url}: {}", err.without_url()), retry_after: None }
         } else if err.is_timeout() {
-            InferError::Failed(format!("{url}: no answer within {} s", timeout.as_secs_f64()))
+            InferRequestError::Failed(format!("{url}: no answer within {} s", timeout.as_secs_f64()))
         } else {
-            InferError::Failed(format!("{url}: {}", err.without_url()))
+            InferRequestError::Failed(format!("{url}: {}", err.without_url()))
         }
     }
 
@@ -146,22 +146,22 @@ pub fn interpret(
     retry_after: Option<Duration>,
     body: &[u8],
     images: usize,
-) -> Result<InferResponse, InferError> {
+) -> Result<InferResponse, InferRequestError> {
     if (200..300).contains(&status) {
         let response: InferResponse = serde_json::from_slice(body)
-            .map_err(|e| InferError::Failed(format!("unreadable answer ({e}): {}", excerpt(body))))?;
+            .map_err(|e| InferRequestError::Failed(format!("unreadable answer ({e}): {}", excerpt(body))))?;
         if response.results.len() != images {
-            return Err(InferError::Failed(format!("{} results for {images} images", response.results.len())));
+            return Err(InferRequestError::Failed(format!("{} results for {images} images", response.results.len())));
         }
         return Ok(response);
     }
     let reason = serde_json::from_slice::<ErrorResponse>(body).map(|e| e.error).unwrap_or_else(|_| excerpt(body));
     if is_rejection(status) {
-        Err(InferError::Rejected { status, reason })
+        Err(InferRequestError::Rejected { status, reason })
     } else if is_failure(status) {
-        Err(InferError::Failed(format!("HTTP {status}: {reason}")))
+        Err(InferRequestError::Failed(format!("HTTP {status}: {reason}")))
     } else {
-        Err(InferError::Unavailable { why: format!("HTTP {status}: {reason}"), retry_after })
+        Err(InferRequestError::Unavailable { why: format!("HTTP {status}: {reason}"), retry_after })
     }
 }
 
@@ -194,15 +194,15 @@ mod tests {
 
     #[test]
     fn a_wrong_or_unreadable_answer_is_a_failure() {
-        assert!(matches!(interpret(200, None, OK.as_bytes(), 3), Err(InferError::Failed(_))));
-        assert!(matches!(interpret(200, None, b"<html>", 1), Err(InferError::Failed(_))));
+        assert!(matches!(interpret(200, None, OK.as_bytes(), 3), Err(InferRequestError::Failed(_))));
+        assert!(matches!(interpret(200, None, b"<html>", 1), Err(InferRequestError::Failed(_))));
     }
 
     #[test]
     fn input_errors_are_rejections_with_the_reason() {
         let err = interpret(400, None, br#"{"error":"image 0 is not a decodable image"}"#, 1).unwrap_err();
-        assert_eq!(err, InferError::Rejected { status: 400, reason: "image 0 is not a decodable image".into() });
-        assert!(matches!(interpret(413, None, b"too big", 1), Err(InferError::Rejected { status: 413, .. })));
+        assert_eq!(err, InferRequestError::Rejected { status: 400, reason: "image 0 is not a decodable image".into() });
+        assert!(matches!(interpret(413, None, b"too big", 1), Err(InferRequestError::Rejected { status: 413, .. })));
         assert!(matches!(err.into_failure(), Failure::Final(_)));
     }
 
@@ -210,7 +210,7 @@ mod tests {
     fn internal_errors_and_missed_deadlines_are_failures() {
         for status in [500, 504] {
             let err = interpret(status, None, br#"{"error":"model crashed"}"#, 1).unwrap_err();
-            assert_eq!(err, InferError::Failed(format!("HTTP {status}: model crashed")));
+            assert_eq!(err, InferRequestError::Failed(format!("HTTP {status}: model crashed")));
             assert!(matches!(err.into_failure(), Failure::Failed(_)));
         }
     }
@@ -227,7 +227,10 @@ mod tests {
     #[test]
     fn routing_and_busy_answers_are_unavailability() {
         for status in [502, 503, 404, 405, 408, 429, 401] {
-            assert!(matches!(interpret(status, None, b"{}", 1), Err(InferError::Unavailable { .. })), "{status}");
+            assert!(
+                matches!(interpret(status, None, b"{}", 1), Err(InferRequestError::Unavailable { .. })),
+                "{status}"
+            );
         }
     }
 
@@ -237,7 +240,7 @@ mod tests {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let client = InferClient::new(&format!("http://127.0.0.1:{port}/"), Duration::from_secs(2)).unwrap();
         assert_eq!(client.base_url(), format!("http://127.0.0.1:{port}"));
-        assert!(matches!(client.infer(&["aGk="]).await, Err(InferError::Unavailable { .. })));
+        assert!(matches!(client.infer(&["aGk="]).await, Err(InferRequestError::Unavailable { .. })));
         assert!(!client.healthy().await);
         assert!(!client.classifies_known_good_image().await);
     }
@@ -255,7 +258,7 @@ mod tests {
         });
         let client = InferClient::new(&format!("http://user:pw@127.0.0.1:{port}"), Duration::from_secs(1)).unwrap();
         let err = client.infer(&["aGk="]).await.unwrap_err();
-        assert_eq!(err, InferError::Failed(format!("http://user:****@127.0.0.1:{port}: no answer within 1 s")));
+        assert_eq!(err, InferRequestError::Failed(format!("http://user:****@127.0.0.1:{port}: no answer within 1 s")));
         silent.abort();
     }
 

@@ -9,7 +9,6 @@
 pub mod args;
 pub mod assets;
 pub mod backoff;
-pub mod bench;
 pub mod cli;
 pub mod consumer;
 pub mod decode;
@@ -24,7 +23,6 @@ pub mod message;
 pub mod metrics;
 pub mod offsets;
 pub mod producer;
-pub mod report;
 pub mod shutdown;
 pub mod store;
 pub mod truth_log;

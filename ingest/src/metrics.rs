@@ -23,7 +23,7 @@ impl Role {
     }
 }
 
-pub struct Metrics {
+pub struct ConsumerMetrics {
     registry: Registry,
     pub received: IntCounter,
     pub written: IntCounter,
@@ -48,11 +48,11 @@ pub struct Metrics {
     pub offsets_skipped: IntCounterVec,
 }
 
-impl Metrics {
-    pub fn new(role: Role) -> Arc<Metrics> {
+impl ConsumerMetrics {
+    pub fn new(role: Role) -> Arc<ConsumerMetrics> {
         let registry = Registry::new_custom(Some("iot_ingest".to_owned()), None).expect("a valid metric prefix");
         let register = Registrar { registry: &registry, role };
-        let metrics = Metrics {
+        let metrics = ConsumerMetrics {
             received: register.counter("records_received_total", "Kafka records read"),
             written: register.counter("records_written_total", "records durably written to MongoDB"),
             dead_lettered: register
@@ -150,7 +150,7 @@ impl Registrar<'_> {
 }
 
 /// Serves `GET /metrics` on `addr` until the process ends.
-pub async fn serve(addr: std::net::SocketAddr, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+pub async fn serve(addr: std::net::SocketAddr, metrics: Arc<ConsumerMetrics>) -> anyhow::Result<()> {
     use axum::routing::get;
     // The path is the service's too: one name for the scrape annotations of every pod.
     let app = axum::Router::new().route(
@@ -178,7 +178,7 @@ mod tests {
 
     #[test]
     fn renders_prometheus_text() {
-        let m = Metrics::new(Role::Db);
+        let m = ConsumerMetrics::new(Role::Db);
         m.written.inc_by(3);
         m.mongo_write_seconds.inc_by(1.5);
         let text = m.render();
@@ -189,7 +189,7 @@ mod tests {
 
     #[test]
     fn stall_gauge_follows_the_stall() {
-        let m = Metrics::new(Role::Infer);
+        let m = ConsumerMetrics::new(Role::Infer);
         assert!(m.render().contains("iot_ingest_mongo_stall_seconds{consumer=\"infer\"} 0\n"));
         m.stall_began(Instant::now() - Duration::from_secs(5));
         m.stall_began(Instant::now()); // a later failure of the same stall does not restart it
@@ -203,7 +203,7 @@ mod tests {
 
     #[test]
     fn skipped_offsets_name_their_partition() {
-        let m = Metrics::new(Role::Db);
+        let m = ConsumerMetrics::new(Role::Db);
         m.offsets_skipped.with_label_values(&["iot_images", "3"]).inc_by(7);
         let text = m.render();
         assert!(

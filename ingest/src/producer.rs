@@ -19,7 +19,7 @@ use crate::images::encode::{Encoding, Format};
 use crate::images::folder::FolderImages;
 use crate::images::synthetic::Synthetic;
 use crate::images::ImageSource;
-use crate::shutdown::Shutdown;
+use crate::shutdown::CancellationToken;
 use crate::truth_log::{TruthLog, TruthRow};
 
 /// Sends labelled images to Kafka as `ImageMessage` JSON, keyed by ProducerID.
@@ -85,6 +85,17 @@ pub struct ProducerArgs {
 }
 
 impl ProducerArgs {
+    /// What clap cannot check by itself: a refused combination is a usage error.
+    pub fn check(&self) -> Result<(), String> {
+        if self.producer_ids().iter().any(|id| id.trim().is_empty()) {
+            return Err("a --producer-id is empty".to_owned());
+        }
+        if !(self.rate >= 0.0 && self.rate.is_finite()) {
+            return Err(format!("--rate must be a number >= 0, got {}", self.rate));
+        }
+        Ok(())
+    }
+
     pub fn producer_ids(&self) -> Vec<String> {
         if !self.producer_ids.is_empty() {
             return self.producer_ids.clone();
@@ -131,7 +142,7 @@ pub struct ProduceSummary {
 }
 
 /// Everything a producer task needs, shared by all of them.
-struct Shared {
+struct ProducerKit {
     kafka: FutureProducer,
     topic: String,
     source: ImageSource,
@@ -143,14 +154,9 @@ struct Shared {
     failed: AtomicU64,
 }
 
-pub async fn run(args: ProducerArgs, shutdown: Shutdown) -> Result<ProduceSummary> {
+pub async fn run(args: ProducerArgs, shutdown: CancellationToken) -> Result<ProduceSummary> {
+    args.check().map_err(anyhow::Error::msg)?;
     let ids = args.producer_ids();
-    if ids.iter().any(|id| id.trim().is_empty()) {
-        bail!("a --producer-id is empty");
-    }
-    if !(args.rate >= 0.0 && args.rate.is_finite()) {
-        bail!("--rate must be a number >= 0, got {}", args.rate);
-    }
     let source = args.source()?;
     let truth = args.truth_log.as_deref().map(TruthLog::create).transpose()?;
     let total = args.count * ids.len() as u64;
@@ -158,7 +164,7 @@ pub async fn run(args: ProducerArgs, shutdown: Shutdown) -> Result<ProduceSummar
         ProgressStyle::with_template("{spinner} {pos}/{len} acknowledged {per_sec} [{elapsed_precise}] {wide_bar}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let shared = Arc::new(Shared {
+    let kit = Arc::new(ProducerKit {
         kafka: crate::kafka::producer(&args.kafka)?,
         topic: args.kafka.topic.clone(),
         source,
@@ -180,10 +186,10 @@ pub async fn run(args: ProducerArgs, shutdown: Shutdown) -> Result<ProduceSummar
     let mut tasks = tokio::task::JoinSet::new();
     for (ordinal, producer_id) in ids.into_iter().enumerate() {
         let ids = args.ids(ordinal as u64);
-        let shared = shared.clone();
+        let kit = kit.clone();
         let shutdown = shutdown.clone();
         let (rate, in_flight) = (args.rate, args.in_flight as usize);
-        tasks.spawn(async move { produce(&shared, &producer_id, ids, rate, in_flight, shutdown).await });
+        tasks.spawn(async move { produce(&kit, &producer_id, ids, rate, in_flight, shutdown).await });
     }
     let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {
@@ -193,14 +199,14 @@ pub async fn run(args: ProducerArgs, shutdown: Shutdown) -> Result<ProduceSummar
         }
     }
     // Deliveries were all awaited; this only drains anything librdkafka still holds.
-    shared.kafka.flush(Duration::from_secs(30)).context("cannot flush the Kafka producer")?;
-    if let Some(truth) = &shared.truth {
+    kit.kafka.flush(Duration::from_secs(30)).context("cannot flush the Kafka producer")?;
+    if let Some(truth) = &kit.truth {
         truth.flush()?;
     }
-    shared.progress.finish_and_clear();
+    kit.progress.finish_and_clear();
     let summary = ProduceSummary {
-        acknowledged: shared.acknowledged.load(Ordering::Relaxed),
-        failed: shared.failed.load(Ordering::Relaxed),
+        acknowledged: kit.acknowledged.load(Ordering::Relaxed),
+        failed: kit.failed.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
     };
     tracing::info!(
@@ -208,7 +214,7 @@ pub async fn run(args: ProducerArgs, shutdown: Shutdown) -> Result<ProduceSummar
         summary.acknowledged,
         summary.elapsed.as_secs_f64(),
         summary.acknowledged as f64 / summary.elapsed.as_secs_f64().max(1e-9),
-        if shutdown.is_requested() { ", stopped early by a signal" } else { "" }
+        if shutdown.is_cancelled() { ", stopped early by a signal" } else { "" }
     );
     if let Some(err) = first_error {
         return Err(err);
@@ -222,12 +228,12 @@ pub async fn run(args: ProducerArgs, shutdown: Shutdown) -> Result<ProduceSummar
 /// One producer: encodes and sends its IDs in order at `rate`, keeping at most `in_flight`
 /// messages unacknowledged; records each acknowledged one in the truth log.
 async fn produce(
-    shared: &Shared,
+    kit: &ProducerKit,
     producer_id: &str,
     ids: std::ops::Range<u64>,
     rate: f64,
     in_flight: usize,
-    mut shutdown: Shutdown,
+    shutdown: CancellationToken,
 ) -> Result<()> {
     let started = tokio::time::Instant::now();
     let mut pending: VecDeque<(TruthRow, DeliveryFuture)> = VecDeque::new();
@@ -236,23 +242,23 @@ async fn produce(
             let due = started + Duration::from_secs_f64(n as f64 / rate);
             tokio::select! {
                 _ = tokio::time::sleep_until(due) => {}
-                _ = shutdown.requested() => {}
+                _ = shutdown.cancelled() => {}
             }
         }
-        if shutdown.is_requested() {
+        if shutdown.is_cancelled() {
             break;
         }
-        let index = shared.image_limit.map_or(id, |limit| id % limit);
-        let (label, img) = shared.source.get(index as usize)?;
+        let index = kit.image_limit.map_or(id, |limit| id % limit);
+        let (label, img) = kit.source.get(index as usize)?;
         let message = ImageMessage {
             id: i64::try_from(id).context("message ID out of range")?,
             producer_id: producer_id.to_owned(),
             ground_truth: label,
-            data: shared.encoding.encode_base64(&img)?,
+            data: kit.encoding.encode_base64(&img)?,
             sent_at_ms: Some(crate::now_ms()),
         };
         let payload = serde_json::to_vec(&message)?;
-        let delivery = enqueue(shared, producer_id, &payload, &mut pending).await?;
+        let delivery = enqueue(kit, producer_id, &payload, &mut pending).await?;
         let row = TruthRow {
             producer_id: message.producer_id,
             id: message.id,
@@ -261,57 +267,57 @@ async fn produce(
         };
         pending.push_back((row, delivery));
         while pending.len() >= in_flight {
-            settle_oldest(shared, &mut pending).await?;
+            settle_oldest(kit, &mut pending).await?;
         }
     }
     while !pending.is_empty() {
-        settle_oldest(shared, &mut pending).await?;
+        settle_oldest(kit, &mut pending).await?;
     }
     Ok(())
 }
 
 /// Hands a message to librdkafka, waiting for older deliveries while its queue is full.
 async fn enqueue(
-    shared: &Shared,
+    kit: &ProducerKit,
     key: &str,
     payload: &[u8],
     pending: &mut VecDeque<(TruthRow, DeliveryFuture)>,
 ) -> Result<DeliveryFuture> {
     loop {
-        let record = FutureRecord::to(&shared.topic).key(key).payload(payload);
-        match shared.kafka.send_result(record) {
+        let record = FutureRecord::to(&kit.topic).key(key).payload(payload);
+        match kit.kafka.send_result(record) {
             Ok(delivery) => return Ok(delivery),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 if pending.is_empty() {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 } else {
-                    settle_oldest(shared, pending).await?;
+                    settle_oldest(kit, pending).await?;
                 }
             }
-            Err((err, _)) => bail!("cannot send to Kafka topic {}: {err}", shared.topic),
+            Err((err, _)) => bail!("cannot send to Kafka topic {}: {err}", kit.topic),
         }
     }
 }
 
 /// Waits for the oldest unacknowledged message; logs it in the truth log if Kafka took it.
-async fn settle_oldest(shared: &Shared, pending: &mut VecDeque<(TruthRow, DeliveryFuture)>) -> Result<()> {
+async fn settle_oldest(kit: &ProducerKit, pending: &mut VecDeque<(TruthRow, DeliveryFuture)>) -> Result<()> {
     let Some((row, delivery)) = pending.pop_front() else {
         return Ok(());
     };
     match delivery.await {
         Ok(Ok(_)) => {
-            shared.acknowledged.fetch_add(1, Ordering::Relaxed);
-            shared.progress.inc(1);
-            if let Some(truth) = &shared.truth {
+            kit.acknowledged.fetch_add(1, Ordering::Relaxed);
+            kit.progress.inc(1);
+            if let Some(truth) = &kit.truth {
                 truth.record(&row)?;
             }
         }
         Ok(Err((err, _))) => {
-            shared.failed.fetch_add(1, Ordering::Relaxed);
+            kit.failed.fetch_add(1, Ordering::Relaxed);
             tracing::error!(key = %row.producer_id, id = row.id, "Kafka did not take the message: {err}");
         }
         Err(_) => {
-            shared.failed.fetch_add(1, Ordering::Relaxed);
+            kit.failed.fetch_add(1, Ordering::Relaxed);
             tracing::error!(key = %row.producer_id, id = row.id, "the Kafka producer dropped the message");
         }
     }
@@ -349,8 +355,8 @@ mod tests {
         let args = parse(&["--count", "250", "--disjoint-ids", "--start-id", "10"]).unwrap();
         assert_eq!(args.ids(0), 10..260);
         assert_eq!(args.ids(3), 760..1010);
-        let shared = parse(&["--count", "5"]).unwrap();
-        assert_eq!(shared.ids(2), 0..5);
+        let kit = parse(&["--count", "5"]).unwrap();
+        assert_eq!(kit.ids(2), 0..5);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::Parser;
 use common::{png_base64, record, Run};
 use iot_ingest::consumer::db::DbConsumerArgs;
-use iot_ingest::metrics::{Metrics, Role};
+use iot_ingest::metrics::{ConsumerMetrics, Role};
 use sha2::{Digest, Sha256};
 
 /// Source topic and test producer limit: room for the 2.5 MB records below.
@@ -47,13 +47,14 @@ async fn oversized_and_over_the_limit_records_are_dead_lettered_and_passed() {
     flags.extend(run.consumer_flags());
     flags.extend([format!("--max-image-pixels={MAX_PIXELS}"), format!("--dlq-max-bytes={DLQ_MAX_BYTES}")]);
     let args = DbConsumerArgs::try_parse_from(flags).expect("db-consumer flags");
-    let (stop, shutdown) = iot_ingest::shutdown::channel();
-    let consumer = tokio::spawn(iot_ingest::consumer::db::run(args, Metrics::new(Role::Db), shutdown));
+    let stop = iot_ingest::shutdown::CancellationToken::new();
+    let shutdown = stop.clone();
+    let consumer = tokio::spawn(iot_ingest::consumer::db::run(args, ConsumerMetrics::new(Role::Db), shutdown));
     run.wait_for("three dead letters, one record stored, offsets committed", Duration::from_secs(60), || async {
         run.dead_letter_count() >= 3 && run.stored_with("StoredAt").await.len() == 1 && run.committed_to_the_end()
     })
     .await;
-    stop.trigger();
+    stop.cancel();
     consumer.await.expect("consumer task").expect("consumer ends cleanly");
 
     assert!(run.stored_with("StoredAt").await.contains_key("cam-1/1"), "the image at the limit is stored");

@@ -19,7 +19,7 @@ use common::stub::{Fault, Stub};
 use common::{png_base64, record, Run};
 use iot_bench::testkit::Children;
 use iot_ingest::consumer::infer::InferConsumerArgs;
-use iot_ingest::metrics::{Metrics, Role};
+use iot_ingest::metrics::{ConsumerMetrics, Role};
 
 const RECORDS: i64 = 200;
 /// The record whose image the stub fails on.
@@ -47,7 +47,7 @@ fn start_consumer(
     run: &Run,
     infer_url: &str,
     extra: &[&str],
-) -> (iot_ingest::shutdown::Trigger, tokio::task::JoinHandle<anyhow::Result<()>>) {
+) -> (iot_ingest::shutdown::CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
     let mut flags = vec!["infer-consumer".to_owned()];
     flags.extend(run.consumer_flags());
     // Light load: the machine running the tests is small, and a request that waits too long in
@@ -55,8 +55,9 @@ fn start_consumer(
     flags.extend([format!("--infer-url={infer_url}"), "--in-flight=2".to_owned(), "--images-per-request=8".to_owned()]);
     flags.extend(extra.iter().map(|f| f.to_string()));
     let args = InferConsumerArgs::try_parse_from(flags).expect("infer-consumer flags");
-    let (trigger, shutdown) = iot_ingest::shutdown::channel();
-    let task = tokio::spawn(iot_ingest::consumer::infer::run(args, Metrics::new(Role::Infer), shutdown));
+    let trigger = iot_ingest::shutdown::CancellationToken::new();
+    let shutdown = trigger.clone();
+    let task = tokio::spawn(iot_ingest::consumer::infer::run(args, ConsumerMetrics::new(Role::Infer), shutdown));
     (trigger, task)
 }
 
@@ -82,7 +83,7 @@ async fn marked_image_is_dead_lettered(service: &str, fault: Fault, extra_flags:
             && run.committed_to_the_end()
     })
     .await;
-    stop.trigger();
+    stop.cancel();
     consumer.await.expect("consumer task").expect("consumer ends cleanly");
 
     let stored = run.stored_with("Inferred").await;
@@ -126,7 +127,7 @@ async fn failing_service_dead_letters_nothing(service: &str) {
         run.stored_with("Inferred").await.len() == RECORDS as usize && run.committed_to_the_end()
     })
     .await;
-    stop.trigger();
+    stop.cancel();
     consumer.await.expect("consumer task").expect("consumer ends cleanly");
     assert_eq!(run.dead_letter_count(), 0, "dead letters from a service that only failed for a while");
 }

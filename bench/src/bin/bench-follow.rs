@@ -152,12 +152,12 @@ fn run_base(args: &Args, base: u64) -> Result<()> {
 
 fn report(base: u64, what: &str, delays: &mut [Duration], cpu: Duration, changes: usize) {
     delays.sort();
-    let at = |q: f64| delays[((delays.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e3;
+    let at = |p: f64| iot_bench::stats::percentile(delays, p).unwrap_or_default().as_secs_f64() * 1e3;
     println!(
         "| {base} | {what} | {:.0} | {:.0} | {:.0} | {:.3} |",
-        at(0.5),
-        at(0.99),
-        at(1.0),
+        at(50.0),
+        at(99.0),
+        at(100.0),
         cpu.as_secs_f64() * 1e3 / changes as f64
     );
 }

@@ -3,6 +3,10 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let args = iot_ingest::consumer::db::DbConsumerArgs::parse();
     iot_ingest::cli::run_service(|shutdown| {
-        iot_ingest::consumer::db::run(args, iot_ingest::metrics::Metrics::new(iot_ingest::metrics::Role::Db), shutdown)
+        iot_ingest::consumer::db::run(
+            args,
+            iot_ingest::metrics::ConsumerMetrics::new(iot_ingest::metrics::Role::Db),
+            shutdown,
+        )
     })
 }

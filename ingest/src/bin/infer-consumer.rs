@@ -5,7 +5,7 @@ fn main() -> std::process::ExitCode {
     iot_ingest::cli::run_service(|shutdown| {
         iot_ingest::consumer::infer::run(
             args,
-            iot_ingest::metrics::Metrics::new(iot_ingest::metrics::Role::Infer),
+            iot_ingest::metrics::ConsumerMetrics::new(iot_ingest::metrics::Role::Infer),
             shutdown,
         )
     })

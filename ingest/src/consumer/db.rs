@@ -9,8 +9,8 @@ use super::{Handled, Handler};
 use crate::args::{ConsumerArgs, KafkaArgs, MongoArgs};
 use crate::backoff::Backoff;
 use crate::message::Parsed;
-use crate::metrics::Metrics;
-use crate::shutdown::Shutdown;
+use crate::metrics::ConsumerMetrics;
+use crate::shutdown::CancellationToken;
 use crate::store::Store;
 
 /// Upserts each image record's metadata into MongoDB by `_id`, committing Kafka offsets only
@@ -38,11 +38,11 @@ pub struct DbConsumerArgs {
 pub struct MetadataWriter {
     store: Store,
     backoff: Backoff,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ConsumerMetrics>,
 }
 
 impl Handler for MetadataWriter {
-    async fn handle(&self, batch: Vec<Parsed>, shutdown: &Shutdown) -> Vec<Handled> {
+    async fn handle(&self, batch: Vec<Parsed>, shutdown: &CancellationToken) -> Vec<Handled> {
         let stored_at = bson::DateTime::now();
         let writes: Vec<_> = batch.iter().map(|p| iot_schema::write::store_metadata(&p.msg, stored_at)).collect();
         match super::write_durably(&self.store, &writes, &self.metrics, self.backoff.clone(), shutdown).await {
@@ -52,7 +52,7 @@ impl Handler for MetadataWriter {
     }
 }
 
-pub async fn run(args: DbConsumerArgs, metrics: Arc<Metrics>, shutdown: Shutdown) -> Result<()> {
+pub async fn run(args: DbConsumerArgs, metrics: Arc<ConsumerMetrics>, shutdown: CancellationToken) -> Result<()> {
     if let Some(addr) = args.consumer.metrics_listen {
         crate::metrics::serve(addr, metrics.clone()).await?;
     }

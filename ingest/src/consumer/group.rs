@@ -12,7 +12,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use crate::metrics::Metrics;
+use crate::metrics::ConsumerMetrics;
 use crate::offsets::{Commit, OffsetTracker};
 
 /// How long an assignment waits for the group's committed offsets.
@@ -21,14 +21,14 @@ const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
 /// The consumer's context: commits revoked partitions, starts an offset-tracking epoch per
 /// assigned partition, and logs rebalances and failed commits.
 pub struct EngineContext {
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<ConsumerMetrics>,
     pub tracker: Arc<Mutex<OffsetTracker>>,
     /// Counts assignments, so that the read loop pauses partitions that arrive while it is paused.
     assignments: AtomicU64,
 }
 
 impl EngineContext {
-    pub fn new(metrics: Arc<Metrics>) -> EngineContext {
+    pub fn new(metrics: Arc<ConsumerMetrics>) -> EngineContext {
         EngineContext { metrics, tracker: Arc::default(), assignments: AtomicU64::new(0) }
     }
 

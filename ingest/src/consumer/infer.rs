@@ -10,11 +10,11 @@ use clap::Parser;
 use super::{Handled, Handler};
 use crate::args::{ConsumerArgs, KafkaArgs, MongoArgs};
 use crate::backoff::{Backoff, Failure, ShutdownRequested};
-use crate::infer_client::{FailureCode, ImageOutcome, InferClient, InferError, InferResponse};
+use crate::infer_client::{FailureCode, ImageOutcome, InferClient, InferRequestError, InferResponse};
 use crate::latency::{LatencyLog, LatencyRow};
 use crate::message::{Malformed, Parsed};
-use crate::metrics::Metrics;
-use crate::shutdown::Shutdown;
+use crate::metrics::ConsumerMetrics;
+use crate::shutdown::CancellationToken;
 use crate::store::Store;
 
 /// Sends image records to the inference service (several images per request, several requests
@@ -58,12 +58,12 @@ pub struct InferenceWriter {
     backoff: Backoff,
     /// Failed tries of one request before its images are narrowed down (`--infer-attempts`).
     attempts: u32,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ConsumerMetrics>,
     latency: Option<LatencyLog>,
 }
 
 /// The service's verdict on one image.
-enum Verdict {
+enum Classification {
     Label {
         label: String,
         model_id: String,
@@ -83,7 +83,7 @@ struct Group {
 #[derive(Debug, thiserror::Error)]
 enum Unsettled {
     #[error(transparent)]
-    Request(#[from] InferError),
+    Request(#[from] InferRequestError),
     /// The service answered, but failed on some of the images (`inference_failed`).
     #[error("the service failed on {failed} of the images: {reason}")]
     SomeImages { response: InferResponse, failed: usize, reason: String },
@@ -130,7 +130,7 @@ impl InferenceWriter {
         &self,
         images: &[&str],
         attempts: u32,
-        shutdown: &Shutdown,
+        shutdown: &CancellationToken,
     ) -> Result<Result<InferResponse, Unsettled>, ShutdownRequested> {
         let what = format!("inference of {} image(s)", images.len());
         let mut tries = 0u32;
@@ -156,8 +156,12 @@ impl InferenceWriter {
     /// A verdict per record. A request the service keeps failing (or refuses) is split in
     /// halves until the image at fault is alone; that image is dead-lettered, and every other
     /// one gets its label.
-    async fn classify(&self, batch: &[Parsed], shutdown: &Shutdown) -> Result<Vec<Option<Verdict>>, ShutdownRequested> {
-        let mut verdicts: Vec<Option<Verdict>> = batch.iter().map(|_| None).collect();
+    async fn classify(
+        &self,
+        batch: &[Parsed],
+        shutdown: &CancellationToken,
+    ) -> Result<Vec<Option<Classification>>, ShutdownRequested> {
+        let mut verdicts: Vec<Option<Classification>> = batch.iter().map(|_| None).collect();
         let mut todo = vec![Group { images: (0..batch.len()).collect(), attempts: self.attempts }];
         let mut sick = self.backoff.clone();
         while let Some(group) = todo.pop() {
@@ -167,11 +171,11 @@ impl InferenceWriter {
                 Err(Unsettled::SomeImages { response, reason, .. }) => {
                     (settle(&group.images, response, &mut verdicts), reason)
                 }
-                Err(Unsettled::Request(InferError::Rejected { reason, .. })) if group.images.len() == 1 => {
-                    verdicts[group.images[0]] = Some(Verdict::Refused(Malformed::RejectedByService(reason)));
+                Err(Unsettled::Request(InferRequestError::Rejected { reason, .. })) if group.images.len() == 1 => {
+                    verdicts[group.images[0]] = Some(Classification::Refused(Malformed::RejectedByService(reason)));
                     continue;
                 }
-                Err(Unsettled::Request(rejected @ InferError::Rejected { .. })) => {
+                Err(Unsettled::Request(rejected @ InferRequestError::Rejected { .. })) => {
                     // A refused request has not failed: its halves get their full tries.
                     tracing::info!("{rejected}; sending the {} images in two halves", images.len());
                     self.metrics.infer_splits.inc();
@@ -182,7 +186,7 @@ impl InferenceWriter {
             };
             if let [alone] = failed[..] {
                 if self.client.classifies_known_good_image().await {
-                    verdicts[alone] = Some(Verdict::Refused(Malformed::InferenceFailed(why)));
+                    verdicts[alone] = Some(Classification::Refused(Malformed::InferenceFailed(why)));
                     continue;
                 }
                 // The service fails a good image too: it is sick, not this image. Waiting for
@@ -193,7 +197,7 @@ impl InferenceWriter {
                     delay.as_millis()
                 );
                 self.metrics.infer_retries.inc();
-                wait(delay, shutdown).await?;
+                crate::backoff::sleep(delay, shutdown).await?;
                 todo.push(Group { images: failed, attempts: self.attempts });
             } else if !failed.is_empty() {
                 tracing::info!("{why}; sending the {} images that failed in two halves", failed.len());
@@ -209,15 +213,15 @@ impl InferenceWriter {
 }
 
 /// Records the verdicts of a group's answer; returns the images the service failed on.
-fn settle(images: &[usize], response: InferResponse, verdicts: &mut [Option<Verdict>]) -> Vec<usize> {
+fn settle(images: &[usize], response: InferResponse, verdicts: &mut [Option<Classification>]) -> Vec<usize> {
     let mut failed = Vec::new();
     for (&i, outcome) in images.iter().zip(response.results) {
         verdicts[i] = match outcome {
             ImageOutcome::Classified(result) => {
-                Some(Verdict::Label { label: result.label, model_id: response.model_id.clone() })
+                Some(Classification::Label { label: result.label, model_id: response.model_id.clone() })
             }
             ImageOutcome::Failed(f) if f.code == FailureCode::BadImage => {
-                Some(Verdict::Refused(Malformed::RejectedByService(f.error)))
+                Some(Classification::Refused(Malformed::RejectedByService(f.error)))
             }
             ImageOutcome::Failed(_) => {
                 failed.push(i);
@@ -237,16 +241,8 @@ fn halves(mut images: Vec<usize>, attempts: impl Fn(usize) -> u32) -> impl Itera
         .map(move |half| Group { attempts: attempts(half.len()), images: half })
 }
 
-async fn wait(delay: Duration, shutdown: &Shutdown) -> Result<(), ShutdownRequested> {
-    let mut shutdown = shutdown.clone();
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => Ok(()),
-        _ = shutdown.requested() => Err(ShutdownRequested),
-    }
-}
-
 impl Handler for InferenceWriter {
-    async fn handle(&self, batch: Vec<Parsed>, shutdown: &Shutdown) -> Vec<Handled> {
+    async fn handle(&self, batch: Vec<Parsed>, shutdown: &CancellationToken) -> Vec<Handled> {
         let verdicts = match self.classify(&batch, shutdown).await {
             Ok(verdicts) => verdicts,
             Err(ShutdownRequested) => return batch.into_iter().map(|p| Handled::Abandoned(p.inbound.pos)).collect(),
@@ -255,7 +251,7 @@ impl Handler for InferenceWriter {
         let stamp = bson::DateTime::from_millis(inferred_at);
         let mut writes = Vec::with_capacity(batch.len());
         for (parsed, verdict) in batch.iter().zip(&verdicts) {
-            if let Some(Verdict::Label { label, model_id }) = verdict {
+            if let Some(Classification::Label { label, model_id }) = verdict {
                 writes.push(iot_schema::write::store_inference(&parsed.msg, label, model_id, stamp));
             }
         }
@@ -270,9 +266,9 @@ impl Handler for InferenceWriter {
             .into_iter()
             .zip(verdicts)
             .map(|(parsed, verdict)| match (verdict, &written) {
-                (Some(Verdict::Refused(reason)), _) => Handled::Rejected(Box::new(parsed), reason),
-                (Some(Verdict::Label { .. }), Ok(written)) => written.outcome(parsed),
-                (Some(Verdict::Label { .. }), Err(_)) => Handled::Abandoned(parsed.inbound.pos),
+                (Some(Classification::Refused(reason)), _) => Handled::Rejected(Box::new(parsed), reason),
+                (Some(Classification::Label { .. }), Ok(written)) => written.outcome(parsed),
+                (Some(Classification::Label { .. }), Err(_)) => Handled::Abandoned(parsed.inbound.pos),
                 (None, _) => {
                     tracing::error!("no verdict for the record at {:?}: left for redelivery", parsed.inbound.pos);
                     Handled::Abandoned(parsed.inbound.pos)
@@ -283,12 +279,12 @@ impl Handler for InferenceWriter {
 }
 
 impl InferenceWriter {
-    fn log_latencies(&self, batch: &[Parsed], verdicts: &[Option<Verdict>], inferred_at: i64) {
+    fn log_latencies(&self, batch: &[Parsed], verdicts: &[Option<Classification>], inferred_at: i64) {
         let Some(log) = &self.latency else { return };
         let rows: Vec<LatencyRow> = batch
             .iter()
             .zip(verdicts)
-            .filter(|(_, v)| matches!(v, Some(Verdict::Label { .. })))
+            .filter(|(_, v)| matches!(v, Some(Classification::Label { .. })))
             .filter_map(|(p, _)| {
                 p.msg.sent_at_ms.map(|sent| LatencyRow::new(&p.msg.producer_id, p.msg.id, sent, inferred_at))
             })
@@ -299,7 +295,7 @@ impl InferenceWriter {
     }
 }
 
-pub async fn run(args: InferConsumerArgs, metrics: Arc<Metrics>, shutdown: Shutdown) -> Result<()> {
+pub async fn run(args: InferConsumerArgs, metrics: Arc<ConsumerMetrics>, shutdown: CancellationToken) -> Result<()> {
     if let Some(addr) = args.consumer.metrics_listen {
         crate::metrics::serve(addr, metrics.clone()).await?;
     }
@@ -361,20 +357,25 @@ mod tests {
 
     #[test]
     fn settle_labels_refuses_bad_images_and_returns_the_failed_ones() {
-        let mut verdicts: Vec<Option<Verdict>> = (0..5).map(|_| None).collect();
+        let mut verdicts: Vec<Option<Classification>> = (0..5).map(|_| None).collect();
         let failed = settle(&[1, 3, 4], response(&format!("{CAT},{BAD},{FAILED}")), &mut verdicts);
         assert_eq!(failed, [4]);
-        assert!(matches!(&verdicts[1], Some(Verdict::Label { label, model_id }) if label == "cat" && model_id == "m"));
-        assert!(matches!(&verdicts[3], Some(Verdict::Refused(m)) if m.code() == "rejected_by_service"));
+        assert!(
+            matches!(&verdicts[1], Some(Classification::Label { label, model_id }) if label == "cat" && model_id == "m")
+        );
+        assert!(matches!(&verdicts[3], Some(Classification::Refused(m)) if m.code() == "rejected_by_service"));
         assert!(verdicts[0].is_none() && verdicts[2].is_none() && verdicts[4].is_none());
     }
 
     #[test]
     fn failures_are_classified_for_the_retry_loop() {
-        let unavailable = Unsettled::Request(InferError::Unavailable { why: "503".into(), retry_after: None });
+        let unavailable = Unsettled::Request(InferRequestError::Unavailable { why: "503".into(), retry_after: None });
         assert!(matches!(unavailable.into_failure(), Failure::Unavailable { .. }));
-        assert!(matches!(Unsettled::Request(InferError::Failed("500".into())).into_failure(), Failure::Failed(_)));
-        let rejected = Unsettled::Request(InferError::Rejected { status: 413, reason: "too big".into() });
+        assert!(matches!(
+            Unsettled::Request(InferRequestError::Failed("500".into())).into_failure(),
+            Failure::Failed(_)
+        ));
+        let rejected = Unsettled::Request(InferRequestError::Rejected { status: 413, reason: "too big".into() });
         assert!(matches!(rejected.into_failure(), Failure::Final(_)));
     }
 }

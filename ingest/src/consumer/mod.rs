@@ -24,9 +24,9 @@ use crate::args::{ConsumerArgs, KafkaArgs};
 use crate::backoff::Backoff;
 use crate::dlq::DeadLetters;
 use crate::message::{Inbound, Malformed, Parsed};
-use crate::metrics::Metrics;
+use crate::metrics::ConsumerMetrics;
 use crate::offsets::{Epoch, OffsetTracker, Position};
-use crate::shutdown::Shutdown;
+use crate::shutdown::CancellationToken;
 use crate::store::{Applied, Store};
 use group::{describe, lock, to_list, EngineContext};
 
@@ -44,7 +44,7 @@ pub enum Handled {
 /// The part that differs between the two consumers: what to do with a batch of good records.
 pub trait Handler: Send + Sync + 'static {
     /// Handles every record of the batch, retrying failures until done or shut down.
-    fn handle(&self, batch: Vec<Parsed>, shutdown: &Shutdown) -> impl Future<Output = Vec<Handled>> + Send;
+    fn handle(&self, batch: Vec<Parsed>, shutdown: &CancellationToken) -> impl Future<Output = Vec<Handled>> + Send;
 }
 
 /// How the engine runs.
@@ -63,8 +63,8 @@ struct TaskKit<H> {
     handler: Arc<H>,
     decoder: crate::decode::Decoder,
     dead_letters: DeadLetters,
-    metrics: Arc<Metrics>,
-    shutdown: Shutdown,
+    metrics: Arc<ConsumerMetrics>,
+    shutdown: CancellationToken,
 }
 
 /// A record read and not yet handed to a batch, with the assignment it was read under.
@@ -86,7 +86,7 @@ struct Engine<H> {
     consumer: Arc<KafkaConsumer>,
     kit: Arc<TaskKit<H>>,
     tracker: Arc<Mutex<OffsetTracker>>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ConsumerMetrics>,
     tasks: JoinSet<Finished>,
     pending: VecDeque<Pending>,
     /// When the oldest pending record must go out, full batch or not.
@@ -105,8 +105,8 @@ pub async fn run<H: Handler>(
     kafka: &KafkaArgs,
     settings: EngineSettings,
     handler: Arc<H>,
-    metrics: Arc<Metrics>,
-    shutdown: Shutdown,
+    metrics: Arc<ConsumerMetrics>,
+    shutdown: CancellationToken,
 ) -> Result<()> {
     let mut engine = Engine::set_up(kafka, &settings, handler, metrics, shutdown.clone())?;
     engine.read_until_shutdown(shutdown).await?;
@@ -121,8 +121,8 @@ impl<H: Handler> Engine<H> {
         kafka: &KafkaArgs,
         settings: &EngineSettings,
         handler: Arc<H>,
-        metrics: Arc<Metrics>,
-        shutdown: Shutdown,
+        metrics: Arc<ConsumerMetrics>,
+        shutdown: CancellationToken,
     ) -> Result<Engine<H>> {
         let config = crate::kafka::consumer_config(kafka, &settings.group, settings.consumer.session_timeout_ms);
         let context = EngineContext::new(metrics.clone());
@@ -164,7 +164,7 @@ impl<H: Handler> Engine<H> {
 
     /// Reads, batches and commits until a shutdown is asked for. Kafka is polled all the time,
     /// even while no batch slot is free, so that the member keeps its place in the group.
-    async fn read_until_shutdown(&mut self, mut stop: Shutdown) -> Result<()> {
+    async fn read_until_shutdown(&mut self, stop: CancellationToken) -> Result<()> {
         let consumer = self.consumer.clone();
         let mut read_errors = ReadErrors::default();
         loop {
@@ -173,7 +173,7 @@ impl<H: Handler> Engine<H> {
             let room = self.has_room();
             tokio::select! {
                 biased;
-                _ = stop.requested() => return Ok(()),
+                _ = stop.cancelled() => return Ok(()),
                 Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
                     self.finish(joined.context("a batch task panicked")?);
                 }
@@ -417,7 +417,7 @@ pub struct Written {
 }
 
 impl Written {
-    fn new(writes: &[iot_schema::write::Write], outcomes: Vec<Applied>, metrics: &Metrics) -> Written {
+    fn new(writes: &[iot_schema::write::Write], outcomes: Vec<Applied>, metrics: &ConsumerMetrics) -> Written {
         let mut collided = HashMap::new();
         for (write, applied) in writes.iter().zip(outcomes) {
             match applied {
@@ -462,9 +462,9 @@ impl Written {
 pub async fn write_durably(
     store: &Store,
     writes: &[iot_schema::write::Write],
-    metrics: &Metrics,
+    metrics: &ConsumerMetrics,
     backoff: Backoff,
-    shutdown: &Shutdown,
+    shutdown: &CancellationToken,
 ) -> Result<Written, crate::backoff::ShutdownRequested> {
     let mut attempt = 0u64;
     let outcomes = crate::backoff::retry("MongoDB write", backoff, shutdown, || {
@@ -481,7 +481,7 @@ pub async fn write_durably(
 async fn write_once(
     store: &Store,
     writes: &[iot_schema::write::Write],
-    metrics: &Metrics,
+    metrics: &ConsumerMetrics,
 ) -> Result<Vec<Applied>, String> {
     let started = std::time::Instant::now();
     match store.upsert_all(writes).await {
@@ -505,7 +505,7 @@ async fn write_once(
 }
 
 /// Creates the contract's indexes, waiting for MongoDB if it is not up yet.
-pub async fn prepare_store(store: &Store, backoff: Backoff, shutdown: &Shutdown) -> Result<()> {
+pub async fn prepare_store(store: &Store, backoff: Backoff, shutdown: &CancellationToken) -> Result<()> {
     crate::backoff::retry("creating MongoDB indexes", backoff, shutdown, || async {
         store.ensure_indexes().await.map_err(|e| format!("{e:#}"))
     })

@@ -1,39 +1,45 @@
 //! Load test of the inference service next to a plain Python onnxruntime loop.
 //!
 //! Sends single-image `POST /v1/infer` requests (PNG-encoded CIFAR-10 test records) over
-//! loopback at each concurrency level, then runs infer_service/bench/python_baseline.py on the
+//! loopback at each concurrency level, then runs bench/reference/python_baseline.py on the
 //! same model, images and batch size, and prints images/s, latency percentiles and the ratio.
 //!
-//! Without `--url` it starts the service in this process (same model, `--max-batch`).
+//! Without `--url` it starts the `infer-service` binary (same model, `--max-batch`). It speaks
+//! to the service only through the wire types of `iot_schema::infer`, as any client does.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::Parser;
-use image::{ImageEncoder, RgbImage};
 use indicatif::{ProgressBar, ProgressStyle};
-use iot_infer_service::api::{encode_base64, HealthResponse, InferRequest, InferResponse};
-use iot_infer_service::model::{Classifier, SessionOptions};
-use iot_infer_service::preprocess::{Preprocessor, DEFAULT_RESIZE_RATIO};
-use iot_infer_service::{RunningService, ServiceConfig};
+use iot_bench::stats::percentile;
+use iot_ingest::images::cifar::CifarBatch;
+use iot_ingest::images::encode::{Encoding, Format};
+use iot_schema::infer::{encode_base64, HealthResponse, InferRequest, InferResponse};
 
-const CIFAR_RECORD_BYTES: usize = 3073;
+/// The service's binary, looked for next to this one unless `--service-bin` names it.
+const SERVICE_BINARY: &str = "infer-service";
 
-#[derive(Debug, Parser)]
-#[command(name = "infer-bench", about = "Throughput and latency of infer_service against plain Python onnxruntime")]
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "infer-bench",
+    about = "Throughput and latency of the inference service against plain Python onnxruntime"
+)]
 struct Args {
-    /// A running service; without it, one is started in this process.
+    /// A running service; without it, the `infer-service` binary is started.
     #[arg(long)]
     url: Option<String>,
+    /// The service binary to start without `--url` [default: infer-service next to this binary].
+    #[arg(long)]
+    service_bin: Option<PathBuf>,
     /// Folder with the test assets [default: $IOT_ASSETS_DIR, else ../shared/assets above the repository].
     #[arg(long, env = "IOT_ASSETS_DIR")]
     assets: Option<PathBuf>,
-    /// Model (for the in-process service and the Python baseline) [default: ASSETS/mobilenetv2-12-int8.onnx].
+    /// Model (for the started service and the Python baseline) [default: ASSETS/mobilenetv2-12-int8.onnx].
     #[arg(long)]
     model: Option<PathBuf>,
     /// Class names [default: ASSETS/imagenet_classes.txt].
@@ -51,10 +57,10 @@ struct Args {
     /// Concurrency levels, comma separated.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 8, 32])]
     concurrency: Vec<usize>,
-    /// Batch size: --max-batch of the in-process service and the Python baseline's batch.
+    /// Batch size: --max-batch of the started service and the Python baseline's batch.
     #[arg(long, default_value_t = 32)]
     max_batch: usize,
-    /// --max-wait-ms of the in-process service.
+    /// --max-wait-ms of the started service.
     #[arg(long, default_value_t = 5)]
     max_wait_ms: u64,
     /// Python with onnxruntime, numpy and pillow [default: .cache/venv/bin/python of the workspace].
@@ -63,7 +69,7 @@ struct Args {
     /// Skip the Python baseline.
     #[arg(long)]
     no_python: bool,
-    /// ONNX Runtime intra-op threads of the in-process service and the Python baseline [default: ONNX Runtime's].
+    /// ONNX Runtime intra-op threads of the started service and the Python baseline [default: ONNX Runtime's].
     #[arg(long)]
     intra_threads: Option<usize>,
     /// Measurement rounds (each: every concurrency level, then the Python baseline); medians are printed.
@@ -79,22 +85,33 @@ struct Level {
     mean_batch: Option<f64>,
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    iot_infer_service::init_tracing();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(run(args))
+fn main() -> std::process::ExitCode {
+    let args = iot_ingest::cli::parse_args(Args::check);
+    iot_ingest::logging::init();
+    let outcome = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run(args)));
+    iot_ingest::cli::report_outcome(outcome)
 }
+
+impl Args {
+    fn check(&self) -> Result<(), String> {
+        if self.images == 0 || self.requests == 0 || self.concurrency.contains(&0) {
+            return Err("--images, --requests and every --concurrency level must be positive".to_owned());
+        }
+        Ok(())
+    }
+}
+
+const PYTHON_BASELINE: &str = "bench/reference/python_baseline.py";
 
 fn workspace_root() -> PathBuf {
     let compiled = Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf);
     std::env::current_dir()
         .ok()
-        .and_then(|cwd| {
-            cwd.ancestors()
-                .find(|dir| dir.join("infer_service/bench/python_baseline.py").is_file())
-                .map(Path::to_path_buf)
-        })
+        .and_then(|cwd| cwd.ancestors().find(|dir| dir.join(PYTHON_BASELINE).is_file()).map(Path::to_path_buf))
         .or(compiled)
         .unwrap_or_else(|| PathBuf::from("."))
 }
@@ -105,34 +122,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let model = args.model.clone().unwrap_or_else(|| assets.join("mobilenetv2-12-int8.onnx"));
     let classes = args.classes.clone().unwrap_or_else(|| assets.join("imagenet_classes.txt"));
     let cifar = args.cifar.clone().unwrap_or_else(|| assets.join("cifar10_test_batch.bin"));
-    if args.images == 0 || args.requests == 0 || args.concurrency.contains(&0) {
-        bail!("--images, --requests and every --concurrency level must be positive");
-    }
     let bodies = Arc::new(request_bodies(&cifar, args.images)?);
 
-    let mut local = None;
-    let url = match &args.url {
-        Some(url) => url.trim_end_matches('/').to_owned(),
+    let client = reqwest::Client::builder().pool_max_idle_per_host(256).timeout(Duration::from_secs(120)).build()?;
+    let (url, local) = match &args.url {
+        Some(url) => (url.trim_end_matches('/').to_owned(), None),
         None => {
-            let mut config = ServiceConfig::new(&model, &classes);
-            config.max_batch = args.max_batch;
-            config.max_wait = Duration::from_millis(args.max_wait_ms);
-            config.intra_threads = args.intra_threads;
-            let service = RunningService::start(config, "127.0.0.1:0".parse()?).await?;
-            let url = service.url();
-            local = Some(service);
-            url
+            let service = StartedService::start(&args, &model, &classes)?;
+            (service.url.clone(), Some(service))
         }
     };
-    let client = reqwest::Client::builder().pool_max_idle_per_host(256).timeout(Duration::from_secs(120)).build()?;
-    let health: HealthResponse = client
-        .get(format!("{url}/healthz"))
-        .send()
-        .await
-        .with_context(|| format!("no service at {url}"))?
-        .error_for_status()?
-        .json()
-        .await?;
+    let health = wait_for_health(&client, &url, local.is_some()).await?;
     println!(
         "service {url}, model {}, {} distinct images, {} requests per level",
         health.model_id, args.images, args.requests
@@ -145,8 +145,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let python = (!args.no_python).then(|| args.python.clone().unwrap_or_else(|| root.join(".cache/venv/bin/python")));
     let mut rounds: Vec<Vec<Level>> = Vec::new();
     let mut baselines: Vec<Baseline> = Vec::new();
-    let mut engines: Vec<f64> = Vec::new();
-    let bodies_images = cifar_pngs(&cifar, args.images)?;
     for round in 1..=args.rounds.max(1) {
         let mut levels = Vec::new();
         for &concurrency in &args.concurrency {
@@ -154,12 +152,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         print_levels(&format!("round {round}"), &levels, args.requests);
         rounds.push(levels);
-        let engine = rust_run_only(&model, &bodies_images, &args)?;
-        println!(
-            "round {round}: the service's engine alone (Rust ort, batch {}): {engine:.1} images/s run only",
-            args.max_batch
-        );
-        engines.push(engine);
         if let Some(python) = &python {
             // The service is idle meanwhile (its ONNX Runtime threads sleep).
             let baseline = python_baseline(python, &root, &model, &cifar, &args)?;
@@ -170,9 +162,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             baselines.push(baseline);
         }
     }
-    if let Some(service) = local.take() {
-        service.shutdown().await?;
-    }
+    drop(local);
 
     let medians: Vec<Level> = (0..args.concurrency.len())
         .map(|i| Level {
@@ -185,12 +175,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .collect();
     println!();
     print_levels(&format!("service, median of {} rounds", rounds.len()), &medians, args.requests);
-    println!(
-        "the service's engine alone (Rust ort, batch {}), median of {} rounds: {:.1} images/s run only",
-        args.max_batch,
-        engines.len(),
-        median(engines.clone())
-    );
     if !baselines.is_empty() {
         let end_to_end = median(baselines.iter().map(|b| b.end_to_end).collect());
         let run_only = median(baselines.iter().map(|b| b.run_only).collect());
@@ -254,8 +238,8 @@ async fn measure_level(
     Ok(Level {
         concurrency,
         images_per_s: requests as f64 / elapsed.as_secs_f64(),
-        p50: percentile(&latencies, 0.50),
-        p99: percentile(&latencies, 0.99),
+        p50: percentile(&latencies, 50.0).unwrap_or_default(),
+        p99: percentile(&latencies, 99.0).unwrap_or_default(),
         mean_batch,
     })
 }
@@ -290,27 +274,14 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// PNG encodings of the first `count` CIFAR-10 test records.
 fn cifar_pngs(cifar: &Path, count: usize) -> anyhow::Result<Vec<Vec<u8>>> {
-    let mut file = std::fs::File::open(cifar).with_context(|| format!("cannot open {}", cifar.display()))?;
-    let mut pngs = Vec::with_capacity(count);
-    let mut record = vec![0u8; CIFAR_RECORD_BYTES];
-    file.seek(SeekFrom::Start(0))?;
-    for index in 0..count {
-        file.read_exact(&mut record).with_context(|| format!("{} has no record {index}", cifar.display()))?;
-        let planes = &record[1..];
-        let image = RgbImage::from_fn(32, 32, |x, y| {
-            let i = (y * 32 + x) as usize;
-            image::Rgb([planes[i], planes[1024 + i], planes[2048 + i]])
-        });
-        let mut png = Vec::new();
-        image::codecs::png::PngEncoder::new(&mut png).write_image(
-            image.as_raw(),
-            32,
-            32,
-            image::ExtendedColorType::Rgb8,
-        )?;
-        pngs.push(png);
+    let bytes = std::fs::read(cifar).with_context(|| format!("cannot read {}", cifar.display()))?;
+    let batch = CifarBatch::from_bytes(bytes, iot_bench::LABELS.map(str::to_owned).to_vec())
+        .with_context(|| format!("{} is not a CIFAR-10 binary batch", cifar.display()))?;
+    if batch.len() < count {
+        bail!("{} has {} records, fewer than --images {count}", cifar.display(), batch.len());
     }
-    Ok(pngs)
+    let png = Encoding { format: Format::Png, jpeg_quality: 100 };
+    (0..count).map(|index| png.encode(&batch.image(index))).collect()
 }
 
 /// JSON bodies `{"images": [<one PNG>]}` for the first `count` CIFAR-10 test records.
@@ -319,28 +290,6 @@ fn request_bodies(cifar: &Path, count: usize) -> anyhow::Result<Vec<String>> {
         .into_iter()
         .map(|png| Ok(serde_json::to_string(&InferRequest { images: vec![encode_base64(png)] })?))
         .collect()
-}
-
-/// The service's own engine without HTTP: the same preprocessing done beforehand, then
-/// `--requests` images through one ort session in batches of `--max-batch`.
-fn rust_run_only(model: &Path, pngs: &[Vec<u8>], args: &Args) -> anyhow::Result<f64> {
-    let library = iot_infer_service::runtime::locate_onnxruntime(None)?;
-    let env = iot_infer_service::runtime::environment(&library)?;
-    let options = SessionOptions { intra_threads: args.intra_threads };
-    let mut classifier = Classifier::load(&env, model, &options)?;
-    let spec = classifier.spec().clone();
-    let preprocessor = Preprocessor::new(spec.height as u32, spec.width as u32, DEFAULT_RESIZE_RATIO, u64::MAX);
-    let tensors = pngs.iter().map(|png| preprocessor.prepare(png)).collect::<Result<Vec<_>, _>>()?;
-    let batch = classifier.batch_limit(args.max_batch);
-    let order: Vec<usize> = (0..args.requests).map(|i| i % tensors.len()).collect();
-    let batches: Vec<Vec<f32>> =
-        order.chunks(batch).map(|chunk| chunk.iter().flat_map(|&i| tensors[i].iter().copied()).collect()).collect();
-    classifier.classify(&batches[0], order.len().min(batch))?; // warm-up
-    let started = Instant::now();
-    for (chunk, pixels) in order.chunks(batch).zip(&batches) {
-        classifier.classify(pixels, chunk.len())?;
-    }
-    Ok(args.requests as f64 / started.elapsed().as_secs_f64())
 }
 
 /// `total` requests from `concurrency` workers; returns the wall time and each request's latency.
@@ -400,14 +349,6 @@ async fn measure(
     Ok((started.elapsed(), latencies))
 }
 
-fn percentile(sorted: &[Duration], quantile: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((sorted.len() as f64 * quantile).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
 /// `(images, batches)` so far, from the service's `infer_batch_size` histogram.
 async fn batch_totals(client: &reqwest::Client, url: &str) -> Option<(f64, f64)> {
     let text = client.get(format!("{url}/metrics")).send().await.ok()?.text().await.ok()?;
@@ -424,7 +365,7 @@ struct Baseline {
 }
 
 fn python_baseline(python: &Path, root: &Path, model: &Path, cifar: &Path, args: &Args) -> anyhow::Result<Baseline> {
-    let script = root.join("infer_service/bench/python_baseline.py");
+    let script = root.join(PYTHON_BASELINE);
     eprintln!("running {} ...", script.display());
     let output = Command::new(python)
         .arg(&script)
@@ -452,4 +393,58 @@ fn python_baseline(python: &Path, root: &Path, model: &Path, cifar: &Path, args:
         end_to_end: number("end_to_end_images_per_s")?,
         run_only: number("run_only_images_per_s")?,
     })
+}
+
+/// The `infer-service` binary started for the run, on a free loopback port; killed on drop.
+struct StartedService {
+    child: Child,
+    url: String,
+}
+
+impl StartedService {
+    fn start(args: &Args, model: &Path, classes: &Path) -> anyhow::Result<StartedService> {
+        let binary = match &args.service_bin {
+            Some(binary) => binary.clone(),
+            None => std::env::current_exe()?.with_file_name(SERVICE_BINARY),
+        };
+        // The port is free now; the service binds it a moment later.
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut command = Command::new(&binary);
+        command
+            .arg("--model")
+            .arg(model)
+            .arg("--classes")
+            .arg(classes)
+            .arg(format!("--listen=127.0.0.1:{port}"))
+            .arg(format!("--max-batch={}", args.max_batch))
+            .arg(format!("--max-wait-ms={}", args.max_wait_ms))
+            .args(args.intra_threads.map(|n| format!("--intra-threads={n}")));
+        let child = command.spawn().with_context(|| {
+            format!(
+                "cannot start {} (build it with `cargo build --release --workspace`, or pass --service-bin or --url)",
+                binary.display()
+            )
+        })?;
+        Ok(StartedService { child, url: format!("http://127.0.0.1:{port}") })
+    }
+}
+
+impl Drop for StartedService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The service's health answer; a service this run started gets a minute to load its model.
+async fn wait_for_health(client: &reqwest::Client, url: &str, just_started: bool) -> anyhow::Result<HealthResponse> {
+    let deadline = Instant::now() + Duration::from_secs(if just_started { 60 } else { 0 });
+    loop {
+        let answer = client.get(format!("{url}/healthz")).send().await.and_then(|r| r.error_for_status());
+        match answer {
+            Ok(response) => return Ok(response.json().await?),
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(err) => return Err(err).with_context(|| format!("no service at {url}")),
+        }
+    }
 }

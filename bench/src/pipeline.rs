@@ -10,13 +10,15 @@ use anyhow::{bail, Context, Result};
 use bson::doc;
 use clap::Parser;
 
-use crate::args::{KafkaArgs, MongoArgs};
-use crate::consumer::{db::DbConsumerArgs, infer::InferConsumerArgs};
-use crate::metrics::{Metrics, Role};
-use crate::producer::ProducerArgs;
-use crate::report::{percentile, RunLatencies};
-use crate::shutdown::{self, Shutdown};
-use crate::store::Store;
+use iot_ingest::args::{KafkaArgs, MongoArgs};
+use iot_ingest::consumer::{db::DbConsumerArgs, infer::InferConsumerArgs};
+use iot_ingest::metrics::{ConsumerMetrics, Role};
+use iot_ingest::producer::ProducerArgs;
+use iot_ingest::shutdown::CancellationToken;
+use iot_ingest::store::Store;
+
+use crate::latency_report::RunLatencies;
+use crate::stats::percentile;
 
 /// Measures end-to-end throughput of the live pipeline with 1, 2, 4… producers.
 #[derive(Clone, Debug, Parser)]
@@ -110,11 +112,11 @@ fn ratio(numerator: f64, denominator: u64) -> f64 {
     }
 }
 
-pub async fn run(args: BenchArgs, shutdown: Shutdown) -> Result<()> {
+pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> Result<()> {
     std::fs::create_dir_all(&args.out_dir).with_context(|| format!("cannot create {}", args.out_dir.display()))?;
     let mut figures = Vec::new();
     for &producers in &args.producer_counts {
-        if shutdown.is_requested() {
+        if shutdown.is_cancelled() {
             break;
         }
         let run = bench_once(&args, producers.max(1), &shutdown).await?;
@@ -157,10 +159,10 @@ pub fn table(figures: &[RunFigures]) -> String {
     out
 }
 
-async fn bench_once(args: &BenchArgs, producers: u32, outer: &Shutdown) -> Result<RunFigures> {
+async fn bench_once(args: &BenchArgs, producers: u32, outer: &CancellationToken) -> Result<RunFigures> {
     let per_producer = (args.images / producers as u64).max(1);
     let total = per_producer * producers as u64;
-    let tag = format!("bench-{}-{}-{producers}p", std::process::id(), crate::now_ms());
+    let tag = format!("bench-{}-{}-{producers}p", std::process::id(), iot_ingest::now_ms());
     let topic = tag.clone();
     let dlq = format!("{tag}.dlq");
     let db = tag.replace('-', "_");
@@ -169,7 +171,7 @@ async fn bench_once(args: &BenchArgs, producers: u32, outer: &Shutdown) -> Resul
     // A fresh latency log per run: the infer-consumer appends.
     let _ = std::fs::remove_file(&latency_log);
     let kafka = KafkaArgs { brokers: args.brokers.clone(), topic: topic.clone(), kafka_opts: Vec::new() };
-    crate::kafka::create_topics(&kafka, &[&topic, &dlq], args.partitions).await?;
+    iot_ingest::kafka::create_topics(&kafka, &[&topic, &dlq], args.partitions).await?;
     let common = vec![
         format!("--brokers={}", args.brokers),
         format!("--topic={topic}"),
@@ -204,16 +206,18 @@ async fn bench_once(args: &BenchArgs, producers: u32, outer: &Shutdown) -> Resul
     }
     let producer_args: ProducerArgs = parse("producer", producer_flags)?;
 
-    let (stop_consumers, consumers_shutdown) = shutdown::channel();
-    let db_metrics = Metrics::new(Role::Db);
-    let infer_metrics = Metrics::new(Role::Infer);
-    let db_task = tokio::spawn(crate::consumer::db::run(db_args, db_metrics.clone(), consumers_shutdown.clone()));
-    let infer_task = tokio::spawn(crate::consumer::infer::run(infer_args, infer_metrics.clone(), consumers_shutdown));
+    let stop_consumers = CancellationToken::new();
+    let consumers_shutdown = stop_consumers.clone();
+    let db_metrics = ConsumerMetrics::new(Role::Db);
+    let infer_metrics = ConsumerMetrics::new(Role::Infer);
+    let db_task = tokio::spawn(iot_ingest::consumer::db::run(db_args, db_metrics.clone(), consumers_shutdown.clone()));
+    let infer_task =
+        tokio::spawn(iot_ingest::consumer::infer::run(infer_args, infer_metrics.clone(), consumers_shutdown));
     // Let both groups join before the clock starts.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let started = Instant::now();
-    let produced = crate::producer::run(producer_args, outer.clone()).await?;
+    let produced = iot_ingest::producer::run(producer_args, outer.clone()).await?;
     let produce_s = produced.elapsed.as_secs_f64();
     if produced.acknowledged != total {
         bail!("only {} of {total} messages were acknowledged", produced.acknowledged);
@@ -221,8 +225,8 @@ async fn bench_once(args: &BenchArgs, producers: u32, outer: &Shutdown) -> Resul
     let deadline = started + Duration::from_secs(args.timeout_s);
     let (mut stored_s, mut inferred_s) = (None, None);
     while stored_s.is_none() || inferred_s.is_none() {
-        if Instant::now() > deadline || outer.is_requested() {
-            stop_consumers.trigger();
+        if Instant::now() > deadline || outer.is_cancelled() {
+            stop_consumers.cancel();
             bail!(
                 "run with {producers} producer(s) did not finish: {} stored, {} inferred of {total}",
                 db_metrics.written.get(),
@@ -230,7 +234,7 @@ async fn bench_once(args: &BenchArgs, producers: u32, outer: &Shutdown) -> Resul
             );
         }
         if db_task.is_finished() || infer_task.is_finished() {
-            stop_consumers.trigger();
+            stop_consumers.cancel();
             bail!("a consumer stopped early: {:?} / {:?}", db_task.await, infer_task.await);
         }
         if stored_s.is_none() && db_metrics.written.get() >= total {
@@ -241,7 +245,7 @@ async fn bench_once(args: &BenchArgs, producers: u32, outer: &Shutdown) -> Resul
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    stop_consumers.trigger();
+    stop_consumers.cancel();
     db_task.await.context("db-consumer task")??;
     infer_task.await.context("infer-consumer task")??;
 
@@ -255,10 +259,10 @@ async fn bench_once(args: &BenchArgs, producers: u32, outer: &Shutdown) -> Resul
     }
     if !args.keep {
         store.database().drop().await.context("cannot drop the bench database")?;
-        crate::kafka::delete_topics(&kafka, &[&topic, &dlq]).await?;
+        iot_ingest::kafka::delete_topics(&kafka, &[&topic, &dlq]).await?;
     }
 
-    let latencies = RunLatencies::from_rows("", crate::latency::read(&latency_log)?).sorted_ms();
+    let latencies = RunLatencies::from_rows("", iot_ingest::latency::read(&latency_log)?).sorted_ms();
     let ms = |seconds: f64| seconds * 1e3;
     Ok(RunFigures {
         producers,

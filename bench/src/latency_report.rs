@@ -8,7 +8,9 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use plotters::prelude::*;
 
-use crate::latency::{self, LatencyRow};
+use iot_ingest::latency::{self, LatencyRow};
+
+use crate::stats::percentile;
 
 /// Debian's `fonts-dejavu-core` font, used for the plot's text.
 pub const DEFAULT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
@@ -92,15 +94,6 @@ impl RunLatencies {
     pub fn sorted_ms(&self) -> Vec<i64> {
         self.rows.iter().map(|r| r.latency_ms).collect()
     }
-}
-
-/// The nearest-rank percentile (`p` in 0..=100) of ascending values.
-pub fn percentile(sorted: &[i64], p: f64) -> Option<i64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
 /// The empirical CDF as plot points: for each value, the share of values <= it.
@@ -286,16 +279,6 @@ mod tests {
     }
 
     #[test]
-    fn percentiles_use_the_nearest_rank() {
-        let v: Vec<i64> = (1..=10).collect();
-        assert_eq!(percentile(&v, 50.0), Some(5));
-        assert_eq!(percentile(&v, 90.0), Some(9));
-        assert_eq!(percentile(&v, 99.0), Some(10));
-        assert_eq!(percentile(&v, 0.0), Some(1));
-        assert_eq!(percentile(&[], 50.0), None);
-    }
-
-    #[test]
     fn cdf_merges_equal_values_and_ends_at_one() {
         assert_eq!(cdf_points(&[1, 1, 2, 4]), [(1.0, 0.5), (2.0, 0.75), (4.0, 1.0)]);
     }
@@ -318,7 +301,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("lat.csv");
         let rows: Vec<_> = (0..50).map(|i| LatencyRow::new("p", i, 1000, 1000 + 3 * i + 5)).collect();
-        crate::latency::LatencyLog::open(&log).unwrap().append(&rows).unwrap();
+        iot_ingest::latency::LatencyLog::open(&log).unwrap().append(&rows).unwrap();
         let args = ReportArgs {
             runs: vec![parse_run(&format!("1 producer={}", log.display())).unwrap()],
             output_csv: dir.path().join("all.csv"),

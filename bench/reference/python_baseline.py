@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Plain Python onnxruntime baseline for infer-bench: the same model, images and batch size.
 
-    .cache/venv/bin/python infer_service/bench/python_baseline.py \
+    .cache/venv/bin/python bench/reference/python_baseline.py \
         --model MODEL.onnx --cifar cifar10_test_batch.bin --images 256 --total 640 --batch 32
 
 The images are the first --images CIFAR-10 test records, PNG-encoded in memory (as infer-bench
