@@ -7,6 +7,8 @@
 //!   interval: writes stall and are retried, the member keeps its partitions, nothing is lost;
 //! - Kafka deletes records before the group read them (retention): the skipped offsets are
 //!   reported by partition, and reading goes on;
+//! - a paused member loses half its partitions in a rebalance and gets them back later: it reads
+//!   them again;
 //!
 //! A member joining and leaving mid-run is a case of the pipeline fault suite
 //! (`tests/pipeline_faults`), with both consumers and the exactness check.
@@ -337,4 +339,93 @@ async fn offsets_deleted_before_the_group_read_them_are_reported() {
     assert!(children.terminate("db-consumer-2", Duration::from_secs(30)), "exit{}", children.log_tails());
     assert_stored_exactly(&store, &truth).await;
     assert_committed_to_the_end(&kafka, &names.group, &names.topic);
+}
+
+/// A pause must not outlive the assignment it was made for. A member paused (its MongoDB hung),
+/// lost half its partitions to a newcomer, resumed the half it kept, and got the other half back
+/// when the newcomer left: it reads all of them again, nothing is lost or left uncommitted. (The
+/// newcomer writes to the shared stack's server, since a member joins its group only once its
+/// MongoDB answers; the records of the first two rounds are each in one server or both.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_paused_moved_away_and_given_back_are_read_again() {
+    let mongo = PrivateMongo::start();
+    let names = Names::new("repause");
+    let kafka = kafka_args(&names.topic);
+    let store = Store::open(&MongoArgs::new(&mongo.uri, &names.db)).await.expect("MongoDB client");
+    let newcomer_store = shared_store(&names.db).await;
+    let _newcomer_db = DropDb(newcomer_store.clone());
+    check_stack(&kafka, &store).await;
+    let _cleanup =
+        Cleanup { kafka: kafka.clone(), topics: vec![names.topic.clone(), names.dlq.clone()], store: store.clone() };
+    iot_ingest::kafka::create_topics(&kafka, &[&names.topic, &names.dlq], 4).await.expect("topics");
+    let work = tempfile::tempdir().expect("temp dir");
+    let mut children = Children::new(work.path());
+    let (metrics_flag, metrics_url) = metrics_arg();
+    let flags = ["--batch-size=10", "--in-flight=1", "--mongo-op-timeout-ms=1000"].map(String::from);
+    let mut first = consumer_args(&names.topic, &names.dlq, &mongo.uri, &names.db, &names.group);
+    first.extend(flags.iter().cloned().chain([metrics_flag]));
+    let mut newcomer = consumer_args(&names.topic, &names.dlq, &mongo_uri(), &names.db, &names.group);
+    newcomer.extend(flags);
+    let assigned = |children: &Children, name: &str| children.log(name).matches("partitions assigned").count();
+    // Sixteen producers spread their records over all four partitions (keyed by ProducerID).
+    let send = |children: &mut Children, round: u32| {
+        let (name, truth) = (format!("producer-{round}"), work.path().join(format!("t{round}.csv")));
+        let prefix = format!("--producer-prefix=round{round}-");
+        produce(children, &name, &names.topic, &truth, &["--producers=16", "--count=5", &prefix, "--synthetic"])
+    };
+
+    children.spawn("db-consumer-1", db_consumer_bin(), &first);
+    let mut truth = send(&mut children, 1);
+    wait_count(&store, doc! {}, truth.len() as u64, Duration::from_secs(60), &children).await;
+
+    // MongoDB hangs while records keep coming: the member pauses all four partitions.
+    let pauses = "iot_ingest_consumer_pauses_total{consumer=\"db\"}";
+    let paused_before = metric(&metrics_url, pauses).await;
+    mongo.freeze();
+    truth.extend(send(&mut children, 2));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&metrics_url, pauses).await <= paused_before {
+        assert!(Instant::now() < deadline, "the member never paused{}", children.log_tails());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A newcomer takes half of them; the paused member keeps the other half.
+    children.spawn("db-consumer-2", db_consumer_bin(), &newcomer);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while assigned(&children, "db-consumer-1") < 2 || assigned(&children, "db-consumer-2") < 1 {
+        assert!(Instant::now() < deadline, "no rebalance to two members{}", children.log_tails());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    mongo.thaw();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stored_in_either(&store, &newcomer_store).await.len() < truth.len() {
+        assert!(Instant::now() < deadline, "round 2 not stored{}", children.log_tails());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The newcomer leaves; its partitions come back to the first member, which must read them.
+    assert!(children.terminate("db-consumer-2", Duration::from_secs(30)), "exit{}", children.log_tails());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while assigned(&children, "db-consumer-1") < 3 {
+        assert!(Instant::now() < deadline, "the partitions never came back{}", children.log_tails());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let last = send(&mut children, 3);
+    let last_ids: BTreeSet<String> = last.iter().map(|r| iot_schema::doc_id(&r.producer_id, r.id)).collect();
+    let round = doc! { "ProducerID": { "$regex": "^round3-" } };
+    wait_count(&store, round, last.len() as u64, Duration::from_secs(60), &children).await;
+    assert!(children.terminate("db-consumer-1", Duration::from_secs(30)), "exit{}", children.log_tails());
+    truth.extend(last);
+    let stored = stored_in_either(&store, &newcomer_store).await;
+    let expected: BTreeSet<String> = truth.iter().map(|r| iot_schema::doc_id(&r.producer_id, r.id)).collect();
+    assert_eq!(stored, expected, "records stored by either member vs acknowledged messages");
+    let first_member_has: BTreeSet<String> = all_documents(&store).await.into_keys().collect();
+    assert!(last_ids.is_subset(&first_member_has), "the last round went to the first member alone");
+    assert_committed_to_the_end(&kafka, &names.group, &names.topic);
+}
+
+/// The `_id`s stored in either of two servers.
+async fn stored_in_either(a: &Store, b: &Store) -> BTreeSet<String> {
+    let mut ids: BTreeSet<String> = all_documents(a).await.into_keys().collect();
+    ids.extend(all_documents(b).await.into_keys());
+    ids
 }

@@ -4,12 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use iot_bench::expected::read_error_counts;
+use iot_bench::testkit::ChildGuard;
 use iot_bench::{generate, Spec, LABELS};
 use iot_schema::{write, ImageMessage};
 
@@ -36,14 +37,6 @@ struct Args {
     dataflow: PathBuf,
     #[arg(long, default_value = ".cache/bench")]
     dir: PathBuf,
-}
-
-struct Follower(Child);
-impl Drop for Follower {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn main() -> Result<()> {
@@ -86,11 +79,11 @@ fn run_base(args: &Args, base: u64) -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let follower = Follower(child);
+    let follower = ChildGuard::new(child);
     let load_started = Instant::now();
     let mut counts = wait_until(&output, Duration::from_secs(3600), |_| true)?;
     let loaded_in = load_started.elapsed();
-    let pid = follower.0.id();
+    let pid = follower.pid();
     let mut flips = correct.into_iter();
     let mut flip = |counts: &mut BTreeMap<String, u64>| -> Result<()> {
         let (doc_id, producer, truth) = flips.next().context("out of records")?;

@@ -7,9 +7,8 @@
 //! Without `--url` it starts the `infer-service` binary (same model, `--max-batch`). It speaks
 //! to the service only through the wire types of `iot_schema::infer`, as any client does.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use iot_bench::stats::percentile;
+use iot_bench::testkit::{free_port, sample, ChildGuard};
 use iot_ingest::images::cifar::CifarBatch;
 use iot_ingest::images::encode::{Encoding, Format};
 use iot_schema::infer::{encode_base64, HealthResponse, InferRequest, InferResponse};
@@ -352,10 +352,7 @@ async fn measure(
 /// `(images, batches)` so far, from the service's `infer_batch_size` histogram.
 async fn batch_totals(client: &reqwest::Client, url: &str) -> Option<(f64, f64)> {
     let text = client.get(format!("{url}/metrics")).send().await.ok()?.text().await.ok()?;
-    let value = |name: &str| {
-        text.lines().find_map(|line| line.strip_prefix(name).and_then(|rest| rest.trim().parse::<f64>().ok()))
-    };
-    Some((value("infer_batch_size_sum ")?, value("infer_batch_size_count ")?))
+    Some((sample(&text, "infer_batch_size_sum")?, sample(&text, "infer_batch_size_count")?))
 }
 
 struct Baseline {
@@ -397,7 +394,7 @@ fn python_baseline(python: &Path, root: &Path, model: &Path, cifar: &Path, args:
 
 /// The `infer-service` binary started for the run, on a free loopback port; killed on drop.
 struct StartedService {
-    child: Child,
+    _child: ChildGuard,
     url: String,
 }
 
@@ -408,7 +405,7 @@ impl StartedService {
             None => std::env::current_exe()?.with_file_name(SERVICE_BINARY),
         };
         // The port is free now; the service binds it a moment later.
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = free_port();
         let mut command = Command::new(&binary);
         command
             .arg("--model")
@@ -425,14 +422,7 @@ impl StartedService {
                 binary.display()
             )
         })?;
-        Ok(StartedService { child, url: format!("http://127.0.0.1:{port}") })
-    }
-}
-
-impl Drop for StartedService {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Ok(StartedService { _child: ChildGuard::new(child), url: format!("http://127.0.0.1:{port}") })
     }
 }
 

@@ -2,7 +2,7 @@
 //! binaries against real services. Child processes with one way to signal and stop them
 //! ([`process`]), free ports, the workspace's binaries and the shared assets (here), servers of a
 //! test's own ([`stack`]), a test database ([`mongo`]), the CIFAR-10 test batch ([`cifar`]),
-//! and Prometheus samples ([`metrics`]).
+//! Prometheus samples ([`metrics`]) and the benchmarks' percentile ([`percentile`]).
 
 pub mod cifar;
 pub mod metrics;
@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+pub use crate::stats::percentile;
 pub use cifar::{cifar_batch, cifar_image, png_bytes};
 pub use metrics::{expect_sample, sample, scrape_sample};
 pub use mongo::TestDb;

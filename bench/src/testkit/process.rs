@@ -48,6 +48,11 @@ impl ChildGuard {
     /// Spawns `command`, failing the test with the command line if it cannot start.
     pub fn spawn(command: &mut Command) -> ChildGuard {
         let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+        ChildGuard::new(child)
+    }
+
+    /// Guards a child spawned elsewhere (e.g. by a benchmark that reports spawn errors itself).
+    pub fn new(child: Child) -> ChildGuard {
         ChildGuard { child, exited: None }
     }
 
