@@ -38,6 +38,32 @@ struct Names {
     group: String,
 }
 
+/// What every test here starts with: its names, topics (created, and deleted afterwards), a
+/// store on `mongo_uri` (its database dropped afterwards), a work folder and its children.
+struct Fixture {
+    _cleanup: Cleanup,
+    names: Names,
+    kafka: iot_ingest::args::KafkaArgs,
+    store: Store,
+    work: tempfile::TempDir,
+    children: Children,
+}
+
+impl Fixture {
+    async fn new(what: &str, mongo_uri: &str, partitions: i32) -> Fixture {
+        let names = Names::new(what);
+        let kafka = kafka_args(&names.topic);
+        let store = Store::open(&MongoArgs::new(mongo_uri, &names.db)).await.expect("MongoDB client");
+        check_stack(&kafka, &store).await;
+        let topics = vec![names.topic.clone(), names.dlq.clone()];
+        let _cleanup = Cleanup { kafka: kafka.clone(), topics, store: store.clone() };
+        iot_ingest::kafka::create_topics(&kafka, &[&names.topic, &names.dlq], partitions).await.expect("topics");
+        let work = tempfile::tempdir().expect("temp dir");
+        let children = Children::new(work.path());
+        Fixture { _cleanup, names, kafka, store, work, children }
+    }
+}
+
 impl Names {
     fn new(what: &str) -> Names {
         let run = unique_name(what);
@@ -96,16 +122,8 @@ fn assert_committed_to_the_end(kafka: &iot_ingest::args::KafkaArgs, group: &str,
 async fn id_collisions_are_dead_lettered_and_never_merged() {
     let port = free_port();
     let service = service_files(port);
-    let names = Names::new("collide");
+    let Fixture { _cleanup, names, kafka, store, work, mut children } = Fixture::new("collide", &mongo_uri(), 2).await;
     let infer_group = format!("{}-infer", names.topic);
-    let kafka = kafka_args(&names.topic);
-    let store = Store::open(&MongoArgs::new(&mongo_uri(), &names.db)).await.expect("MongoDB client");
-    check_stack(&kafka, &store).await;
-    let _cleanup =
-        Cleanup { kafka: kafka.clone(), topics: vec![names.topic.clone(), names.dlq.clone()], store: store.clone() };
-    iot_ingest::kafka::create_topics(&kafka, &[&names.topic, &names.dlq], 2).await.expect("topics");
-    let work = tempfile::tempdir().expect("temp dir");
-    let mut children = Children::new(work.path());
 
     let infer_url = format!("http://127.0.0.1:{port}");
     children.spawn("infer-service", &service.binary, &service.args);
@@ -226,15 +244,7 @@ fn original_data_prefix(payload: &[u8]) -> String {
 async fn a_hung_mongodb_stalls_writes_but_the_member_keeps_its_partitions() {
     const FREEZE: Duration = Duration::from_secs(12);
     let mongo = PrivateMongo::start();
-    let names = Names::new("stall");
-    let kafka = kafka_args(&names.topic);
-    let store = Store::open(&MongoArgs::new(&mongo.uri, &names.db)).await.expect("MongoDB client");
-    check_stack(&kafka, &store).await;
-    let _cleanup =
-        Cleanup { kafka: kafka.clone(), topics: vec![names.topic.clone(), names.dlq.clone()], store: store.clone() };
-    iot_ingest::kafka::create_topics(&kafka, &[&names.topic, &names.dlq], 2).await.expect("topics");
-    let work = tempfile::tempdir().expect("temp dir");
-    let mut children = Children::new(work.path());
+    let Fixture { _cleanup, names, kafka, store, work, mut children } = Fixture::new("stall", &mongo.uri, 2).await;
 
     let (metrics_flag, metrics_url) = metrics_arg();
     let mut args = consumer_args(&names.topic, &names.dlq, &mongo.uri, &names.db, &names.group);
@@ -289,15 +299,8 @@ async fn a_hung_mongodb_stalls_writes_but_the_member_keeps_its_partitions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offsets_deleted_before_the_group_read_them_are_reported() {
-    let names = Names::new("retention");
-    let kafka = kafka_args(&names.topic);
-    let store = Store::open(&MongoArgs::new(&mongo_uri(), &names.db)).await.expect("MongoDB client");
-    check_stack(&kafka, &store).await;
-    let _cleanup =
-        Cleanup { kafka: kafka.clone(), topics: vec![names.topic.clone(), names.dlq.clone()], store: store.clone() };
-    iot_ingest::kafka::create_topics(&kafka, &[&names.topic, &names.dlq], 1).await.expect("topics");
-    let work = tempfile::tempdir().expect("temp dir");
-    let mut children = Children::new(work.path());
+    let Fixture { _cleanup, names, kafka, store, work, mut children } =
+        Fixture::new("retention", &mongo_uri(), 1).await;
     let args = consumer_args(&names.topic, &names.dlq, &mongo_uri(), &names.db, &names.group);
 
     // Offsets 0..19 are read and committed; then 20..39 arrive while no consumer runs.
@@ -349,17 +352,9 @@ async fn offsets_deleted_before_the_group_read_them_are_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_paused_moved_away_and_given_back_are_read_again() {
     let mongo = PrivateMongo::start();
-    let names = Names::new("repause");
-    let kafka = kafka_args(&names.topic);
-    let store = Store::open(&MongoArgs::new(&mongo.uri, &names.db)).await.expect("MongoDB client");
+    let Fixture { _cleanup, names, kafka, store, work, mut children } = Fixture::new("repause", &mongo.uri, 4).await;
     let newcomer_store = shared_store(&names.db).await;
     let _newcomer_db = DropDb(newcomer_store.clone());
-    check_stack(&kafka, &store).await;
-    let _cleanup =
-        Cleanup { kafka: kafka.clone(), topics: vec![names.topic.clone(), names.dlq.clone()], store: store.clone() };
-    iot_ingest::kafka::create_topics(&kafka, &[&names.topic, &names.dlq], 4).await.expect("topics");
-    let work = tempfile::tempdir().expect("temp dir");
-    let mut children = Children::new(work.path());
     let (metrics_flag, metrics_url) = metrics_arg();
     let flags = ["--batch-size=10", "--in-flight=1", "--mongo-op-timeout-ms=1000"].map(String::from);
     let mut first = consumer_args(&names.topic, &names.dlq, &mongo.uri, &names.db, &names.group);
