@@ -4,6 +4,7 @@
 //! MongoDB and the inference service are the real ones at the given addresses.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -16,6 +17,7 @@ use iot_ingest::metrics::{ConsumerMetrics, Role};
 use iot_ingest::producer::ProducerArgs;
 use iot_ingest::shutdown::CancellationToken;
 use iot_ingest::store::Store;
+use tokio::task::JoinHandle;
 
 use crate::latency_report::RunLatencies;
 use crate::stats::percentile;
@@ -159,117 +161,49 @@ pub fn table(figures: &[RunFigures]) -> String {
     out
 }
 
+/// One run with `producers` producers: both consumers in this process, the producers sending,
+/// the clock running until every record is stored and inferred, then every record checked.
 async fn bench_once(args: &BenchArgs, producers: u32, outer: &CancellationToken) -> Result<RunFigures> {
     let per_producer = (args.images / producers as u64).max(1);
     let total = per_producer * producers as u64;
-    let tag = format!("bench-{}-{}-{producers}p", std::process::id(), iot_ingest::now_ms());
-    let topic = tag.clone();
-    let dlq = format!("{tag}.dlq");
-    let db = tag.replace('-', "_");
-    let latency_log = args.out_dir.join(format!("latency-{producers}p.csv"));
-    let truth_log = args.out_dir.join(format!("truth-{producers}p.csv"));
+    let run = RunNames::new(args, producers);
     // A fresh latency log per run: the infer-consumer appends.
-    let _ = std::fs::remove_file(&latency_log);
-    let kafka = KafkaArgs { brokers: args.brokers.clone(), topic: topic.clone(), kafka_opts: Vec::new() };
-    iot_ingest::kafka::create_topics(&kafka, &[&topic, &dlq], args.partitions).await?;
-    let common = vec![
-        format!("--brokers={}", args.brokers),
-        format!("--topic={topic}"),
-        format!("--mongo-uri={}", args.mongo_uri),
-        format!("--db={db}"),
-        format!("--dlq-topic={dlq}"),
-    ];
-    let mut db_flags = common.clone();
-    db_flags.extend([format!("--group={tag}-db"), format!("--batch-size={}", args.batch_size)]);
-    let mut infer_flags = common;
-    infer_flags.extend([
-        format!("--group={tag}-infer"),
-        format!("--infer-url={}", args.infer_url),
-        format!("--images-per-request={}", args.images_per_request),
-        format!("--in-flight={}", args.in_flight),
-        format!("--latency-log={}", latency_log.display()),
-    ]);
-    let db_args: DbConsumerArgs = parse("db-consumer", db_flags)?;
-    let infer_args: InferConsumerArgs = parse("infer-consumer", infer_flags)?;
-    let mut producer_flags = vec![
-        format!("--brokers={}", args.brokers),
-        format!("--topic={topic}"),
-        format!("--producers={producers}"),
-        format!("--count={per_producer}"),
-        format!("--rate={}", args.total_rate.map_or(args.rate, |total| total / producers as f64)),
-        "--disjoint-ids".to_owned(),
-        format!("--image-limit={}", args.image_limit),
-        format!("--truth-log={}", truth_log.display()),
-    ];
-    if let Some(dir) = &args.assets_dir {
-        producer_flags.push(format!("--assets-dir={}", dir.display()));
-    }
-    let producer_args: ProducerArgs = parse("producer", producer_flags)?;
-
-    let stop_consumers = CancellationToken::new();
-    let consumers_shutdown = stop_consumers.clone();
-    let db_metrics = ConsumerMetrics::new(Role::Db);
-    let infer_metrics = ConsumerMetrics::new(Role::Infer);
-    let db_task = tokio::spawn(iot_ingest::consumer::db::run(db_args, db_metrics.clone(), consumers_shutdown.clone()));
-    let infer_task =
-        tokio::spawn(iot_ingest::consumer::infer::run(infer_args, infer_metrics.clone(), consumers_shutdown));
+    let _ = std::fs::remove_file(&run.latency_log);
+    let kafka = KafkaArgs { brokers: args.brokers.clone(), topic: run.topic.clone(), kafka_opts: Vec::new() };
+    iot_ingest::kafka::create_topics(&kafka, &[&run.topic, &run.dlq], args.partitions).await?;
+    let consumers = Consumers::start(args, &run)?;
     // Let both groups join before the clock starts.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let started = Instant::now();
-    let produced = iot_ingest::producer::run(producer_args, outer.clone()).await?;
-    let produce_s = produced.elapsed.as_secs_f64();
+    let produced = iot_ingest::producer::run(run.producer_args(args, producers, per_producer)?, outer.clone()).await?;
     if produced.acknowledged != total {
         bail!("only {} of {total} messages were acknowledged", produced.acknowledged);
     }
-    let deadline = started + Duration::from_secs(args.timeout_s);
-    let (mut stored_s, mut inferred_s) = (None, None);
-    while stored_s.is_none() || inferred_s.is_none() {
-        if Instant::now() > deadline || outer.is_cancelled() {
-            stop_consumers.cancel();
-            bail!(
-                "run with {producers} producer(s) did not finish: {} stored, {} inferred of {total}",
-                db_metrics.written.get(),
-                infer_metrics.written.get()
-            );
-        }
-        if db_task.is_finished() || infer_task.is_finished() {
-            stop_consumers.cancel();
-            bail!("a consumer stopped early: {:?} / {:?}", db_task.await, infer_task.await);
-        }
-        if stored_s.is_none() && db_metrics.written.get() >= total {
-            stored_s = Some(started.elapsed().as_secs_f64());
-        }
-        if inferred_s.is_none() && infer_metrics.written.get() >= total {
-            inferred_s = Some(started.elapsed().as_secs_f64());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stop_consumers.cancel();
-    db_task.await.context("db-consumer task")??;
-    infer_task.await.context("infer-consumer task")??;
-
-    let store = Store::open(&MongoArgs { write_concurrency: 1, ..MongoArgs::new(&args.mongo_uri, &db) }).await?;
-    let complete = store
-        .collection()
-        .count_documents(doc! { iot_schema::field::INFERRED: { "$exists": true }, iot_schema::field::STORED_AT: { "$exists": true } })
-        .await?;
-    if complete != total {
-        bail!("MongoDB holds {complete} complete records, expected {total}");
-    }
+    let done = consumers.wait_until_done(total, started, started + Duration::from_secs(args.timeout_s), outer).await;
+    let metrics = consumers.stop().await;
+    // A consumer's own error says more than "it stopped early".
+    let (db_metrics, infer_metrics) = metrics?;
+    let (stored_s, inferred_s) = done.with_context(|| format!("run with {producers} producer(s)"))?;
+    check_every_record_complete(args, &run, total).await?;
     if !args.keep {
-        store.database().drop().await.context("cannot drop the bench database")?;
-        iot_ingest::kafka::delete_topics(&kafka, &[&topic, &dlq]).await?;
+        Store::open(&MongoArgs::new(&args.mongo_uri, &run.db))
+            .await?
+            .database()
+            .drop()
+            .await
+            .context("cannot drop the bench database")?;
+        iot_ingest::kafka::delete_topics(&kafka, &[&run.topic, &run.dlq]).await?;
     }
 
-    let latencies = RunLatencies::from_rows("", iot_ingest::latency::read(&latency_log)?).sorted_ms();
+    let latencies = RunLatencies::from_rows("", iot_ingest::latency::read(&run.latency_log)?).sorted_ms();
     let ms = |seconds: f64| seconds * 1e3;
     Ok(RunFigures {
         producers,
         images: total,
-        produce_s,
-        stored_s: stored_s.unwrap_or_default(),
-        inferred_s: inferred_s.unwrap_or_default(),
+        produce_s: produced.elapsed.as_secs_f64(),
+        stored_s,
+        inferred_s,
         infer_ms_per_image: ratio(ms(infer_metrics.infer_seconds.get()), infer_metrics.infer_images.get()),
         infer_ms_per_request: ratio(ms(infer_metrics.infer_seconds.get()), infer_metrics.infer_requests.get()),
         db_write_ms_per_batch: ratio(ms(db_metrics.mongo_write_seconds.get()), db_metrics.mongo_batches.get()),
@@ -278,8 +212,155 @@ async fn bench_once(args: &BenchArgs, producers: u32, outer: &CancellationToken)
         infer_retries: infer_metrics.infer_retries.get(),
         latency_p50_ms: percentile(&latencies, 50.0).unwrap_or_default(),
         latency_p99_ms: percentile(&latencies, 99.0).unwrap_or_default(),
-        latency_log,
+        latency_log: run.latency_log,
     })
+}
+
+/// One run's topic, dead-letter topic, consumer groups, database and logs.
+struct RunNames {
+    tag: String,
+    topic: String,
+    dlq: String,
+    db: String,
+    latency_log: PathBuf,
+    truth_log: PathBuf,
+}
+
+impl RunNames {
+    fn new(args: &BenchArgs, producers: u32) -> RunNames {
+        let tag = format!("bench-{}-{}-{producers}p", std::process::id(), iot_ingest::now_ms());
+        RunNames {
+            topic: tag.clone(),
+            dlq: format!("{tag}.dlq"),
+            db: tag.replace('-', "_"),
+            latency_log: args.out_dir.join(format!("latency-{producers}p.csv")),
+            truth_log: args.out_dir.join(format!("truth-{producers}p.csv")),
+            tag,
+        }
+    }
+
+    /// The flags both consumers share.
+    fn consumer_flags(&self, args: &BenchArgs) -> Vec<String> {
+        vec![
+            format!("--brokers={}", args.brokers),
+            format!("--topic={}", self.topic),
+            format!("--mongo-uri={}", args.mongo_uri),
+            format!("--db={}", self.db),
+            format!("--dlq-topic={}", self.dlq),
+        ]
+    }
+
+    fn db_consumer_args(&self, args: &BenchArgs) -> Result<DbConsumerArgs> {
+        let mut flags = self.consumer_flags(args);
+        flags.extend([format!("--group={}-db", self.tag), format!("--batch-size={}", args.batch_size)]);
+        parse("db-consumer", flags)
+    }
+
+    fn infer_consumer_args(&self, args: &BenchArgs) -> Result<InferConsumerArgs> {
+        let mut flags = self.consumer_flags(args);
+        flags.extend([
+            format!("--group={}-infer", self.tag),
+            format!("--infer-url={}", args.infer_url),
+            format!("--images-per-request={}", args.images_per_request),
+            format!("--in-flight={}", args.in_flight),
+            format!("--latency-log={}", self.latency_log.display()),
+        ]);
+        parse("infer-consumer", flags)
+    }
+
+    fn producer_args(&self, args: &BenchArgs, producers: u32, per_producer: u64) -> Result<ProducerArgs> {
+        let mut flags = vec![
+            format!("--brokers={}", args.brokers),
+            format!("--topic={}", self.topic),
+            format!("--producers={producers}"),
+            format!("--count={per_producer}"),
+            format!("--rate={}", args.total_rate.map_or(args.rate, |total| total / producers as f64)),
+            "--disjoint-ids".to_owned(),
+            format!("--image-limit={}", args.image_limit),
+            format!("--truth-log={}", self.truth_log.display()),
+        ];
+        if let Some(dir) = &args.assets_dir {
+            flags.push(format!("--assets-dir={}", dir.display()));
+        }
+        parse("producer", flags)
+    }
+}
+
+/// Both consumers, running as tasks of this process, with their metrics.
+struct Consumers {
+    stop: CancellationToken,
+    db_metrics: Arc<ConsumerMetrics>,
+    infer_metrics: Arc<ConsumerMetrics>,
+    db_task: JoinHandle<Result<()>>,
+    infer_task: JoinHandle<Result<()>>,
+}
+
+impl Consumers {
+    fn start(args: &BenchArgs, run: &RunNames) -> Result<Consumers> {
+        let (db_args, infer_args) = (run.db_consumer_args(args)?, run.infer_consumer_args(args)?);
+        let stop = CancellationToken::new();
+        let (db_metrics, infer_metrics) = (ConsumerMetrics::new(Role::Db), ConsumerMetrics::new(Role::Infer));
+        let db_task = tokio::spawn(iot_ingest::consumer::db::run(db_args, db_metrics.clone(), stop.clone()));
+        let infer_task =
+            tokio::spawn(iot_ingest::consumer::infer::run(infer_args, infer_metrics.clone(), stop.clone()));
+        Ok(Consumers { stop, db_metrics, infer_metrics, db_task, infer_task })
+    }
+
+    /// Seconds from `started` until every record was stored, and until every one was inferred.
+    async fn wait_until_done(
+        &self,
+        total: u64,
+        started: Instant,
+        deadline: Instant,
+        outer: &CancellationToken,
+    ) -> Result<(f64, f64)> {
+        let (mut stored_s, mut inferred_s) = (None, None);
+        loop {
+            if let (Some(stored), Some(inferred)) = (stored_s, inferred_s) {
+                return Ok((stored, inferred));
+            }
+            if Instant::now() > deadline || outer.is_cancelled() {
+                bail!(
+                    "run did not finish: {} stored, {} inferred of {total}",
+                    self.db_metrics.written.get(),
+                    self.infer_metrics.written.get()
+                );
+            }
+            if self.db_task.is_finished() || self.infer_task.is_finished() {
+                bail!("a consumer stopped early");
+            }
+            if stored_s.is_none() && self.db_metrics.written.get() >= total {
+                stored_s = Some(started.elapsed().as_secs_f64());
+            }
+            if inferred_s.is_none() && self.infer_metrics.written.get() >= total {
+                inferred_s = Some(started.elapsed().as_secs_f64());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops both consumers; their metrics, or the first error either of them ended with.
+    async fn stop(self) -> Result<(Arc<ConsumerMetrics>, Arc<ConsumerMetrics>)> {
+        self.stop.cancel();
+        let db = self.db_task.await.context("db-consumer task");
+        let infer = self.infer_task.await.context("infer-consumer task");
+        db?.context("db-consumer")?;
+        infer?.context("infer-consumer")?;
+        Ok((self.db_metrics, self.infer_metrics))
+    }
+}
+
+/// Every record is in MongoDB with its metadata and its inference.
+async fn check_every_record_complete(args: &BenchArgs, run: &RunNames, total: u64) -> Result<()> {
+    let store = Store::open(&MongoArgs { write_concurrency: 1, ..MongoArgs::new(&args.mongo_uri, &run.db) }).await?;
+    let complete = store
+        .collection()
+        .count_documents(doc! { iot_schema::field::INFERRED: { "$exists": true }, iot_schema::field::STORED_AT: { "$exists": true } })
+        .await?;
+    if complete != total {
+        bail!("MongoDB holds {complete} complete records, expected {total}");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -154,61 +154,13 @@ struct ProducerKit {
     failed: AtomicU64,
 }
 
+/// Sends every producer's messages, then flushes Kafka and the truth log and says what was sent.
 pub async fn run(args: ProducerArgs, shutdown: CancellationToken) -> Result<ProduceSummary> {
     args.check().map_err(anyhow::Error::msg)?;
-    let ids = args.producer_ids();
-    let source = args.source()?;
-    let truth = args.truth_log.as_deref().map(TruthLog::create).transpose()?;
-    let total = args.count * ids.len() as u64;
-    let progress = ProgressBar::new(total).with_style(
-        ProgressStyle::with_template("{spinner} {pos}/{len} acknowledged {per_sec} [{elapsed_precise}] {wide_bar}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let kit = Arc::new(ProducerKit {
-        kafka: crate::kafka::producer(&args.kafka)?,
-        topic: args.kafka.topic.clone(),
-        source,
-        image_limit: args.image_limit,
-        encoding: Encoding { format: args.format, jpeg_quality: args.jpeg_quality },
-        truth,
-        progress,
-        acknowledged: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-    });
-    tracing::info!(
-        "sending {} message(s) per producer as {} to {} at {}",
-        args.count,
-        ids.join(","),
-        args.kafka.topic,
-        if args.rate > 0.0 { format!("{} msg/s each", args.rate) } else { "full speed".into() }
-    );
+    let kit = Arc::new(ProducerKit::new(&args)?);
     let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for (ordinal, producer_id) in ids.into_iter().enumerate() {
-        let ids = args.ids(ordinal as u64);
-        let kit = kit.clone();
-        let shutdown = shutdown.clone();
-        let (rate, in_flight) = (args.rate, args.in_flight as usize);
-        tasks.spawn(async move { produce(&kit, &producer_id, ids, rate, in_flight, shutdown).await });
-    }
-    let mut first_error = None;
-    while let Some(joined) = tasks.join_next().await {
-        let outcome = joined.context("a producer task panicked").and_then(|r| r);
-        if let Err(err) = outcome {
-            first_error.get_or_insert(err);
-        }
-    }
-    // Deliveries were all awaited; this only drains anything librdkafka still holds.
-    kit.kafka.flush(Duration::from_secs(30)).context("cannot flush the Kafka producer")?;
-    if let Some(truth) = &kit.truth {
-        truth.flush()?;
-    }
-    kit.progress.finish_and_clear();
-    let summary = ProduceSummary {
-        acknowledged: kit.acknowledged.load(Ordering::Relaxed),
-        failed: kit.failed.load(Ordering::Relaxed),
-        elapsed: started.elapsed(),
-    };
+    let sent = send_from_every_producer(&args, &kit, &shutdown).await;
+    let summary = kit.finish(started.elapsed())?;
     tracing::info!(
         "{} message(s) acknowledged in {:.2}s ({:.0} msg/s){}",
         summary.acknowledged,
@@ -216,13 +168,77 @@ pub async fn run(args: ProducerArgs, shutdown: CancellationToken) -> Result<Prod
         summary.acknowledged as f64 / summary.elapsed.as_secs_f64().max(1e-9),
         if shutdown.is_cancelled() { ", stopped early by a signal" } else { "" }
     );
-    if let Some(err) = first_error {
-        return Err(err);
-    }
+    sent?;
     if summary.failed > 0 {
         bail!("{} message(s) were not acknowledged by Kafka (see the errors above)", summary.failed);
     }
     Ok(summary)
+}
+
+impl ProducerKit {
+    fn new(args: &ProducerArgs) -> Result<ProducerKit> {
+        let total = args.count * args.producer_ids().len() as u64;
+        let progress = ProgressBar::new(total).with_style(
+            ProgressStyle::with_template("{spinner} {pos}/{len} acknowledged {per_sec} [{elapsed_precise}] {wide_bar}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        Ok(ProducerKit {
+            kafka: crate::kafka::producer(&args.kafka)?,
+            topic: args.kafka.topic.clone(),
+            source: args.source()?,
+            image_limit: args.image_limit,
+            encoding: Encoding { format: args.format, jpeg_quality: args.jpeg_quality },
+            truth: args.truth_log.as_deref().map(TruthLog::create).transpose()?,
+            progress,
+            acknowledged: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        })
+    }
+
+    /// Drains what librdkafka still holds (every delivery was awaited already), flushes the
+    /// truth log, and counts.
+    fn finish(&self, elapsed: Duration) -> Result<ProduceSummary> {
+        self.kafka.flush(Duration::from_secs(30)).context("cannot flush the Kafka producer")?;
+        if let Some(truth) = &self.truth {
+            truth.flush()?;
+        }
+        self.progress.finish_and_clear();
+        Ok(ProduceSummary {
+            acknowledged: self.acknowledged.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            elapsed,
+        })
+    }
+}
+
+/// One task per producer ID, all at once; the first error any of them met.
+async fn send_from_every_producer(
+    args: &ProducerArgs,
+    kit: &Arc<ProducerKit>,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let ids = args.producer_ids();
+    tracing::info!(
+        "sending {} message(s) per producer as {} to {} at {}",
+        args.count,
+        ids.join(","),
+        args.kafka.topic,
+        if args.rate > 0.0 { format!("{} msg/s each", args.rate) } else { "full speed".into() }
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    for (ordinal, producer_id) in ids.into_iter().enumerate() {
+        let ids = args.ids(ordinal as u64);
+        let (kit, shutdown) = (kit.clone(), shutdown.clone());
+        let (rate, in_flight) = (args.rate, args.in_flight as usize);
+        tasks.spawn(async move { produce(&kit, &producer_id, ids, rate, in_flight, shutdown).await });
+    }
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(err) = joined.context("a producer task panicked").and_then(|r| r) {
+            first_error.get_or_insert(err);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// One producer: encodes and sends its IDs in order at `rate`, keeping at most `in_flight`

@@ -124,38 +124,13 @@ fn generated_file(dir: &Path, records: u64) -> Result<(PathBuf, Answer)> {
     Ok((path, answer))
 }
 
+/// `dataflow count --mongo-uri` at each worker count, next to a bare single-cursor read.
 fn mongo(args: &Args, uri: &str) -> Result<()> {
     let (db, collection_name) = ("iot_bench", "inferences");
     let client = mongodb::sync::Client::with_uri_str(uri)?;
     let collection = client.database(db).collection::<RawDocumentBuf>(collection_name);
-    let present = collection.estimated_document_count().run().context("MongoDB unreachable")?;
-    let spec = spec(args.mongo_records);
-    let answer = if present == args.mongo_records {
-        iot_bench::generate(&spec, |_| {})
-    } else {
-        collection.drop().run()?;
-        let bar = ProgressBar::new(args.mongo_records).with_style(
-            ProgressStyle::with_template("loading {human_pos}/{human_len} ({per_sec}) {elapsed}").expect("template"),
-        );
-        let answer = iot_bench::mongo::load(uri, db, collection_name, &spec, |n| bar.inc(n))?;
-        bar.finish_and_clear();
-        answer
-    };
-
-    // The bare read: one cursor, the same projection and batch size the dataflow uses.
-    let mut bare = Vec::new();
-    for _ in 0..args.mongo_runs {
-        let started = Instant::now();
-        let projection = doc! { field::PRODUCER_ID: 1, field::GROUND_TRUTH: 1, field::INFERRED: 1, field::DELETED: 1 };
-        let mut seen = 0u64;
-        for document in collection.find(doc! {}).projection(projection).batch_size(10_000).run()? {
-            let document = document?;
-            seen += u64::from(document.get_str(field::PRODUCER_ID).is_ok());
-        }
-        ensure!(seen == args.mongo_records, "bare read saw {seen} documents");
-        bare.push(started.elapsed());
-    }
-    let bare = median(bare);
+    let answer = mongo_base(args, uri, &collection)?;
+    let bare = median((0..args.mongo_runs).map(|_| bare_read(args, &collection)).collect::<Result<_>>()?);
     let rate = |d: Duration| args.mongo_records as f64 / d.as_secs_f64();
     println!("\n| MongoDB read of {} records | median s | records/s | vs bare cursor |", args.mongo_records);
     println!("|---|---:|---:|---:|");
@@ -168,23 +143,9 @@ fn mongo(args: &Args, uri: &str) -> Result<()> {
         let output = args.dir.join("bench-mongo.csv");
         let mut runs = Vec::new();
         for _ in 0..args.mongo_runs {
-            let measured = measure(
-                Command::new(&args.dataflow)
-                    .args([
-                        "count",
-                        "-w",
-                        &workers.to_string(),
-                        "--mongo-uri",
-                        uri,
-                        "--db",
-                        db,
-                        "--mongo-timeout",
-                        "60",
-                    ])
-                    .arg("--output")
-                    .arg(&output)
-                    .stderr(Stdio::null()),
-            )?;
+            let flags = ["count", "-w", &workers.to_string(), "--mongo-uri", uri, "--db", db, "--mongo-timeout", "60"];
+            let measured =
+                measure(Command::new(&args.dataflow).args(flags).arg("--output").arg(&output).stderr(Stdio::null()))?;
             ensure!(read_error_counts(&output)? == error_counts(&answer), "wrong counts from MongoDB");
             runs.push(measured.wall);
         }
@@ -197,4 +158,33 @@ fn mongo(args: &Args, uri: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The generated collection, loaded unless it is already there with the right size; its answer.
+fn mongo_base(args: &Args, uri: &str, collection: &mongodb::sync::Collection<RawDocumentBuf>) -> Result<Answer> {
+    let present = collection.estimated_document_count().run().context("MongoDB unreachable")?;
+    let spec = spec(args.mongo_records);
+    if present == args.mongo_records {
+        return Ok(iot_bench::generate(&spec, |_| {}));
+    }
+    collection.drop().run()?;
+    let bar = ProgressBar::new(args.mongo_records).with_style(
+        ProgressStyle::with_template("loading {human_pos}/{human_len} ({per_sec}) {elapsed}").expect("template"),
+    );
+    let db = collection.namespace().db;
+    let answer = iot_bench::mongo::load(uri, &db, collection.name(), &spec, |n| bar.inc(n))?;
+    bar.finish_and_clear();
+    Ok(answer)
+}
+
+/// One cursor, the same projection and batch size the dataflow uses.
+fn bare_read(args: &Args, collection: &mongodb::sync::Collection<RawDocumentBuf>) -> Result<Duration> {
+    let started = Instant::now();
+    let projection = doc! { field::PRODUCER_ID: 1, field::GROUND_TRUTH: 1, field::INFERRED: 1, field::DELETED: 1 };
+    let mut seen = 0u64;
+    for document in collection.find(doc! {}).projection(projection).batch_size(10_000).run()? {
+        seen += u64::from(document?.get_str(field::PRODUCER_ID).is_ok());
+    }
+    ensure!(seen == args.mongo_records, "bare read saw {seen} documents");
+    Ok(started.elapsed())
 }

@@ -50,15 +50,57 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// One base size: a fresh base, a follower that loads it, then single writes and bursts, each
+/// timed until the follower's CSV shows it.
 fn run_base(args: &Args, base: u64) -> Result<()> {
     let db = format!("iot_follow_bench_{base}");
-    let client = mongodb::sync::Client::with_uri_str(&args.mongo_uri)?;
-    let database = client.database(&db);
+    let database = mongodb::sync::Client::with_uri_str(&args.mongo_uri)?.database(&db);
+    let mut flips = fresh_base(args, base, &database)?;
+    let output = args.dir.join(format!("follow-{base}.csv"));
+    let _ = std::fs::remove_file(&output);
+    let follower = start_follower(args, &db, &output)?;
+    let load_started = Instant::now();
+    let mut counts = wait_until(&output, Duration::from_secs(3600), |_| true)?;
+    let loaded_in = load_started.elapsed();
+    let pid = follower.pid();
+
+    let cpu_before = cpu_time(pid)?;
+    let mut delays = Vec::new();
+    for _ in 0..args.single_writes {
+        let started = Instant::now();
+        flips.flip(&database, &mut counts)?;
+        wait_for_counts(&output, &counts)?;
+        delays.push(started.elapsed());
+    }
+    report(base, "single", &mut delays, cpu_time(pid)? - cpu_before, args.single_writes);
+
+    let cpu_before = cpu_time(pid)?;
+    let mut delays = Vec::new();
+    for _ in 0..args.bursts {
+        for _ in 0..args.burst_size {
+            flips.flip(&database, &mut counts)?;
+        }
+        // The delay runs from the last write of the burst: writing 1000 is the writer's time.
+        let started = Instant::now();
+        wait_for_counts(&output, &counts)?;
+        delays.push(started.elapsed());
+    }
+    let changes = args.bursts * args.burst_size;
+    report(base, &format!("bursts of {}", args.burst_size), &mut delays, cpu_time(pid)? - cpu_before, changes);
+    eprintln!(
+        "base {base}: initial load {:.1} s; follower peak RSS {} MiB",
+        loaded_in.as_secs_f64(),
+        peak_rss_kib(pid).unwrap_or(0) / 1024
+    );
+    Ok(())
+}
+
+/// Loads a fresh base of `base` records (a previous run flipped records this one is about to
+/// flip) and returns the records whose label is right: flipping one adds exactly one error.
+fn fresh_base(args: &Args, base: u64, database: &mongodb::sync::Database) -> Result<Flips> {
     let spec = Spec { records: base, producers: 100, pending_rate: 0.0, seed: 5, ..Spec::default() };
-    // Always a fresh base: a previous run has flipped records this one is about to flip.
     database.drop().run()?;
-    iot_bench::mongo::load(&args.mongo_uri, &db, "inferences", &spec, |_| {})?;
-    // Records whose label is right; flipping one adds exactly one error to its producer.
+    iot_bench::mongo::load(&args.mongo_uri, database.name(), "inferences", &spec, |_| {})?;
     let mut correct = Vec::new();
     generate(&spec, |r| {
         if r.inferred == Some(r.ground_truth) {
@@ -67,26 +109,33 @@ fn run_base(args: &Args, base: u64) -> Result<()> {
     });
     let needed = args.single_writes + args.bursts * args.burst_size;
     ensure!(correct.len() >= needed, "base too small for {needed} flips");
+    Ok(Flips(correct.into_iter()))
+}
 
-    let output = args.dir.join(format!("follow-{base}.csv"));
-    let _ = std::fs::remove_file(&output);
+fn start_follower(args: &Args, db: &str, output: &Path) -> Result<ChildGuard> {
     let child = Command::new(&args.dataflow)
         .args(["count", "--follow", "-w", &args.workers.to_string(), "--status-every", "0"])
-        .args(["--mongo-uri", &args.mongo_uri, "--db", &db])
+        .args(["--mongo-uri", &args.mongo_uri, "--db", db])
         .args(["--poll-interval-ms", &args.poll_interval_ms.to_string(), "--mongo-timeout", "120"])
         .arg("--output")
-        .arg(&output)
+        .arg(output)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let follower = ChildGuard::new(child);
-    let load_started = Instant::now();
-    let mut counts = wait_until(&output, Duration::from_secs(3600), |_| true)?;
-    let loaded_in = load_started.elapsed();
-    let pid = follower.pid();
-    let mut flips = correct.into_iter();
-    let mut flip = |counts: &mut BTreeMap<String, u64>| -> Result<()> {
-        let (doc_id, producer, truth) = flips.next().context("out of records")?;
+    Ok(ChildGuard::new(child))
+}
+
+fn wait_for_counts(output: &Path, counts: &BTreeMap<String, u64>) -> Result<()> {
+    wait_until(output, Duration::from_secs(600), |c| c == counts).map(drop)
+}
+
+/// Records judged right, each flipped to a wrong label once, through the write contract.
+struct Flips(std::vec::IntoIter<(String, String, &'static str)>);
+
+impl Flips {
+    /// Flips the next record and adds its error to `counts`.
+    fn flip(&mut self, database: &mongodb::sync::Database, counts: &mut BTreeMap<String, u64>) -> Result<()> {
+        let (doc_id, producer, truth) = self.0.next().context("out of records")?;
         let wrong = LABELS.iter().find(|l| **l != truth).copied().unwrap_or("other");
         let id = doc_id.rsplit_once('/').and_then(|(_, id)| id.parse().ok()).unwrap_or(0);
         let msg = ImageMessage {
@@ -96,51 +145,11 @@ fn run_base(args: &Args, base: u64) -> Result<()> {
             data: String::new(),
             sent_at_ms: None,
         };
-        iot_bench::mongo::apply(
-            &database,
-            "inferences",
-            &write::store_inference(&msg, wrong, "bench", bson::DateTime::now()),
-        )?;
+        let write = write::store_inference(&msg, wrong, "bench", bson::DateTime::now());
+        iot_bench::mongo::apply(database, "inferences", &write)?;
         *counts.entry(producer).or_default() += 1;
         Ok(())
-    };
-
-    let cpu_before = cpu_time(pid)?;
-    let mut delays = Vec::new();
-    for _ in 0..args.single_writes {
-        let started = Instant::now();
-        flip(&mut counts)?;
-        let expected = counts.clone();
-        wait_until(&output, Duration::from_secs(600), |c| *c == expected)?;
-        delays.push(started.elapsed());
     }
-    report(base, "single", &mut delays, cpu_time(pid)? - cpu_before, args.single_writes);
-
-    let cpu_before = cpu_time(pid)?;
-    let mut delays = Vec::new();
-    for _ in 0..args.bursts {
-        for _ in 0..args.burst_size {
-            flip(&mut counts)?;
-        }
-        // The delay runs from the last write of the burst: writing 1000 is the writer's time.
-        let started = Instant::now();
-        let expected = counts.clone();
-        wait_until(&output, Duration::from_secs(600), |c| *c == expected)?;
-        delays.push(started.elapsed());
-    }
-    report(
-        base,
-        &format!("bursts of {}", args.burst_size),
-        &mut delays,
-        cpu_time(pid)? - cpu_before,
-        args.bursts * args.burst_size,
-    );
-    eprintln!(
-        "base {base}: initial load {:.1} s; follower peak RSS {} MiB",
-        loaded_in.as_secs_f64(),
-        peak_rss_kib(pid).unwrap_or(0) / 1024
-    );
-    Ok(())
 }
 
 fn report(base: u64, what: &str, delays: &mut [Duration], cpu: Duration, changes: usize) {

@@ -118,17 +118,13 @@ fn workspace_root() -> PathBuf {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let root = workspace_root();
-    let assets = args.assets.clone().unwrap_or_else(|| root.join("../shared/assets"));
-    let model = args.model.clone().unwrap_or_else(|| assets.join("mobilenetv2-12-int8.onnx"));
-    let classes = args.classes.clone().unwrap_or_else(|| assets.join("imagenet_classes.txt"));
-    let cifar = args.cifar.clone().unwrap_or_else(|| assets.join("cifar10_test_batch.bin"));
-    let bodies = Arc::new(request_bodies(&cifar, args.images)?);
-
+    let files = Files::of(&args);
+    let bodies = Arc::new(request_bodies(&files.cifar, args.images)?);
     let client = reqwest::Client::builder().pool_max_idle_per_host(256).timeout(Duration::from_secs(120)).build()?;
     let (url, local) = match &args.url {
         Some(url) => (url.trim_end_matches('/').to_owned(), None),
         None => {
-            let service = StartedService::start(&args, &model, &classes)?;
+            let service = StartedService::start(&args, &files.model, &files.classes)?;
             (service.url.clone(), Some(service))
         }
     };
@@ -137,12 +133,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "service {url}, model {}, {} distinct images, {} requests per level",
         health.model_id, args.images, args.requests
     );
-
     // Warm-up: connections, allocator, first ONNX Runtime runs.
     let warmup = args.concurrency.iter().copied().max().unwrap_or(1);
     measure(&client, &url, &bodies, warmup, warmup * 4, None).await?;
 
-    let python = (!args.no_python).then(|| args.python.clone().unwrap_or_else(|| root.join(".cache/venv/bin/python")));
     let mut rounds: Vec<Vec<Level>> = Vec::new();
     let mut baselines: Vec<Baseline> = Vec::new();
     for round in 1..=args.rounds.max(1) {
@@ -152,18 +146,50 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         print_levels(&format!("round {round}"), &levels, args.requests);
         rounds.push(levels);
-        if let Some(python) = &python {
-            // The service is idle meanwhile (its ONNX Runtime threads sleep).
-            let baseline = python_baseline(python, &root, &model, &cifar, &args)?;
-            println!(
-                "round {round}: python onnxruntime {} (batch {}): {:.1} images/s end to end, {:.1} images/s run only",
-                baseline.version, args.max_batch, baseline.end_to_end, baseline.run_only
-            );
+        if let Some(baseline) = python_round(&args, &root, &files, round)? {
             baselines.push(baseline);
         }
     }
     drop(local);
+    report_medians(&args, &rounds, &baselines);
+    Ok(())
+}
 
+/// The model, class names and images the run uses.
+struct Files {
+    model: PathBuf,
+    classes: PathBuf,
+    cifar: PathBuf,
+}
+
+impl Files {
+    fn of(args: &Args) -> Files {
+        let assets = args.assets.clone().unwrap_or_else(iot_ingest::assets::default_dir);
+        Files {
+            model: args.model.clone().unwrap_or_else(|| assets.join("mobilenetv2-12-int8.onnx")),
+            classes: args.classes.clone().unwrap_or_else(|| assets.join("imagenet_classes.txt")),
+            cifar: args.cifar.clone().unwrap_or_else(|| assets.join(iot_ingest::assets::CIFAR_BATCH_FILE)),
+        }
+    }
+}
+
+/// The Python baseline of one round, unless `--no-python`. The service is idle meanwhile (its
+/// ONNX Runtime threads sleep).
+fn python_round(args: &Args, root: &Path, files: &Files, round: usize) -> anyhow::Result<Option<Baseline>> {
+    if args.no_python {
+        return Ok(None);
+    }
+    let python = args.python.clone().unwrap_or_else(|| root.join(".cache/venv/bin/python"));
+    let baseline = python_baseline(&python, root, &files.model, &files.cifar, args)?;
+    println!(
+        "round {round}: python onnxruntime {} (batch {}): {:.1} images/s end to end, {:.1} images/s run only",
+        baseline.version, args.max_batch, baseline.end_to_end, baseline.run_only
+    );
+    Ok(Some(baseline))
+}
+
+/// The median of every level over the rounds, and the service against the Python baseline.
+fn report_medians(args: &Args, rounds: &[Vec<Level>], baselines: &[Baseline]) {
     let medians: Vec<Level> = (0..args.concurrency.len())
         .map(|i| Level {
             concurrency: args.concurrency[i],
@@ -175,39 +201,40 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .collect();
     println!();
     print_levels(&format!("service, median of {} rounds", rounds.len()), &medians, args.requests);
-    if !baselines.is_empty() {
-        let end_to_end = median(baselines.iter().map(|b| b.end_to_end).collect());
-        let run_only = median(baselines.iter().map(|b| b.run_only).collect());
-        println!(
-            "python onnxruntime {} (batch {}), median of {} rounds: {end_to_end:.1} images/s end to end \
-             (PNG decode + preprocessing + run), {run_only:.1} images/s run only",
-            baselines[0].version,
-            args.max_batch,
-            baselines.len()
-        );
-        // Ratios within each round (measured minutes apart at most), then their median: steadier
-        // than a ratio of medians on a machine whose load changes.
-        let top = args.concurrency.iter().enumerate().max_by_key(|(_, c)| **c).map(|(i, c)| (i, *c));
-        if let Some((index, concurrency)) = top {
-            let ratios = |pick: fn(&Baseline) -> f64| -> Vec<f64> {
-                rounds.iter().zip(&baselines).map(|(levels, b)| 100.0 * levels[index].images_per_s / pick(b)).collect()
-            };
-            let (vs_end_to_end, vs_run_only) = (ratios(|b| b.end_to_end), ratios(|b| b.run_only));
-            let list = |values: &[f64]| values.iter().map(|v| format!("{v:.0}%")).collect::<Vec<_>>().join(", ");
-            println!(
-                "service at concurrency {concurrency} vs Python, per round: {} of end to end, {} of run only",
-                list(&vs_end_to_end),
-                list(&vs_run_only)
-            );
-            println!(
-                "service at concurrency {concurrency}, median of the per-round ratios: {:.1}% of Python end to end, \
-                 {:.1}% of Python run only (bar: 95%)",
-                median(vs_end_to_end),
-                median(vs_run_only)
-            );
-        }
+    if baselines.is_empty() {
+        return;
     }
-    Ok(())
+    let end_to_end = median(baselines.iter().map(|b| b.end_to_end).collect());
+    let run_only = median(baselines.iter().map(|b| b.run_only).collect());
+    println!(
+        "python onnxruntime {} (batch {}), median of {} rounds: {end_to_end:.1} images/s end to end \
+         (PNG decode + preprocessing + run), {run_only:.1} images/s run only",
+        baselines[0].version,
+        args.max_batch,
+        baselines.len()
+    );
+    // Ratios within each round (measured minutes apart at most), then their median: steadier
+    // than a ratio of medians on a machine whose load changes.
+    let Some((index, concurrency)) = args.concurrency.iter().enumerate().max_by_key(|(_, c)| **c).map(|(i, c)| (i, *c))
+    else {
+        return;
+    };
+    let ratios = |pick: fn(&Baseline) -> f64| -> Vec<f64> {
+        rounds.iter().zip(baselines).map(|(levels, b)| 100.0 * levels[index].images_per_s / pick(b)).collect()
+    };
+    let (vs_end_to_end, vs_run_only) = (ratios(|b| b.end_to_end), ratios(|b| b.run_only));
+    let list = |values: &[f64]| values.iter().map(|v| format!("{v:.0}%")).collect::<Vec<_>>().join(", ");
+    println!(
+        "service at concurrency {concurrency} vs Python, per round: {} of end to end, {} of run only",
+        list(&vs_end_to_end),
+        list(&vs_run_only)
+    );
+    println!(
+        "service at concurrency {concurrency}, median of the per-round ratios: {:.1}% of Python end to end, \
+         {:.1}% of Python run only (bar: 95%)",
+        median(vs_end_to_end),
+        median(vs_run_only)
+    );
 }
 
 async fn measure_level(
