@@ -53,11 +53,7 @@ impl Handler for MetadataWriter {
 }
 
 pub async fn run(args: DbConsumerArgs, metrics: Arc<ConsumerMetrics>, shutdown: CancellationToken) -> Result<()> {
-    if let Some(addr) = args.consumer.metrics_listen {
-        crate::metrics::serve(addr, metrics.clone()).await?;
-    }
-    let store = Store::open(&args.mongo).await?;
-    super::prepare_store(&store, args.consumer.backoff(), &shutdown).await?;
+    let store = super::open_store(&args.consumer, &args.mongo, &metrics, &shutdown).await?;
     let handler = Arc::new(MetadataWriter { store, backoff: args.consumer.backoff(), metrics: metrics.clone() });
     let settings = super::EngineSettings {
         group: args.group.clone(),

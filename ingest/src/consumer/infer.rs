@@ -296,13 +296,9 @@ impl InferenceWriter {
 }
 
 pub async fn run(args: InferConsumerArgs, metrics: Arc<ConsumerMetrics>, shutdown: CancellationToken) -> Result<()> {
-    if let Some(addr) = args.consumer.metrics_listen {
-        crate::metrics::serve(addr, metrics.clone()).await?;
-    }
     let client = InferClient::new(&args.infer_url, Duration::from_secs(args.request_timeout_s.max(1)))?;
     let latency = args.latency_log.as_deref().map(LatencyLog::open).transpose()?;
-    let store = Store::open(&args.mongo).await?;
-    super::prepare_store(&store, args.consumer.backoff(), &shutdown).await?;
+    let store = super::open_store(&args.consumer, &args.mongo, &metrics, &shutdown).await?;
     if !client.healthy().await {
         tracing::warn!("the inference service at {} does not answer yet; records wait for it", client.base_url());
     }

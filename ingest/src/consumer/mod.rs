@@ -504,8 +504,24 @@ async fn write_once(
     }
 }
 
+/// What both consumers do before they read: serve their metrics (when asked to) and open
+/// MongoDB with the contract's indexes, waiting for it if it is not up yet.
+pub async fn open_store(
+    consumer: &ConsumerArgs,
+    mongo: &crate::args::MongoArgs,
+    metrics: &Arc<ConsumerMetrics>,
+    shutdown: &CancellationToken,
+) -> Result<Store> {
+    if let Some(addr) = consumer.metrics_listen {
+        crate::metrics::serve(addr, metrics.clone()).await?;
+    }
+    let store = Store::open(mongo).await?;
+    prepare_store(&store, consumer.backoff(), shutdown).await?;
+    Ok(store)
+}
+
 /// Creates the contract's indexes, waiting for MongoDB if it is not up yet.
-pub async fn prepare_store(store: &Store, backoff: Backoff, shutdown: &CancellationToken) -> Result<()> {
+async fn prepare_store(store: &Store, backoff: Backoff, shutdown: &CancellationToken) -> Result<()> {
     crate::backoff::retry("creating MongoDB indexes", backoff, shutdown, || async {
         store.ensure_indexes().await.map_err(|e| format!("{e:#}"))
     })
