@@ -96,6 +96,12 @@ impl ConsumerContext for EngineContext {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
+            // librdkafka keeps a partition's pause through a revoke and a later re-assignment: a
+            // partition paused, moved to another member and given back would never be read again.
+            // Every assignment starts unpaused; the read loop pauses it again if it must.
+            if let Err(err) = consumer.resume(tpl) {
+                tracing::warn!("cannot resume the assigned partitions {}: {err}", describe(tpl));
+            }
             self.start_epochs(consumer, tpl);
         }
     }

@@ -312,7 +312,7 @@ impl<H: Handler> Engine<H> {
         match self.paused {
             None if self.pending.len() >= pause_at => self.pause(assignments),
             Some(_) if self.pending.len() < self.batch_size => self.resume(),
-            // Partitions assigned while paused start unpaused.
+            // Every assignment starts unpaused (see `group.rs`): pause the new one too.
             Some(paused_at) if paused_at != assignments => self.pause(assignments),
             _ => {}
         }
