@@ -24,6 +24,8 @@ PY_REQUIREMENTS=$ROOT/scripts/requirements-dev.txt
 # and the stack's pins do not have to agree.
 DEPLOY_VENV_DIR=$CACHE_DIR/deploy-venv
 DEPLOY_REQUIREMENTS=$ROOT/scripts/requirements-deploy.txt
+BENCH_VENV_DIR=$CACHE_DIR/bench-venv
+BENCH_REQUIREMENTS=$ROOT/scripts/requirements-bench.txt
 ORT_LIB_DIR=$CACHE_DIR/onnxruntime/lib
 ORT_LIB=$ORT_LIB_DIR/libonnxruntime.so
 KAFKA_HOME=$CACHE_DIR/kafka

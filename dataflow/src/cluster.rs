@@ -12,9 +12,10 @@ use timely::{CommunicationConfig, WorkerConfig};
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct ClusterArgs {
-    /// Worker threads in this process.
-    #[arg(short = 'w', long = "workers", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
-    pub workers: u16,
+    /// Worker threads in this process [default: every core this process may use, within a
+    /// container's CPU limit too].
+    #[arg(short = 'w', long = "workers", value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: Option<u16>,
     /// Processes in the cluster.
     #[arg(short = 'n', long = "processes", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub processes: u16,
@@ -31,7 +32,14 @@ pub struct ClusterArgs {
 
 impl ClusterArgs {
     pub fn single(workers: u16) -> Self {
-        ClusterArgs { workers, processes: 1, process: 0, hostfile: None, connect_timeout: 60 }
+        ClusterArgs { workers: Some(workers), processes: 1, process: 0, hostfile: None, connect_timeout: 60 }
+    }
+
+    /// Worker threads in this process: `-w`, else as many as the cores this process may use.
+    /// The standard library's count honours CPU affinity and cgroup quotas, so a pod limited to
+    /// two CPUs gets two workers on a 64-core node rather than 64 threads throttled to two.
+    pub fn threads(&self) -> usize {
+        self.workers.map_or_else(available_cores, usize::from)
     }
 
     /// Checks the flags and builds timely's configuration.
@@ -43,7 +51,7 @@ impl ClusterArgs {
             self.processes,
             self.processes - 1
         );
-        let threads = self.workers as usize;
+        let threads = self.threads();
         let communication = if self.processes > 1 {
             let Some(hostfile) = &self.hostfile else {
                 bail!("-n {} needs a host file (-h FILE) with one host:port line per process", self.processes);
@@ -95,6 +103,11 @@ impl ClusterArgs {
         }
         ConnectWatchdog { connected }
     }
+}
+
+/// The cores this process may use; one when the system cannot tell.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |cores| cores.get())
 }
 
 impl ClusterArgs {

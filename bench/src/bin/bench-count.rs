@@ -21,7 +21,8 @@ struct Args {
     /// Record counts of the JSON Lines files.
     #[arg(long, value_delimiter = ',', default_values_t = [1_000_000u64, 10_000_000])]
     sizes: Vec<u64>,
-    #[arg(long, value_delimiter = ',', default_values_t = [1u16, 2])]
+    /// Worker counts to run; 0 runs without -w, at the default (every core).
+    #[arg(long, value_delimiter = ',', default_values_t = [0u16, 1, 2])]
     workers: Vec<u16>,
     #[arg(long, default_value_t = 5)]
     runs: usize,
@@ -40,6 +41,27 @@ struct Args {
     /// Skip the file benchmark.
     #[arg(long)]
     mongo_only: bool,
+    /// A Python with duckdb (`scripts/setup bench` makes .cache/bench-venv): runs DuckDB on the
+    /// same files, paired run by run with `dataflow count` at its default flags.
+    #[arg(long, value_name = "PYTHON")]
+    duckdb: Option<PathBuf>,
+}
+
+/// The `-w` flag for a worker count; 0 is the default, no flag.
+fn worker_flags(workers: u16) -> Vec<String> {
+    if workers == 0 {
+        Vec::new()
+    } else {
+        vec!["-w".to_owned(), workers.to_string()]
+    }
+}
+
+fn workers_label(workers: u16) -> String {
+    if workers == 0 {
+        format!("default ({})", std::thread::available_parallelism().map_or(1, |cores| cores.get()))
+    } else {
+        workers.to_string()
+    }
 }
 
 fn spec(records: u64) -> Spec {
@@ -56,6 +78,9 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&args.dir)?;
     if !args.mongo_only {
         files(&args)?;
+    }
+    if let Some(python) = &args.duckdb {
+        against_duckdb(&args, python)?;
     }
     if let Some(uri) = &args.mongo_uri {
         mongo(&args, uri)?;
@@ -75,7 +100,9 @@ fn files(args: &Args) -> Result<()> {
             for _ in 0..args.runs {
                 let measured = measure(
                     Command::new(&args.dataflow)
-                        .args(["count", "-w", &workers.to_string(), "--input"])
+                        .arg("count")
+                        .args(worker_flags(workers))
+                        .arg("--input")
                         .arg(&path)
                         .arg("--output")
                         .arg(&output)
@@ -90,13 +117,58 @@ fn files(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// `dataflow count` at its default flags and DuckDB on the same file, run after run in turn so
+/// that both see the same machine; both CSVs are checked against the generator's answer.
+fn against_duckdb(args: &Args, python: &Path) -> Result<()> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("reference/duckdb_count.py");
+    println!(
+        "\n| records | dataflow (default flags) median s | peak MiB | DuckDB median s | peak MiB | dataflow / DuckDB |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for &records in &args.sizes {
+        let (path, answer) = generated_file(&args.dir, records)?;
+        let (ours, theirs) = (args.dir.join("bench-out.csv"), args.dir.join("bench-duckdb.csv"));
+        let mut pairs = Vec::new();
+        for _ in 0..args.runs {
+            let dataflow = measure(
+                Command::new(&args.dataflow)
+                    .arg("count")
+                    .arg("--input")
+                    .arg(&path)
+                    .arg("--output")
+                    .arg(&ours)
+                    .stderr(Stdio::null()),
+            )?;
+            ensure!(read_error_counts(&ours)? == error_counts(&answer), "dataflow: wrong counts for {records} records");
+            let duckdb = measure(Command::new(python).arg(&script).arg(&path).arg(&theirs))?;
+            ensure!(read_error_counts(&theirs)? == error_counts(&answer), "DuckDB: wrong counts for {records} records");
+            pairs.push((dataflow, duckdb));
+        }
+        let wall = |pick: fn(&(Measured, Measured)) -> Measured| median(pairs.iter().map(|p| pick(p).wall).collect());
+        let peak = |pick: fn(&(Measured, Measured)) -> Measured| {
+            pairs.iter().map(|p| pick(p).max_rss).max().unwrap_or(0) as f64 / (1 << 20) as f64
+        };
+        let (ours, theirs) = (wall(|p| p.0), wall(|p| p.1));
+        println!(
+            "| {records} | {:.3} | {:.1} | {:.3} | {:.1} | {:.2} |",
+            ours.as_secs_f64(),
+            peak(|p| p.0),
+            theirs.as_secs_f64(),
+            peak(|p| p.1),
+            ours.as_secs_f64() / theirs.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
 fn report_file_row(records: u64, bytes: u64, workers: u16, runs: &[Measured]) {
     let wall = median(runs.iter().map(|m| m.wall).collect()).as_secs_f64();
     let min = runs.iter().map(|m| m.wall).min().unwrap_or_default().as_secs_f64();
     let peak = runs.iter().map(|m| m.max_rss).max().unwrap_or(0) as f64 / (1 << 20) as f64;
     println!(
-        "| {records} | {:.0} | {workers} | {wall:.3} | {min:.3} | {:.0} | {:.2e} | {peak:.1} |",
+        "| {records} | {:.0} | {} | {wall:.3} | {min:.3} | {:.0} | {:.2e} | {peak:.1} |",
         bytes as f64 / 1e6,
+        workers_label(workers),
         bytes as f64 / 1e6 / wall,
         records as f64 / wall,
     );
@@ -143,15 +215,23 @@ fn mongo(args: &Args, uri: &str) -> Result<()> {
         let output = args.dir.join("bench-mongo.csv");
         let mut runs = Vec::new();
         for _ in 0..args.mongo_runs {
-            let flags = ["count", "-w", &workers.to_string(), "--mongo-uri", uri, "--db", db, "--mongo-timeout", "60"];
-            let measured =
-                measure(Command::new(&args.dataflow).args(flags).arg("--output").arg(&output).stderr(Stdio::null()))?;
+            let flags = ["--mongo-uri", uri, "--db", db, "--mongo-timeout", "60"];
+            let measured = measure(
+                Command::new(&args.dataflow)
+                    .arg("count")
+                    .args(worker_flags(workers))
+                    .args(flags)
+                    .arg("--output")
+                    .arg(&output)
+                    .stderr(Stdio::null()),
+            )?;
             ensure!(read_error_counts(&output)? == error_counts(&answer), "wrong counts from MongoDB");
             runs.push(measured.wall);
         }
         let wall = median(runs);
         println!(
-            "| dataflow count -w {workers} (whole process) | {:.2} | {:.0} | {:.2} |",
+            "| dataflow count, workers {} (whole process) | {:.2} | {:.0} | {:.2} |",
+            workers_label(workers),
             wall.as_secs_f64(),
             rate(wall),
             rate(wall) / rate(bare)
