@@ -59,9 +59,15 @@ fn main() -> Result<()> {
         let (index, peers) = (worker.index(), worker.peers());
         let mut input = Feed::new(before);
         worker.dataflow::<u64, _, _>(|scope| input.build(scope, &rows, &probe));
-        // Each worker reads its share of the records, as the follower's load does.
+        // Each worker reads its share of the records, and steps its dataflow every 1024, as the
+        // follower's load does.
+        let mut sent = 0usize;
         let mut answer = generate(&spec, |record| {
             if record.id as usize % peers == index {
+                sent += 1;
+                if sent % 1024 == 0 {
+                    worker.step();
+                }
                 let reading = Reading::Counted {
                     producer_id: record.producer_id,
                     ground_truth: record.ground_truth,

@@ -41,6 +41,10 @@ use crate::worker_zero::{
 
 /// How often a worker that only holds state looks at its process's stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(100);
+/// Records a worker sends during the initial load between two steps of its dataflow. Stepping
+/// lets the state operator take records in as they come; without it every record loaded would
+/// wait in the channels, as the text of its producer, until the load is over.
+const LOAD_STEP_EVERY: usize = 1024;
 /// How stale the sidecar's as-of time may get while nothing changes.
 const SIDECAR_REFRESH: Duration = Duration::from_secs(1);
 
@@ -273,6 +277,7 @@ fn load_mongo(
         started => (started.and_then(Result::ok), None),
     };
     let planned = distribute_plan(worker, source);
+    let mut sent = 0usize;
     let loaded = start_failure.map_or(planned, Err).and_then(|ranges| {
         ranges.iter().try_for_each(|range| {
             source.scan_range(range, progress, |document| {
@@ -282,6 +287,10 @@ fn load_mongo(
                 // Malformed records are kept too, so that the sidecar's count of them stays exact.
                 if let Some(state) = RecordState::of(&reading) {
                     inputs.upserts.send((digest(&id), Some(state)));
+                    sent += 1;
+                    if sent % LOAD_STEP_EVERY == 0 {
+                        worker.step();
+                    }
                 }
             })
         })
