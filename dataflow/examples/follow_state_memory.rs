@@ -65,7 +65,7 @@ fn main() -> Result<()> {
         let mut answer = generate(&spec, |record| {
             if record.id as usize % peers == index {
                 sent += 1;
-                if sent % 1024 == 0 {
+                if sent.is_multiple_of(1024) {
                     worker.step();
                 }
                 let reading = Reading::Counted {
@@ -125,10 +125,13 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// The follower's upserts before: `(_id, observation or gone, round)`.
+type UpsertBefore = (String, Option<Observation>, u64);
+
 /// The state being measured: the follower's compact one, or the one it had before.
 enum Feed {
     Compact(InputHandle<u64, CapacityContainerBuilder<Vec<Upsert>>>),
-    Before(InputHandle<u64, CapacityContainerBuilder<Vec<(String, Option<Observation>, u64)>>>),
+    Before(InputHandle<u64, CapacityContainerBuilder<Vec<UpsertBefore>>>),
 }
 
 impl Feed {

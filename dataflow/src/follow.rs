@@ -288,7 +288,7 @@ fn load_mongo(
                 if let Some(state) = RecordState::of(&reading) {
                     inputs.upserts.send((digest(&id), Some(state)));
                     sent += 1;
-                    if sent % LOAD_STEP_EVERY == 0 {
+                    if sent.is_multiple_of(LOAD_STEP_EVERY) {
                         worker.step();
                     }
                 }
