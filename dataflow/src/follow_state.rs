@@ -1,4 +1,4 @@
-//! The follower's per-record state, kept compact: 20 bytes of table per record.
+//! The follower's per-record state, kept compact: one 20-byte hash-map entry per record.
 //!
 //! The counts need only each record's producer and verdict, or that it is malformed (for the
 //! sidecar's count of those). So each worker keeps, for the records it owns, a map from a
@@ -330,7 +330,7 @@ mod tests {
     use std::cell::RefCell;
     use std::rc::Rc;
 
-    use timely::dataflow::operators::{Exchange as _, Input, Inspect, Probe};
+    use timely::dataflow::operators::{Concat, Exchange as _, Input, Inspect, Probe};
     use timely::dataflow::{InputHandle, ProbeHandle};
 
     use super::*;
@@ -398,6 +398,44 @@ mod tests {
             assert_eq!(snapshots[2], totals([(counted("p", Incorrect), 1), (counted("q", Correct), 1)]));
             assert_eq!(snapshots[3], totals([(counted("p", Correct), 1), (counted("q", Correct), 1)]));
         }
+    }
+
+    /// A later round's upserts that arrive while an earlier round is still open wait for it:
+    /// applied first, they would be undone by the earlier round's.
+    #[test]
+    fn a_round_that_arrives_early_waits_for_the_rounds_before_it() {
+        let updates = timely::execute_directly(|worker| {
+            let seen: Rc<RefCell<Vec<(RecordState, u64, isize)>>> = Default::default();
+            let sink = seen.clone();
+            let probe = ProbeHandle::new();
+            let mut early = InputHandle::<u64, CapacityContainerBuilder<Vec<Upsert>>>::new();
+            let mut late = InputHandle::<u64, CapacityContainerBuilder<Vec<Upsert>>>::new();
+            worker.dataflow::<u64, _, _>(|scope| {
+                let upserts = scope.input_from(&mut early).concat(scope.input_from(&mut late));
+                track_records(upserts)
+                    .inner
+                    .inspect(move |update| sink.borrow_mut().push(update.clone()))
+                    .probe_with(&probe);
+            });
+            early.advance_to(1);
+            early.send((digest("a"), counted("p", Verdict::Incorrect)));
+            early.advance_to(2);
+            // Round 1 reaches the operator while round 0 is still open (`late` is at 0).
+            (0..10).for_each(|_| {
+                worker.step();
+            });
+            late.send((digest("a"), counted("p", Verdict::Correct)));
+            late.advance_to(2);
+            worker.step_while(|| probe.less_than(&2));
+            let mut updates = seen.borrow().clone();
+            updates.sort_by_key(|(state, time, diff)| (*time, *diff, state.clone()));
+            updates
+        });
+        let state = |verdict| counted("p", verdict).unwrap();
+        assert_eq!(
+            updates,
+            [(state(Verdict::Correct), 0, 1), (state(Verdict::Correct), 1, -1), (state(Verdict::Incorrect), 1, 1)]
+        );
     }
 
     #[test]
