@@ -7,7 +7,7 @@ use differential_dataflow::lattice::Lattice;
 use differential_dataflow::VecCollection;
 use timely::progress::Timestamp;
 
-use crate::record::{Observation, Tally};
+use crate::record::{Observation, Tally, Verdict};
 
 /// Per-producer tallies of correct, incorrect and pending records.
 pub fn error_counts<'scope, T>(
@@ -16,14 +16,23 @@ pub fn error_counts<'scope, T>(
 where
     T: Timestamp + Lattice + Ord,
 {
-    observations
-        .map(|observation| {
-            let verdict = observation.verdict();
-            (observation.producer_id, verdict)
-        })
-        .reduce_named("TallyByProducer", |_producer, verdicts, tally| {
-            tally.push((Tally::from_counts(verdicts.iter().map(|(v, n)| (*v, *n))), 1))
-        })
+    tally_by_producer(observations.map(|observation| {
+        let verdict = observation.verdict();
+        (observation.producer_id, verdict)
+    }))
+}
+
+/// Per-producer tallies from `(producer, verdict)` pairs: all the counting needs of a record,
+/// which is what the follower keeps of each.
+pub fn tally_by_producer<'scope, T>(
+    verdicts: VecCollection<'scope, T, (String, Verdict), isize>,
+) -> VecCollection<'scope, T, (String, Tally), isize>
+where
+    T: Timestamp + Lattice + Ord,
+{
+    verdicts.reduce_named("TallyByProducer", |_producer, verdicts, tally| {
+        tally.push((Tally::from_counts(verdicts.iter().map(|(v, n)| (*v, *n))), 1))
+    })
 }
 
 #[cfg(test)]

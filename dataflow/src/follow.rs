@@ -1,14 +1,15 @@
 //! `dataflow count --follow`: after the initial load, keep the CSV equal to what a fresh batch
 //! count would give, by feeding the same counting function each record's changes.
 //!
-//! Records enter as upserts keyed by `_id` (differential's `arrange_from_upsert`), so a changed
-//! record retracts its old observation and adds its new one, and a deleted record retracts its
-//! observation; the state is spread over all workers by `_id`. Worker 0 polls the change log
+//! Records enter as upserts keyed by a digest of `_id` ([`crate::follow_state`]): the worker that
+//! owns the record keeps its compact state, and a change retracts the old state and adds the new
+//! one, so the counting function sees only per-producer verdicts; the state is spread over all
+//! workers by digest. Worker 0 polls the change log
 //! (see [`crate::source::changes`]) and drives the rounds; every worker holds its share of the
 //! state. A stop requested in any process reaches worker 0 through the dataflow, so the whole
 //! cluster stops at the end of a round.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,17 +18,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Result};
 use differential_dataflow::input::{Input, InputSession};
-use differential_dataflow::operators::arrange::upsert::arrange_from_upsert;
-use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
-use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::{Exchange, Inspect, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 use timely::worker::Worker;
 
 use crate::cluster::ClusterArgs;
-use crate::count::error_counts;
-use crate::load::{Loader, Reading};
+use crate::count::tally_by_producer;
+use crate::follow_state::{digest, track_records, RecordState, Upsert};
+use crate::load::Loader;
 use crate::progress::Progress;
 use crate::record::{Observation, Tally};
 use crate::sink::{rfc3339, rfc3339_ms, AsOf, Output, Position};
@@ -42,6 +41,10 @@ use crate::worker_zero::{
 
 /// How often a worker that only holds state looks at its process's stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(100);
+/// Records a worker sends during the initial load between two steps of its dataflow. Stepping
+/// lets the state operator take records in as they come; without it every record loaded would
+/// wait in the channels, as the text of its producer, until the load is over.
+const LOAD_STEP_EVERY: usize = 1024;
 /// How stale the sidecar's as-of time may get while nothing changes.
 const SIDECAR_REFRESH: Duration = Duration::from_secs(1);
 
@@ -61,38 +64,7 @@ pub struct FollowOptions {
     pub stop: Arc<AtomicBool>,
 }
 
-/// A record's state in the follower: counted, or present but not countable. Malformed records
-/// are kept (rather than left out) so that the sidecar's count of them stays exact as they are
-/// fixed or broken by later writes.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-enum Stored {
-    Counted(Observation),
-    Malformed,
-}
-
-impl Stored {
-    /// A record's state in the follower: `None` for a tombstone, which is not kept.
-    fn of(reading: &Reading<'_>) -> Option<Stored> {
-        match reading {
-            Reading::Counted { .. } => reading.observation().map(Stored::Counted),
-            Reading::Tombstone => None,
-            Reading::Malformed(_) => Some(Stored::Malformed),
-        }
-    }
-
-    fn counted(self) -> Option<Observation> {
-        match self {
-            Stored::Counted(observation) => Some(observation),
-            Stored::Malformed => None,
-        }
-    }
-
-    fn is_malformed(&self) -> bool {
-        *self == Stored::Malformed
-    }
-}
-
-type Upserts = InputHandle<u64, CapacityContainerBuilder<Vec<(String, Option<Stored>, u64)>>>;
+type Upserts = InputHandle<u64, CapacityContainerBuilder<Vec<Upsert>>>;
 
 /// The dataflow's two inputs: records keyed by `_id` (MongoDB, where a record can change) and
 /// records that only ever arrive (the lines of a file). Both advance together, one time a round.
@@ -199,20 +171,17 @@ fn build_dataflow(worker: &mut Worker, collected: &Collected, probe: &ProbeHandl
         let mut upserts = Upserts::new();
         let (appended, appended_records) = scope.new_collection::<Observation, isize>();
         let mut stats_input = StatsInput::new();
-        let records_by_id = arrange_from_upsert::<
-            ValBuilder<String, Stored, u64, isize>,
-            ValSpine<String, Stored, u64, isize>,
-            String,
-            Stored,
-        >(upserts.to_stream(scope), "RecordsById")
-        .as_collection(|_id, stored| stored.clone());
-        let observations = records_by_id.clone().flat_map(Stored::counted).concat(appended_records);
-        let counts = error_counts(observations);
+        let records = track_records(upserts.to_stream(scope));
+        let appended_verdicts = appended_records.map(|observation| {
+            let verdict = observation.verdict();
+            (observation.producer_id, verdict)
+        });
+        let counts = tally_by_producer(records.clone().flat_map(RecordState::counted).concat(appended_verdicts));
         collect_at_worker_zero(counts, stats_input.to_stream(scope), &collected.rows, &collected.loaded, probe);
         // One `()` per malformed record; their multiplicities add up to how many there are.
         let sink = collected.malformed.clone();
-        records_by_id
-            .filter(Stored::is_malformed)
+        records
+            .filter(RecordState::is_malformed)
             .inner
             .exchange(|_| 0)
             .inspect(move |(_, _time, diff)| *sink.borrow_mut() += diff)
@@ -308,6 +277,7 @@ fn load_mongo(
         started => (started.and_then(Result::ok), None),
     };
     let planned = distribute_plan(worker, source);
+    let mut sent = 0usize;
     let loaded = start_failure.map_or(planned, Err).and_then(|ranges| {
         ranges.iter().try_for_each(|range| {
             source.scan_range(range, progress, |document| {
@@ -315,8 +285,12 @@ fn load_mongo(
                 let reading = read_document(document);
                 stats.account(&reading, || id.clone());
                 // Malformed records are kept too, so that the sidecar's count of them stays exact.
-                if let Some(stored) = Stored::of(&reading) {
-                    inputs.upserts.send((id, Some(stored), 0));
+                if let Some(state) = RecordState::of(&reading) {
+                    inputs.upserts.send((digest(&id), Some(state)));
+                    sent += 1;
+                    if sent.is_multiple_of(LOAD_STEP_EVERY) {
+                        worker.step();
+                    }
                 }
             })
         })
@@ -390,14 +364,17 @@ impl Feed {
                     }
                 };
                 poller.prune();
-                let round = inputs.round();
-                let changed = upserts.len() + malformed.len();
-                upserts
-                    .into_iter()
-                    .for_each(|(id, observation)| inputs.upserts.send((id, observation.map(Stored::Counted), round)));
-                for (id, reason) in malformed {
-                    tracing::warn!(%id, "changed record not counted: {reason}");
-                    inputs.upserts.send((id, Some(Stored::Malformed), round));
+                let changed = upserts.len();
+                let malformed: HashMap<String, String> = malformed.into_iter().collect();
+                for (id, observation) in upserts {
+                    let state = match malformed.get(&id) {
+                        Some(reason) => {
+                            tracing::warn!(%id, "changed record not counted: {reason}");
+                            Some(RecordState::Malformed)
+                        }
+                        None => observation.map(RecordState::from),
+                    };
+                    inputs.upserts.send((digest(&id), state));
                 }
                 Ok(Some(Polled { changed, malformed_lines: 0 }))
             }

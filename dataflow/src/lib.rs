@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod consolidate;
 pub mod count;
 pub mod follow;
+pub mod follow_state;
 pub mod fuzzing;
 pub mod job;
 pub mod load;

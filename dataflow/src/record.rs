@@ -21,11 +21,7 @@ impl Observation {
     }
 
     pub fn verdict(&self) -> Verdict {
-        match &self.inferred {
-            None => Verdict::Pending,
-            Some(label) if *label == self.ground_truth => Verdict::Correct,
-            Some(_) => Verdict::Incorrect,
-        }
+        Verdict::of(&self.ground_truth, self.inferred.as_deref())
     }
 }
 
@@ -36,6 +32,16 @@ pub enum Verdict {
     Incorrect,
     /// Not inferred yet: neither right nor wrong.
     Pending,
+}
+
+impl Verdict {
+    pub fn of(ground_truth: &str, inferred: Option<&str>) -> Verdict {
+        match inferred {
+            None => Verdict::Pending,
+            Some(label) if label == ground_truth => Verdict::Correct,
+            Some(_) => Verdict::Incorrect,
+        }
+    }
 }
 
 /// Per-producer counts of each verdict.

@@ -63,6 +63,7 @@ fn run_base(args: &Args, base: u64) -> Result<()> {
     let mut counts = wait_until(&output, Duration::from_secs(3600), |_| true)?;
     let loaded_in = load_started.elapsed();
     let pid = follower.pid();
+    let loaded_rss = status_kib(pid, "VmRSS").unwrap_or(0);
 
     let cpu_before = cpu_time(pid)?;
     let mut delays = Vec::new();
@@ -87,10 +88,18 @@ fn run_base(args: &Args, base: u64) -> Result<()> {
     }
     let changes = args.bursts * args.burst_size;
     report(base, &format!("bursts of {}", args.burst_size), &mut delays, cpu_time(pid)? - cpu_before, changes);
+    let (rss, peak) = (status_kib(pid, "VmRSS").unwrap_or(0), status_kib(pid, "VmHWM").unwrap_or(0));
+    let per_record = |kib: u64| kib as f64 * 1024.0 / base as f64;
     eprintln!(
-        "base {base}: initial load {:.1} s; follower peak RSS {} MiB",
+        "base {base}: initial load {:.1} s; follower RSS after the load {} MiB ({:.1} B/record), after the \
+         writes {} MiB ({:.1} B/record), peak {} MiB ({:.1} B/record)",
         loaded_in.as_secs_f64(),
-        peak_rss_kib(pid).unwrap_or(0) / 1024
+        loaded_rss / 1024,
+        per_record(loaded_rss),
+        rss / 1024,
+        per_record(rss),
+        peak / 1024,
+        per_record(peak),
     );
     Ok(())
 }
@@ -192,8 +201,9 @@ fn cpu_time(pid: u32) -> Result<Duration> {
     Ok(Duration::from_millis(ticks * 1000 / hz))
 }
 
-/// Peak resident memory of a process so far (`VmHWM`).
-fn peak_rss_kib(pid: u32) -> Option<u64> {
+/// A memory figure of a process in KiB: `VmRSS` (resident now) or `VmHWM` (resident at peak).
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|line| line.strip_prefix("VmHWM:"))?.trim().trim_end_matches(" kB").parse().ok()
+    let value = status.lines().find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))?;
+    value.trim().trim_end_matches(" kB").parse().ok()
 }

@@ -1,0 +1,464 @@
+//! The follower's per-record state, kept compact: one 20-byte hash-map entry per record.
+//!
+//! The counts need only each record's producer and verdict, or that it is malformed (for the
+//! sidecar's count of those). So each worker keeps, for the records it owns, a map from a
+//! 128-bit digest of the record's `_id` to a 32-bit state (the producer interned on this worker,
+//! and the verdict), and nothing else: no `_id` text, no labels, no history. Records are routed
+//! to their owner by the digest. A change replaces the entry and emits the retraction of the
+//! old state and the addition of the new one; those are consolidated per round, so what flows
+//! on to the counting function is one update per (producer, verdict) that moved, never one per
+//! record.
+//!
+//! **Digest.** xxh3-128 of the `_id` as text. Two of n distinct `_id`s share a digest with
+//! probability at most n²/2¹²⁹ (the birthday bound): 1.5·10⁻²¹ at 10⁹ records. A collision
+//! would merge two records into one, so it is not detected, but it is far less likely than an
+//! undetected memory error, so it is treated as impossible.
+//!
+//! **Interning.** A producer's index is local to the worker that owns the record and never
+//! leaves it: what the operator sends on is the producer's *name*, once per (producer, verdict)
+//! and round. So indices need not agree between workers or processes, and no index can be
+//! misread elsewhere.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+
+use differential_dataflow::{AsCollection, VecCollection};
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::Stream;
+
+use crate::load::Reading;
+use crate::record::{Observation, Verdict};
+
+/// A record's identity in the follower: xxh3-128 of its `_id` as text.
+pub type RecordDigest = u128;
+
+pub fn digest(id: &str) -> RecordDigest {
+    xxhash_rust::xxh3::xxh3_128(id.as_bytes())
+}
+
+/// What a record contributes to the counts.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum RecordState {
+    Counted {
+        producer_id: String,
+        verdict: Verdict,
+    },
+    /// Present but not countable. Kept, rather than left out, so that the sidecar's count of
+    /// malformed records stays exact as they are fixed or broken by later writes.
+    Malformed,
+}
+
+impl RecordState {
+    /// A record's state in the follower: `None` for a tombstone, which is not kept.
+    pub fn of(reading: &Reading<'_>) -> Option<RecordState> {
+        match reading {
+            Reading::Counted { producer_id, ground_truth, inferred } => Some(RecordState::Counted {
+                producer_id: (*producer_id).to_owned(),
+                verdict: Verdict::of(ground_truth, *inferred),
+            }),
+            Reading::Tombstone => None,
+            Reading::Malformed(_) => Some(RecordState::Malformed),
+        }
+    }
+
+    /// The `(producer, verdict)` pair the counting function takes, for a counted record.
+    pub fn counted(self) -> Option<(String, Verdict)> {
+        match self {
+            RecordState::Counted { producer_id, verdict } => Some((producer_id, verdict)),
+            RecordState::Malformed => None,
+        }
+    }
+
+    pub fn is_malformed(&self) -> bool {
+        *self == RecordState::Malformed
+    }
+}
+
+impl From<Observation> for RecordState {
+    fn from(observation: Observation) -> Self {
+        let verdict = observation.verdict();
+        RecordState::Counted { producer_id: observation.producer_id, verdict }
+    }
+}
+
+/// A record's new state, by the digest of its `_id`; `None` once it is gone (deleted, a
+/// tombstone). Upserts are idempotent: sending the same one twice changes nothing.
+pub type Upsert = (RecordDigest, Option<RecordState>);
+
+/// Keeps each record's state on the worker that owns its digest and turns upserts into the
+/// changes of the records' states, consolidated per round.
+///
+/// Upserts of a round are applied in the order they arrive, so of two upserts of one record in
+/// the same round from the same worker, the later wins (a channel keeps its order; two workers
+/// never send the same record in one round). A round's upserts that arrive before the previous
+/// rounds are complete wait for them.
+pub fn track_records<'scope>(
+    upserts: Stream<'scope, u64, Vec<Upsert>>,
+) -> VecCollection<'scope, u64, RecordState, isize> {
+    let by_owner = Exchange::new(|(digest, _): &Upsert| owner_bits(*digest));
+    upserts
+        .unary_frontier::<CapacityContainerBuilder<Vec<(RecordState, u64, isize)>>, _, _, _>(
+            by_owner,
+            "TrackRecords",
+            |_capability, _info| {
+                let mut records = Records::default();
+                let mut rounds: BTreeMap<u64, Round> = BTreeMap::new();
+                let mut early: BTreeMap<u64, Vec<Upsert>> = BTreeMap::new();
+                move |(input, frontier), output| {
+                    let frontier = frontier.frontier();
+                    input.for_each(|capability, data| {
+                        let Some(capability) = capability.retain_least(output.output_index()) else { return };
+                        let time = *capability.time();
+                        let round = rounds.entry(time).or_insert_with(|| Round::new(capability));
+                        if frontier.less_than(&time) {
+                            early.entry(time).or_default().append(data);
+                        } else {
+                            data.drain(..).for_each(|upsert| records.apply(upsert, &mut round.changes));
+                        }
+                    });
+                    // Rounds that arrived early, once every earlier round is complete.
+                    while let Some(entry) = early.first_entry().filter(|entry| !frontier.less_than(entry.key())) {
+                        let (time, batch) = entry.remove_entry();
+                        let changes = &mut rounds.get_mut(&time).expect("an early round has its capability").changes;
+                        batch.into_iter().for_each(|upsert| records.apply(upsert, changes));
+                    }
+                    while let Some(entry) = rounds.first_entry().filter(|entry| !frontier.less_equal(entry.key())) {
+                        let (time, round) = entry.remove_entry();
+                        let mut session = output.session(&round.capability);
+                        for (state, diff) in round.changes.into_iter().filter(|(_, diff)| *diff != 0) {
+                            session.give((records.unpack(state), time, diff));
+                        }
+                    }
+                }
+            },
+        )
+        .as_collection()
+}
+
+/// One round's changes of record states, with the capability to send them.
+struct Round {
+    capability: Capability<u64>,
+    changes: FxHashMap<Packed, isize>,
+}
+
+impl Round {
+    fn new(capability: Capability<u64>) -> Self {
+        Round { capability, changes: FxHashMap::default() }
+    }
+}
+
+/// Which worker owns a record: timely routes by the low bits (or the remainder) of this.
+fn owner_bits(digest: RecordDigest) -> u64 {
+    digest as u64
+}
+
+/// Shards per worker. A map grows by doubling, and while it does the old table and the new one
+/// (twice its size) are both allocated; with the state split in many small maps, only one small
+/// map grows at a time, so the peak stays close to the steady state.
+const SHARDS: usize = 256;
+
+/// The records a worker owns, by digest, and the producers it has interned.
+struct Records {
+    shards: Vec<HashMap<Key, Packed, BuildHasherDefault<KeyHasher>>>,
+    producers: Producers,
+}
+
+impl Default for Records {
+    fn default() -> Self {
+        Records { shards: (0..SHARDS).map(|_| HashMap::default()).collect(), producers: Producers::default() }
+    }
+}
+
+impl Records {
+    /// Replaces a record's state and notes the change: its old state out, its new one in.
+    fn apply(&mut self, (digest, state): Upsert, changes: &mut FxHashMap<Packed, isize>) {
+        let new = state.map(|state| self.pack(&state));
+        let shard = &mut self.shards[shard_of(digest)];
+        let key = Key::of(digest);
+        let old = match new {
+            Some(new) => shard.insert(key, new),
+            None => {
+                let old = shard.remove(&key);
+                // Give memory back after mass deletions; halving at a quarter full never thrashes.
+                if shard.len() * 4 < shard.capacity() && shard.capacity() > 64 {
+                    shard.shrink_to(shard.len() * 2);
+                }
+                old
+            }
+        };
+        if old == new {
+            return;
+        }
+        if let Some(old) = old {
+            *changes.entry(old).or_default() -= 1;
+        }
+        if let Some(new) = new {
+            *changes.entry(new).or_default() += 1;
+        }
+    }
+
+    fn pack(&mut self, state: &RecordState) -> Packed {
+        match state {
+            RecordState::Counted { producer_id, verdict } => {
+                Packed::counted(self.producers.intern(producer_id), *verdict)
+            }
+            RecordState::Malformed => Packed::MALFORMED,
+        }
+    }
+
+    fn unpack(&self, packed: Packed) -> RecordState {
+        match packed.verdict() {
+            Some(verdict) => {
+                RecordState::Counted { producer_id: self.producers.name(packed.producer()).to_owned(), verdict }
+            }
+            None => RecordState::Malformed,
+        }
+    }
+}
+
+/// Which of a worker's maps holds a record: bits of the digest that the owner was not chosen by
+/// (the top bits of the low word), so every shard gets its share.
+fn shard_of(digest: RecordDigest) -> usize {
+    (digest as u64 >> 56) as usize % SHARDS
+}
+
+/// A digest as a map key: four 32-bit words, so that a key and its 32-bit state take 20 bytes
+/// (a `u128` would be aligned to 16 and take 32).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Key([u32; 4]);
+
+impl Key {
+    fn of(digest: RecordDigest) -> Self {
+        Key([digest as u32, (digest >> 32) as u32, (digest >> 64) as u32, (digest >> 96) as u32])
+    }
+}
+
+impl Hash for Key {
+    /// The digest is already uniform: its high word, which neither the owner nor the shard was
+    /// chosen by, is the hash.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(u64::from(self.0[2]) | u64::from(self.0[3]) << 32);
+    }
+}
+
+/// Passes a [`Key`]'s word through as its hash.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used by `Key`; fold anything else in rather than ignore it.
+        bytes.iter().for_each(|byte| self.0 = self.0.rotate_left(8) ^ u64::from(*byte));
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        self.0 = word;
+    }
+}
+
+/// A record's state in 32 bits: the verdict (or malformed) in the low 2 bits, the producer's
+/// index on this worker in the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Packed(u32);
+
+const VERDICT_BITS: u32 = 2;
+/// Producers one worker can tell apart. Their names alone would need more memory than a node has
+/// long before this.
+const MAX_PRODUCERS: usize = 1 << (32 - VERDICT_BITS);
+
+impl Packed {
+    const MALFORMED: Packed = Packed(3);
+
+    fn counted(producer: u32, verdict: Verdict) -> Self {
+        let verdict = match verdict {
+            Verdict::Correct => 0,
+            Verdict::Incorrect => 1,
+            Verdict::Pending => 2,
+        };
+        Packed(producer << VERDICT_BITS | verdict)
+    }
+
+    fn verdict(self) -> Option<Verdict> {
+        match self.0 & 3 {
+            0 => Some(Verdict::Correct),
+            1 => Some(Verdict::Incorrect),
+            2 => Some(Verdict::Pending),
+            _ => None,
+        }
+    }
+
+    fn producer(self) -> u32 {
+        self.0 >> VERDICT_BITS
+    }
+}
+
+/// Producer names interned on one worker.
+#[derive(Default)]
+struct Producers {
+    index: FxHashMap<Box<str>, u32>,
+    names: Vec<Box<str>>,
+}
+
+impl Producers {
+    fn intern(&mut self, name: &str) -> u32 {
+        if let Some(&index) = self.index.get(name) {
+            return index;
+        }
+        assert!(self.names.len() < MAX_PRODUCERS, "more than {MAX_PRODUCERS} producers on one worker");
+        let index = self.names.len() as u32;
+        self.names.push(name.into());
+        self.index.insert(name.into(), index);
+        index
+    }
+
+    fn name(&self, index: u32) -> &str {
+        &self.names[index as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use timely::dataflow::operators::{Concat, Exchange as _, Input, Inspect, Probe};
+    use timely::dataflow::{InputHandle, ProbeHandle};
+
+    use super::*;
+
+    type Totals = BTreeMap<RecordState, isize>;
+
+    /// Feeds `rounds` of upserts (by `_id`) through `track_records` on `workers` workers, and
+    /// returns the accumulated record states after each round, and every update seen.
+    fn states_after_each_round(workers: usize, rounds: Vec<Vec<(&'static str, Option<RecordState>)>>) -> Vec<Totals> {
+        let config = timely::Config::process(workers);
+        let results = timely::execute(config, move |worker| {
+            let totals: Rc<RefCell<Totals>> = Default::default();
+            let sink = totals.clone();
+            let probe = ProbeHandle::new();
+            let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<Upsert>>>::new();
+            worker.dataflow::<u64, _, _>(|scope| {
+                track_records(scope.input_from(&mut input))
+                    .inner
+                    .exchange(|_| 0)
+                    .inspect(move |(state, _time, diff)| *sink.borrow_mut().entry(state.clone()).or_default() += diff)
+                    .probe_with(&probe);
+            });
+            let mut snapshots = Vec::new();
+            for (round, upserts) in rounds.iter().enumerate() {
+                // Worker 0 sends the changes, as in the follower.
+                if worker.index() == 0 {
+                    upserts.iter().for_each(|(id, state)| input.send((digest(id), state.clone())));
+                }
+                input.advance_to(round as u64 + 1);
+                worker.step_while(|| probe.less_than(input.time()));
+                totals.borrow_mut().retain(|_, diff| *diff != 0);
+                snapshots.push(totals.borrow().clone());
+            }
+            snapshots
+        })
+        .unwrap();
+        results.join().into_iter().next().unwrap().unwrap()
+    }
+
+    fn counted(producer: &str, verdict: Verdict) -> Option<RecordState> {
+        Some(RecordState::Counted { producer_id: producer.to_owned(), verdict })
+    }
+
+    fn totals<const N: usize>(entries: [(Option<RecordState>, isize); N]) -> Totals {
+        entries.into_iter().map(|(state, n)| (state.unwrap(), n)).collect()
+    }
+
+    #[test]
+    fn changes_retract_the_old_state_and_add_the_new_one() {
+        use Verdict::*;
+        let rounds = vec![
+            // insert
+            vec![("a", counted("p", Correct)), ("b", counted("p", Correct)), ("c", counted("q", Pending))],
+            // change, delete, counted -> malformed
+            vec![("a", counted("p", Incorrect)), ("b", None), ("c", Some(RecordState::Malformed))],
+            // malformed -> counted, a delete of a record never seen, the same state again
+            vec![("c", counted("q", Correct)), ("nobody", None), ("a", counted("p", Incorrect))],
+            // the same record twice in one round: the later wins
+            vec![("a", counted("r", Pending)), ("a", counted("p", Correct))],
+        ];
+        for workers in [1, 3] {
+            let snapshots = states_after_each_round(workers, rounds.clone());
+            assert_eq!(snapshots[0], totals([(counted("p", Correct), 2), (counted("q", Pending), 1)]), "{workers}");
+            assert_eq!(snapshots[1], totals([(counted("p", Incorrect), 1), (Some(RecordState::Malformed), 1)]));
+            assert_eq!(snapshots[2], totals([(counted("p", Incorrect), 1), (counted("q", Correct), 1)]));
+            assert_eq!(snapshots[3], totals([(counted("p", Correct), 1), (counted("q", Correct), 1)]));
+        }
+    }
+
+    /// A later round's upserts that arrive while an earlier round is still open wait for it:
+    /// applied first, they would be undone by the earlier round's.
+    #[test]
+    fn a_round_that_arrives_early_waits_for_the_rounds_before_it() {
+        let updates = timely::execute_directly(|worker| {
+            let seen: Rc<RefCell<Vec<(RecordState, u64, isize)>>> = Default::default();
+            let sink = seen.clone();
+            let probe = ProbeHandle::new();
+            let mut early = InputHandle::<u64, CapacityContainerBuilder<Vec<Upsert>>>::new();
+            let mut late = InputHandle::<u64, CapacityContainerBuilder<Vec<Upsert>>>::new();
+            worker.dataflow::<u64, _, _>(|scope| {
+                let upserts = scope.input_from(&mut early).concat(scope.input_from(&mut late));
+                track_records(upserts)
+                    .inner
+                    .inspect(move |update| sink.borrow_mut().push(update.clone()))
+                    .probe_with(&probe);
+            });
+            early.advance_to(1);
+            early.send((digest("a"), counted("p", Verdict::Incorrect)));
+            early.advance_to(2);
+            // Round 1 reaches the operator while round 0 is still open (`late` is at 0).
+            (0..10).for_each(|_| {
+                worker.step();
+            });
+            late.send((digest("a"), counted("p", Verdict::Correct)));
+            late.advance_to(2);
+            worker.step_while(|| probe.less_than(&2));
+            let mut updates = seen.borrow().clone();
+            updates.sort_by_key(|(state, time, diff)| (*time, *diff, state.clone()));
+            updates
+        });
+        let state = |verdict| counted("p", verdict).unwrap();
+        assert_eq!(
+            updates,
+            [(state(Verdict::Correct), 0, 1), (state(Verdict::Correct), 1, -1), (state(Verdict::Incorrect), 1, 1)]
+        );
+    }
+
+    #[test]
+    fn many_records_and_their_deletion_leave_nothing() {
+        let ids: Vec<&'static str> = (0..20_000).map(|n| &*format!("p{}/{n}", n % 7).leak()).collect();
+        let insert = ids.iter().map(|id| (*id, counted(&id[..2], Verdict::Incorrect))).collect();
+        let delete = ids.iter().map(|id| (*id, None)).collect();
+        let snapshots = states_after_each_round(2, vec![insert, delete]);
+        let expected: Totals = (0..7).map(|p| (counted(&format!("p{p}"), Verdict::Incorrect).unwrap(), 2857)).collect();
+        let mut expected = expected;
+        *expected.get_mut(&counted("p0", Verdict::Incorrect).unwrap()).unwrap() += 1;
+        assert_eq!(snapshots[0], expected);
+        assert_eq!(snapshots[1], Totals::new());
+    }
+
+    #[test]
+    fn a_state_packs_into_32_bits_and_back() {
+        let mut records = Records::default();
+        for state in [counted("p", Verdict::Correct), counted("q", Verdict::Pending), Some(RecordState::Malformed)] {
+            let state = state.unwrap();
+            let packed = records.pack(&state);
+            assert_eq!(records.unpack(packed), state);
+        }
+        assert_eq!(std::mem::size_of::<(Key, Packed)>(), 20);
+    }
+}
