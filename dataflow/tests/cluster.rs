@@ -1,4 +1,5 @@
-//! Two processes of two workers each, on loopback with a host file: the same CSV as one worker.
+//! Clusters on loopback with a host file (two processes of two workers, three processes at the
+//! default worker count): the same CSV as the producers' answer.
 
 mod common;
 
@@ -11,7 +12,19 @@ fn two_processes_of_two_workers_give_the_producers_answer_from_a_file() {
     let path = dir.path().join("records.jsonl");
     let spec = Spec { records: 100_000, producers: 31, awkward_names: true, seed: 11, ..Spec::default() };
     let answer = write_records(&spec, std::fs::File::create(&path).unwrap(), false).unwrap();
-    let counts = count_on_cluster(dir.path(), 2, 2, &["--input", path.to_str().unwrap()]);
+    let counts = count_on_cluster(dir.path(), 2, Some(2), &["--input", path.to_str().unwrap()]);
+    assert_eq!(counts, expected(&answer));
+}
+
+/// Without -w each process runs one worker per core, so the cluster's size depends on the
+/// machine; the shares must still cover the file exactly once.
+#[test]
+fn three_processes_at_the_default_worker_count_give_the_producers_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("records.jsonl");
+    let spec = Spec { records: 60_000, producers: 17, awkward_names: true, seed: 12, ..Spec::default() };
+    let answer = write_records(&spec, std::fs::File::create(&path).unwrap(), false).unwrap();
+    let counts = count_on_cluster(dir.path(), 3, None, &["--input", path.to_str().unwrap()]);
     assert_eq!(counts, expected(&answer));
 }
 

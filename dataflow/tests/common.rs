@@ -48,9 +48,9 @@ pub fn hostfile(dir: &Path, processes: usize) -> PathBuf {
     path
 }
 
-/// Runs one `dataflow count` process per host-file line, with `workers` each; returns process
-/// 0's CSV counts. Every process must succeed.
-pub fn count_on_cluster(dir: &Path, processes: usize, workers: usize, args: &[&str]) -> BTreeMap<String, u64> {
+/// Runs one `dataflow count` process per host-file line, with `workers` each (`None`: the
+/// default, one per core); returns process 0's CSV counts. Every process must succeed.
+pub fn count_on_cluster(dir: &Path, processes: usize, workers: Option<usize>, args: &[&str]) -> BTreeMap<String, u64> {
     let hosts = hostfile(dir, processes);
     let output = dir.join("cluster.csv");
     let children: Vec<_> = (0..processes)
@@ -58,7 +58,8 @@ pub fn count_on_cluster(dir: &Path, processes: usize, workers: usize, args: &[&s
             dataflow()
                 .arg("count")
                 .args(args)
-                .args(["-w", &workers.to_string(), "-n", &processes.to_string(), "-p", &p.to_string()])
+                .args(workers.map(|w| format!("-w={w}")))
+                .args(["-n", &processes.to_string(), "-p", &p.to_string()])
                 .arg("-h")
                 .arg(&hosts)
                 .arg("--output")

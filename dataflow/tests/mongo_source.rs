@@ -37,7 +37,7 @@ fn every_worker_layout_reads_the_whole_collection_exactly_once() {
         assert!(log.contains("bad/1: GroundTruth is not a string"), "{log}");
         assert!(log.contains("1 deleted"), "{log}");
     }
-    assert_eq!(count_on_cluster(dir.path(), 2, 2, &args), expected(&answer), "2 processes x 2 workers");
+    assert_eq!(count_on_cluster(dir.path(), 2, Some(2), &args), expected(&answer), "2 processes x 2 workers");
 }
 
 #[test]
