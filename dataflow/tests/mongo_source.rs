@@ -78,8 +78,22 @@ fn the_password_of_the_uri_is_never_printed() {
 /// record once, through whichever `_id` ranges the server is asked for.
 #[test]
 fn ranges_of_ids_that_need_escaping_or_are_not_strings_lose_and_repeat_nothing() {
-    const PARTS: [&str; 14] =
-        ["", "a", "a!", "a \"", "q\"", "back\\slash", "é", "😀", "\u{2028}", "<&>", "new\nline", "\u{1}", "tab\t", "nul\0"];
+    const PARTS: [&str; 14] = [
+        "",
+        "a",
+        "a!",
+        "a \"",
+        "q\"",
+        "back\\slash",
+        "é",
+        "😀",
+        "\u{2028}",
+        "<&>",
+        "new\nline",
+        "\u{1}",
+        "tab\t",
+        "nul\0",
+    ];
     let db = TestDb::new(&mongo_uri(), "dataflow_test");
     let collection = db.client.database(&db.name).collection::<bson::Document>("inferences");
     let mut errors = std::collections::BTreeMap::new();

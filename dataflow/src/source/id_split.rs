@@ -35,7 +35,8 @@ pub fn even_cuts(first: &str, last: &str, shares: usize) -> Vec<String> {
     let skip = common_prefix_chars(first, last);
     let prefix: String = first.chars().take(skip).collect();
     let (low_chars, high_chars) = (digit_chars(first, skip), digit_chars(last, skip));
-    let places: Vec<Place> = low_chars.iter().zip(&high_chars).map(|(&low, &high)| Place::spanning(low, high)).collect();
+    let places: Vec<Place> =
+        low_chars.iter().zip(&high_chars).map(|(&low, &high)| Place::spanning(low, high)).collect();
     let (low, high) = (number(&places, &low_chars), number(&places, &high_chars));
     let (span, shares_n) = (high.saturating_sub(low), shares as u128);
     let mut cuts: Vec<String> = (1..shares_n)

@@ -187,9 +187,7 @@ impl MongoSource {
                     );
                     return Ok(whole());
                 }
-                RangeReads::Unknown => {
-                    self.scan_sample_ids(&collection, size).map_err(|err| self.read_failed(err))?
-                }
+                RangeReads::Unknown => self.scan_sample_ids(&collection, size).map_err(|err| self.read_failed(err))?,
             },
             Err(err) => return Err(self.read_failed(err)),
         };
@@ -220,7 +218,9 @@ impl MongoSource {
             "verbosity": "queryPlanner",
         };
         let database = collection.client().database(&self.db);
-        match bounded::call(self.op_timeout, database.run_command(explain)).map(|answer| answer.get_bool("filterPushdown")) {
+        match bounded::call(self.op_timeout, database.run_command(explain))
+            .map(|answer| answer.get_bool("filterPushdown"))
+        {
             Ok(Ok(true)) => RangeReads::Indexed,
             Ok(Ok(false)) => RangeReads::WholeCollection,
             _ => RangeReads::Unknown,
