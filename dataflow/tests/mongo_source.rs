@@ -72,3 +72,58 @@ fn the_password_of_the_uri_is_never_printed() {
         assert!(!said.contains("SECRETPW"), "{said}");
     }
 }
+
+/// Ids whose JSON text orders unlike the strings (escapes, a quote right after a shared prefix,
+/// characters below `"`), ids with a NUL, and ids of other types: each worker layout must read each
+/// record once, through whichever `_id` ranges the server is asked for.
+#[test]
+fn ranges_of_ids_that_need_escaping_or_are_not_strings_lose_and_repeat_nothing() {
+    const PARTS: [&str; 14] = [
+        "",
+        "a",
+        "a!",
+        "a \"",
+        "q\"",
+        "back\\slash",
+        "é",
+        "😀",
+        "\u{2028}",
+        "<&>",
+        "new\nline",
+        "\u{1}",
+        "tab\t",
+        "nul\0",
+    ];
+    let db = TestDb::new(&mongo_uri(), "dataflow_test");
+    let collection = db.client.database(&db.name).collection::<bson::Document>("inferences");
+    let mut errors = std::collections::BTreeMap::new();
+    let records = 24_000; // above the size that MongoDB's `$sample` planning splits
+    let documents: Vec<_> = (0..records)
+        .map(|i: i32| {
+            let id = match i % 10 {
+                7 => bson::Bson::ObjectId(bson::oid::ObjectId::new()),
+                8 if i % 20 == 8 => bson::Bson::Int32(i),
+                8 => bson::Bson::Double(f64::from(i) + 0.5),
+                9 if i % 20 == 9 => bson::Bson::Document(doc! { "n": i }),
+                _ => bson::Bson::String(format!("{}{i}{}", PARTS[i as usize % 14], PARTS[i as usize / 14 % 14])),
+            };
+            let (producer, inferred) = (format!("producer-{}", i % 5), if i % 3 == 0 { "dog" } else { "cat" });
+            *errors.entry(producer.clone()).or_insert(0u64) += u64::from(inferred != "cat");
+            doc! { "_id": id, "ProducerID": producer, "GroundTruth": "cat", "Inferred": inferred }
+        })
+        .collect();
+    collection.insert_many(documents).run().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let uri = mongo_uri();
+    for workers in ["1", "2", "5"] {
+        let args = ["--mongo-uri", uri.as_str(), "--db", db.name.as_str(), "-w", workers];
+        let (counts, output) = count(dir.path(), "mongo.csv", &args);
+        assert_eq!(counts, errors, "-w {workers}");
+        let log = stderr(&output);
+        assert!(log.contains(&format!("counted {records} records")), "-w {workers}: {log}");
+        if workers != "1" {
+            assert!(log.contains("split into _id ranges"), "-w {workers} read no _id ranges: {log}");
+        }
+    }
+}

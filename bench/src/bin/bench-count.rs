@@ -203,6 +203,7 @@ fn mongo(args: &Args, uri: &str) -> Result<()> {
     let collection = client.database(db).collection::<RawDocumentBuf>(collection_name);
     let answer = mongo_base(args, uri, &collection)?;
     let bare = median((0..args.mongo_runs).map(|_| bare_read(args, &collection)).collect::<Result<_>>()?);
+    let ids = generated_ids(args.mongo_records);
     let rate = |d: Duration| args.mongo_records as f64 / d.as_secs_f64();
     println!("\n| MongoDB read of {} records | median s | records/s | vs bare cursor |", args.mongo_records);
     println!("|---|---:|---:|---:|");
@@ -229,6 +230,17 @@ fn mongo(args: &Args, uri: &str) -> Result<()> {
             runs.push(measured.wall);
         }
         let wall = median(runs);
+        if workers > 1 {
+            let cuts = quantiles(&ids, workers.into());
+            let runs = (0..args.mongo_runs).map(|_| bare_parallel_read(args, &collection, &cuts));
+            let parallel = median(runs.collect::<Result<_>>()?);
+            println!(
+                "| bare cursors, one per worker ({workers}, `_id` ranges split at the ids' quantiles) | {:.2} | {:.0} | {:.2} |",
+                parallel.as_secs_f64(),
+                rate(parallel),
+                rate(parallel) / rate(bare)
+            );
+        }
         println!(
             "| dataflow count, workers {} (whole process) | {:.2} | {:.0} | {:.2} |",
             workers_label(workers),
@@ -238,6 +250,55 @@ fn mongo(args: &Args, uri: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The generated collection's ids, sorted as MongoDB compares strings (by their UTF-8 bytes).
+fn generated_ids(records: u64) -> Vec<String> {
+    let mut ids = Vec::with_capacity(records as usize);
+    iot_bench::generate(&spec(records), |record| ids.push(record.doc_id.clone()));
+    ids.sort();
+    ids
+}
+
+/// The ids that cut sorted `ids` into `shares` equal parts: the best split a planner could find.
+fn quantiles(ids: &[String], shares: usize) -> Vec<String> {
+    (1..shares).map(|i| ids[i * ids.len() / shares].clone()).collect()
+}
+
+/// One bare cursor per `_id` range, all at once: what parallel reading costs without the engine.
+/// (The generated ids are all strings, so no share needs the non-string ids.)
+fn bare_parallel_read(
+    args: &Args,
+    collection: &mongodb::sync::Collection<RawDocumentBuf>,
+    cuts: &[String],
+) -> Result<Duration> {
+    let started = Instant::now();
+    let bounds: Vec<(Option<&String>, Option<&String>)> =
+        (0..=cuts.len()).map(|i| (i.checked_sub(1).map(|j| &cuts[j]), cuts.get(i))).collect();
+    let seen: u64 = std::thread::scope(|scope| {
+        let readers: Vec<_> =
+            bounds.iter().map(|&(from, to)| scope.spawn(move || bare_range_read(collection, from, to))).collect();
+        readers.into_iter().map(|reader| reader.join().expect("reader thread")).sum::<Result<u64>>()
+    })?;
+    ensure!(seen == args.mongo_records, "bare parallel read saw {seen} documents");
+    Ok(started.elapsed())
+}
+
+fn bare_range_read(
+    collection: &mongodb::sync::Collection<RawDocumentBuf>,
+    from: Option<&String>,
+    to: Option<&String>,
+) -> Result<u64> {
+    let mut range = doc! { "$gte": from.cloned().unwrap_or_default() };
+    if let Some(to) = to {
+        range.insert("$lt", to);
+    }
+    let projection = doc! { field::PRODUCER_ID: 1, field::GROUND_TRUTH: 1, field::INFERRED: 1, field::DELETED: 1 };
+    let mut seen = 0u64;
+    for document in collection.find(doc! { field::DOC_ID: range }).projection(projection).batch_size(10_000).run()? {
+        seen += u64::from(document?.get_str(field::PRODUCER_ID).is_ok());
+    }
+    Ok(seen)
 }
 
 /// The generated collection, loaded unless it is already there with the right size; its answer.

@@ -3,6 +3,7 @@
 pub mod bounded;
 pub mod changes;
 pub mod file;
+pub mod id_split;
 pub mod json;
 pub mod mongo;
 

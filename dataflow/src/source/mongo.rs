@@ -1,7 +1,9 @@
 //! The MongoDB source. The collection is split into `_id` ranges, one per worker of the whole
 //! cluster, so that every worker runs its own cursor over a disjoint share (the `_id` index
 //! serves each range). Worker 0 plans the split from a `$sample` of ids, as MongoDB's own Spark
-//! connector does; only `ProducerID`, `GroundTruth`, `Inferred` and `Deleted` are fetched.
+//! connector does, or on FerretDB v1 (no `$sample`) from the smallest and largest id, found through
+//! the index that scripts/ferretdb/id-range-pushdown.patch adds; only `ProducerID`, `GroundTruth`,
+//! `Inferred` and `Deleted` are fetched.
 
 use std::time::Duration;
 
@@ -15,6 +17,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::bounded;
+use super::id_split::{char_at, char_index, even_cuts, DIGITS};
 use crate::load::{Loader, Reading};
 use crate::progress::Progress;
 
@@ -80,11 +83,29 @@ impl KeyRange {
     }
 }
 
+/// How a server without `$sample` reads an `_id` range, from the `filterPushdown` of FerretDB's
+/// `explain`.
+#[derive(Debug, PartialEq, Eq)]
+enum RangeReads {
+    /// Through an index (FerretDB with scripts/ferretdb/id-range-pushdown.patch).
+    Indexed,
+    /// By reading and decoding the whole collection (FerretDB v1.24 as released).
+    WholeCollection,
+    /// The server does not say.
+    Unknown,
+}
+
 /// Cuts sorted sample ids into `shares` contiguous string ranges covering every string.
 fn ranges_from_sample(mut sample: Vec<String>, shares: usize) -> Vec<KeyRange> {
     sample.sort();
     sample.dedup();
-    let mut cuts: Vec<String> = (1..shares).map(|i| sample[i * sample.len() / shares].clone()).collect();
+    let cuts: Vec<String> = (1..shares).map(|i| sample[i * sample.len() / shares].clone()).collect();
+    ranges_from_cuts(cuts, shares)
+}
+
+/// `shares` contiguous string ranges covering every string, split at `cuts`.
+fn ranges_from_cuts(mut cuts: Vec<String>, shares: usize) -> Vec<KeyRange> {
+    cuts.sort();
     cuts.dedup();
     let mut ranges = Vec::with_capacity(shares);
     let mut from: Option<String> = None;
@@ -156,14 +177,24 @@ impl MongoSource {
                 let population = if sample.len() < size { sample.len() as u64 } else { u64::MAX };
                 (sample, population)
             }
-            Err(err) if is_not_implemented(&err) => {
-                self.scan_sample_ids(&collection, size).map_err(|err| self.read_failed(err))?
-            }
+            Err(err) if is_not_implemented(&err) => match self.range_reads(&collection) {
+                RangeReads::Indexed => return self.plan_from_id_ends(&collection, shares),
+                RangeReads::WholeCollection => {
+                    tracing::warn!(
+                        "the server reads an _id range by decoding the whole collection (FerretDB without \
+                         scripts/ferretdb/id-range-pushdown.patch; run scripts/setup ferretdb): one worker \
+                         reads it all, as more would each decode it once"
+                    );
+                    return Ok(whole());
+                }
+                RangeReads::Unknown => self.scan_sample_ids(&collection, size).map_err(|err| self.read_failed(err))?,
+            },
             Err(err) => return Err(self.read_failed(err)),
         };
         if population < MIN_DOCS_TO_SPLIT || sample.is_empty() {
             return Ok(whole());
         }
+        tracing::info!("split into _id ranges from a sample of {} ids", sample.len());
         Ok(ranges_from_sample(sample, shares))
     }
 
@@ -178,6 +209,84 @@ impl MongoSource {
             }
         })?;
         Ok(sample)
+    }
+
+    /// Asks the server (FerretDB's `explain`) how it would read a range of string ids.
+    fn range_reads(&self, collection: &Collection<RawDocumentBuf>) -> RangeReads {
+        let explain = doc! {
+            "explain": { "find": collection.name(), "filter": { field::DOC_ID: { "$gte": "" } } },
+            "verbosity": "queryPlanner",
+        };
+        let database = collection.client().database(&self.db);
+        match bounded::call(self.op_timeout, database.run_command(explain))
+            .map(|answer| answer.get_bool("filterPushdown"))
+        {
+            Ok(Ok(true)) => RangeReads::Indexed,
+            Ok(Ok(false)) => RangeReads::WholeCollection,
+            _ => RangeReads::Unknown,
+        }
+    }
+
+    /// Split points spread evenly between the smallest and the largest string id, both found by
+    /// one-document range reads through the index: tens of round trips, no scan. Small collections
+    /// are split too: finding out their size would cost a scan, and a short share costs little.
+    fn plan_from_id_ends(&self, collection: &Collection<RawDocumentBuf>, shares: usize) -> Result<Vec<KeyRange>> {
+        let ends = self.first_id_from(collection, "").and_then(|first| match first {
+            Some(first) => Ok(Some((self.last_id(collection, &first)?, first))),
+            None => Ok(None),
+        });
+        let cuts = match ends.map_err(|err| self.read_failed(err))? {
+            Some((last, first)) => even_cuts(&first, &last, shares),
+            None => Vec::new(), // no string ids: share 0 reads the rest
+        };
+        tracing::info!("split into _id ranges at {cuts:?}, spread between the smallest and the largest id");
+        Ok(ranges_from_cuts(cuts, shares))
+    }
+
+    /// The smallest string id at or above `from`: the index serves the range in `_id` order.
+    /// (Without such an index it is just some id above `from`, which only unbalances the split.)
+    fn first_id_from(&self, collection: &Collection<RawDocumentBuf>, from: &str) -> Result<Option<String>> {
+        let query = collection
+            .find(doc! { field::DOC_ID: { "$gte": from } })
+            .projection(doc! { field::DOC_ID: 1 })
+            .limit(1)
+            .max_time(self.op_timeout);
+        let mut found = None;
+        bounded::for_each(self.op_timeout, query, |document| {
+            if let Ok(Some(RawBsonRef::String(id))) = document.get(field::DOC_ID) {
+                found = Some(id.to_owned());
+            }
+        })?;
+        Ok(found)
+    }
+
+    /// The largest string id, as far as the cuts need it (its prefix shared with `first`, then
+    /// [`DIGITS`] characters): each character is the largest `c` such that some id is at or above
+    /// the characters found so far followed by `c`, found by a binary search of one-document reads.
+    /// Probes never hold a NUL, which the server would not push down.
+    fn last_id(&self, collection: &Collection<RawDocumentBuf>, first: &str) -> Result<String> {
+        let exists_from = |text: String| -> Result<bool> { Ok(self.first_id_from(collection, &text)?.is_some()) };
+        let mut last = String::new();
+        let mut first_chars = first.chars();
+        let mut digits = 0;
+        while digits < DIGITS && !last.contains('\0') {
+            let probe = |index: u32| exists_from(format!("{last}{}", char_at(index)));
+            // On `first`'s prefix the character is `first`'s unless an id starts above it.
+            let lowest = match first_chars.next().filter(|_| digits == 0) {
+                Some(c) if !probe(char_index(c) + 1)? => {
+                    last.push(c);
+                    continue;
+                }
+                Some(c) => char_index(c) + 1,
+                None if probe(1)? => 1,
+                None => break, // no id goes on after `last`: it is the largest id
+            };
+            let highest = if lowest < 0x80 && !probe(0x80)? { 0x7F } else { char_index(char::MAX) };
+            let found = largest_where(lowest, highest, probe)?;
+            last.push(char_at(found));
+            digits += 1;
+        }
+        Ok(last)
     }
 
     /// For servers without `$sample` (FerretDB v1): a reservoir sample over a scan of the ids.
@@ -272,6 +381,21 @@ pub fn read_document(document: &RawDocument) -> Reading<'_> {
 /// The document's `_id` as text, for keys and reports.
 pub fn document_id(document: &RawDocument) -> String {
     describe_id(document.get(field::DOC_ID).ok().flatten())
+}
+
+/// The largest `n` in `[lowest, highest]` for which `holds(n)`, given that `holds(lowest)` and that
+/// `holds` is true up to some point and false after it.
+fn largest_where(lowest: u32, highest: u32, mut holds: impl FnMut(u32) -> Result<bool>) -> Result<u32> {
+    let (mut low, mut high) = (lowest, highest);
+    while low < high {
+        let middle = low + (high - low).div_ceil(2);
+        if holds(middle)? {
+            low = middle;
+        } else {
+            high = middle - 1;
+        }
+    }
+    Ok(low)
 }
 
 fn is_not_implemented(err: &anyhow::Error) -> bool {
