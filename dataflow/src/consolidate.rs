@@ -2,44 +2,36 @@
 //! multiset, so a million identical `(producer, truth, inferred)` triples are one update with
 //! multiplicity a million. This keeps the dataflow's work proportional to distinct observations.
 
-use std::hash::{BuildHasher, Hash, Hasher};
-
-use hashbrown::HashTable;
-use rustc_hash::FxBuildHasher;
+use rustc_hash::FxHashMap;
 
 use crate::record::Observation;
 
-/// Accumulates observations keyed by their text, so that counting one costs one hash of the
-/// three fields and one probe on borrowed text, with no allocation once the triple is known.
+const NONE: u32 = u32::MAX;
+
+/// Accumulates observations by interned strings, so that counting one costs a few hash lookups
+/// on borrowed text and no allocation.
 #[derive(Default)]
 pub struct Consolidator {
-    counts: HashTable<Counted>,
-    hasher: FxBuildHasher,
-}
-
-/// One distinct observation and its multiplicity so far.
-struct Counted {
-    hash: u64,
-    observation: Observation,
-    diff: isize,
+    ids: FxHashMap<String, u32>,
+    names: Vec<String>,
+    counts: FxHashMap<(u32, u32, u32), isize>,
 }
 
 impl Consolidator {
-    pub fn add(&mut self, producer_id: &str, ground_truth: &str, inferred: Option<&str>, diff: isize) {
-        let mut state = self.hasher.build_hasher();
-        (producer_id, ground_truth, inferred).hash(&mut state);
-        let hash = state.finish();
-        let same = |counted: &Counted| {
-            let seen = &counted.observation;
-            seen.producer_id == producer_id && seen.ground_truth == ground_truth && seen.inferred.as_deref() == inferred
-        };
-        match self.counts.find_mut(hash, same) {
-            Some(counted) => counted.diff += diff,
-            None => {
-                let observation = Observation::new(producer_id, ground_truth, inferred);
-                self.counts.insert_unique(hash, Counted { hash, observation, diff }, |counted| counted.hash);
-            }
+    fn intern(&mut self, text: &str) -> u32 {
+        if let Some(&id) = self.ids.get(text) {
+            return id;
         }
+        let id = self.names.len() as u32;
+        self.names.push(text.to_owned());
+        self.ids.insert(text.to_owned(), id);
+        id
+    }
+
+    pub fn add(&mut self, producer_id: &str, ground_truth: &str, inferred: Option<&str>, diff: isize) {
+        let key =
+            (self.intern(producer_id), self.intern(ground_truth), inferred.map_or(NONE, |label| self.intern(label)));
+        *self.counts.entry(key).or_default() += diff;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -48,11 +40,18 @@ impl Consolidator {
 
     /// The consolidated observations with their multiplicities; the consolidator is left empty.
     pub fn drain(&mut self) -> Vec<(Observation, isize)> {
-        self.counts
+        let names = &self.names;
+        let name = |id: u32| names[id as usize].clone();
+        let out = self
+            .counts
             .drain()
-            .filter(|counted| counted.diff != 0)
-            .map(|counted| (counted.observation, counted.diff))
-            .collect()
+            .filter(|(_, diff)| *diff != 0)
+            .map(|((producer, truth, inferred), diff)| {
+                let inferred = (inferred != NONE).then(|| name(inferred));
+                (Observation { producer_id: name(producer), ground_truth: name(truth), inferred }, diff)
+            })
+            .collect();
+        out
     }
 }
 
