@@ -9,9 +9,7 @@
 //! cargo run --release -p iot-dataflow --example follow_state_memory -- --records 10000000
 //! ```
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::rc::Rc;
 use std::time::Instant;
 
 use anyhow::{ensure, Result};
@@ -24,8 +22,8 @@ use iot_dataflow::count::{error_counts, tally_by_producer};
 use iot_dataflow::follow_state::{digest, track_records, RecordState, Upsert};
 use iot_dataflow::load::Reading;
 use iot_dataflow::record::{Observation, Tally};
+use iot_dataflow::worker_zero::{self, collect_rows_at_worker_zero, current_table, WorkerCell};
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::operators::{Exchange, Inspect, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle, Scope};
 
 #[derive(Parser)]
@@ -44,7 +42,7 @@ struct Args {
     before: bool,
 }
 
-type Rows = Rc<RefCell<BTreeMap<(String, Tally), isize>>>;
+type Rows = WorkerCell<worker_zero::Rows>;
 
 fn main() -> Result<()> {
     let args = Args::parse();
@@ -158,12 +156,7 @@ impl Feed {
                 .as_collection(|_id, observation| observation.clone()),
             ),
         };
-        let sink = rows.clone();
-        counts
-            .inner
-            .exchange(|_| 0)
-            .inspect(move |(row, _time, diff)| *sink.borrow_mut().entry(row.clone()).or_default() += diff)
-            .probe_with(probe);
+        collect_rows_at_worker_zero(counts, rows, probe);
     }
 
     fn send(&mut self, id: &str, reading: &Reading<'_>) {
@@ -185,11 +178,7 @@ impl Feed {
 }
 
 fn current(rows: &Rows) -> BTreeMap<String, Tally> {
-    rows.borrow()
-        .iter()
-        .filter(|(_, diff)| **diff > 0)
-        .map(|((producer, tally), _)| (producer.clone(), *tally))
-        .collect()
+    current_table(&rows.borrow())
 }
 
 /// The counts must be the generator's answer: a measurement of a wrong state is worthless.

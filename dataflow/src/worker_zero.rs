@@ -19,9 +19,9 @@ use crate::source::mongo::{KeyRange, MongoSource};
 use crate::stats::LoadStats;
 
 /// State a worker shares with the operators it built: they run on its thread, one at a time.
-pub(crate) type WorkerCell<T> = Rc<RefCell<T>>;
+pub type WorkerCell<T> = Rc<RefCell<T>>;
 /// Every `(ProducerID, Tally)` row worker 0 has seen, with its accumulated multiplicity.
-pub(crate) type Rows = BTreeMap<(String, Tally), isize>;
+pub type Rows = BTreeMap<(String, Tally), isize>;
 pub(crate) type StatsInput = InputHandle<u64, CapacityContainerBuilder<Vec<LoadStats>>>;
 
 /// The sink side of every job: tallies and load statistics go to worker 0, which keeps them.
@@ -32,14 +32,23 @@ pub(crate) fn collect_at_worker_zero<'scope>(
     merged: &WorkerCell<LoadStats>,
     probe: &ProbeHandle<u64>,
 ) {
+    collect_rows_at_worker_zero(counts, rows, probe);
+    let sink = merged.clone();
+    stats.exchange(|_| 0).inspect(move |stats: &LoadStats| sink.borrow_mut().merge(stats)).probe_with(probe);
+}
+
+/// Tallies go to worker 0, which keeps every row it has seen with its multiplicity.
+pub fn collect_rows_at_worker_zero<'scope>(
+    counts: VecCollection<'scope, u64, (String, Tally), isize>,
+    rows: &WorkerCell<Rows>,
+    probe: &ProbeHandle<u64>,
+) {
     let sink = rows.clone();
     counts
         .inner
         .exchange(|_| 0)
         .inspect(move |(row, _time, diff)| *sink.borrow_mut().entry(row.clone()).or_default() += diff)
         .probe_with(probe);
-    let sink = merged.clone();
-    stats.exchange(|_| 0).inspect(move |stats: &LoadStats| sink.borrow_mut().merge(stats)).probe_with(probe);
 }
 
 /// The table as of the last completed time: the rows whose updates add up to one.
