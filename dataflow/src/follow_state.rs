@@ -31,6 +31,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
+use crate::checkpoint::WorkerState;
 use crate::load::Reading;
 use crate::record::{Observation, Verdict};
 
@@ -221,6 +222,30 @@ impl Records {
     }
 }
 
+impl Records {
+    /// This worker's state as a checkpoint holds it: every record's digest and packed state,
+    /// sorted by digest, and the producer names by index.
+    fn export(&self) -> WorkerState {
+        let mut records: Vec<(u128, u32)> =
+            self.shards.iter().flat_map(|shard| shard.iter().map(|(key, packed)| (key.digest(), packed.0))).collect();
+        records.sort_unstable();
+        WorkerState { records, producers: self.producers.names.iter().map(|name| name.to_string()).collect() }
+    }
+
+    /// The state a checkpoint holds, as it was exported: producer indices keep their meaning
+    /// because names are interned again in index order.
+    fn import(state: WorkerState) -> Self {
+        let mut records = Records::default();
+        for name in &state.producers {
+            records.producers.intern(name);
+        }
+        for (digest, packed) in state.records {
+            records.shards[shard_of(digest)].insert(Key::of(digest), Packed(packed));
+        }
+        records
+    }
+}
+
 /// Which of a worker's maps holds a record: bits of the digest that the owner was not chosen by
 /// (the top bits of the low word), so every shard gets its share.
 fn shard_of(digest: RecordDigest) -> usize {
@@ -235,6 +260,11 @@ struct Key([u32; 4]);
 impl Key {
     fn of(digest: RecordDigest) -> Self {
         Key([digest as u32, (digest >> 32) as u32, (digest >> 64) as u32, (digest >> 96) as u32])
+    }
+
+    fn digest(self) -> RecordDigest {
+        let [a, b, c, d] = self.0.map(u128::from);
+        a | b << 32 | c << 64 | d << 96
     }
 }
 
@@ -327,6 +357,28 @@ impl Producers {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_workers_state_survives_export_and_import() {
+        let mut records = Records::default();
+        let mut changes = FxHashMap::default();
+        for i in 0..5_000u64 {
+            let state = match i % 3 {
+                0 => Some(RecordState::Malformed),
+                1 => Some(RecordState::Counted { producer_id: format!("p{}", i % 7), verdict: Verdict::Incorrect }),
+                _ => Some(RecordState::Counted { producer_id: format!("q{}", i % 5), verdict: Verdict::Pending }),
+            };
+            records.apply((digest(&format!("id/{i}")), state), &mut changes);
+        }
+        let exported = records.export();
+        assert_eq!(exported.records.len(), 5_000);
+        assert!(exported.records.windows(2).all(|pair| pair[0].0 < pair[1].0), "sorted by digest");
+        let imported = Records::import(exported.clone());
+        assert_eq!(imported.export(), exported);
+        for (digest, packed) in &exported.records {
+            assert_eq!(imported.unpack(Packed(*packed)), records.unpack(Packed(*packed)), "{digest}");
+        }
+    }
+
     use std::cell::RefCell;
     use std::rc::Rc;
 

@@ -105,7 +105,7 @@ impl Output {
 /// Writes to a temporary file beside `path`, then renames it over `path`, so that a reader never
 /// sees a half-written file. The temporary file is created 0600; the mode is set before the
 /// rename, and set exactly, whatever the umask.
-fn write_atomically(path: &Path, mode: u32, fill: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
+pub(crate) fn write_atomically(path: &Path, mode: u32, fill: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
