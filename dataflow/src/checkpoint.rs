@@ -15,6 +15,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::sink::write_atomically;
+use crate::source::changes::LogPosition;
 
 /// Changed whenever the layout of [`WorkerState`] or [`Manifest`] changes; a checkpoint of
 /// another version is not read.
@@ -47,8 +48,8 @@ pub struct Manifest {
     pub version: u32,
     pub generation: u64,
     pub origin: Origin,
-    /// The change log was read up to here (milliseconds since the Unix epoch, server clock).
-    pub watermark_ms: i64,
+    /// How far the change log was read.
+    pub position: LogPosition,
     pub files: Vec<WorkerFile>,
 }
 
@@ -70,6 +71,8 @@ pub enum Unusable {
     OtherOrigin { found: Origin, expected: Origin },
     #[error("the checkpoint is damaged: {0}")]
     Damaged(String),
+    #[error("the checkpoint is {behind_s} s old and the change log keeps only {retention_s} s")]
+    LogGap { behind_s: i64, retention_s: u64 },
 }
 
 /// A worker file's bytes: the state, then the CRC-32 of the state's bytes.
@@ -164,7 +167,8 @@ mod tests {
 
     fn checkpoint(dir: &Path, generation: u64, states: &[WorkerState]) -> Manifest {
         let files = states.iter().enumerate().map(|(w, s)| write_worker(dir, generation, w, s).unwrap()).collect();
-        let manifest = Manifest { version: FORMAT_VERSION, generation, origin: origin(), watermark_ms: 42, files };
+        let manifest =
+            Manifest { version: FORMAT_VERSION, generation, origin: origin(), position: LogPosition::default(), files };
         commit(dir, &manifest).unwrap();
         manifest
     }

@@ -23,6 +23,7 @@ use mongodb::{Client, Collection};
 
 use super::bounded;
 use super::mongo::{counted_fields, describe_id, read_document, MongoSource};
+use crate::checkpoint::Unusable;
 use crate::load::Reading;
 use crate::record::Observation;
 
@@ -55,6 +56,23 @@ pub struct ChangePoller {
     seen: HashMap<String, i64>,
     last_poll: Instant,
     last_prune: Option<Instant>,
+}
+
+/// How far a follower had read the change log; saved in a checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogPosition {
+    /// The newest `ChangedAt` acted on (milliseconds since the Unix epoch, server clock).
+    pub watermark_ms: i64,
+    /// Entries already acted on inside the overlap window: `(entry _id, ChangedAt)`.
+    pub seen: Vec<(String, i64)>,
+}
+
+impl LogPosition {
+    /// Whether a log pruned after `retention` still holds every entry a poll from this position
+    /// needs (those from the watermark less the settle window) at server time `now_ms`.
+    pub fn covered(&self, now_ms: i64, settle_ms: i64, retention: Duration) -> bool {
+        now_ms - (self.watermark_ms - settle_ms) <= retention.as_millis() as i64
+    }
 }
 
 /// What one poll found.
@@ -92,6 +110,33 @@ impl ChangePoller {
         };
         poller.prune_now();
         Ok(poller)
+    }
+
+    /// Where the change log was read to, for a checkpoint: the watermark and the entries already
+    /// acted on inside the overlap window.
+    pub fn position(&self) -> LogPosition {
+        let mut seen: Vec<(String, i64)> = self.seen.iter().map(|(id, at)| (id.clone(), *at)).collect();
+        seen.sort();
+        LogPosition { watermark_ms: self.watermark_ms, seen }
+    }
+
+    /// Starts from a checkpoint's position instead of the present, when the retained log still
+    /// holds every entry since it; otherwise says how far behind the checkpoint is.
+    pub fn resume(
+        source: &MongoSource,
+        settle: Duration,
+        retention: Duration,
+        position: LogPosition,
+    ) -> Result<Result<Self, Unusable>> {
+        let mut poller = Self::start(source, settle, retention)?;
+        let now_ms = poller.watermark_ms + poller.settle_ms;
+        if !position.covered(now_ms, poller.settle_ms, poller.retention) {
+            let behind_s = (now_ms - position.watermark_ms) / 1000;
+            return Ok(Err(Unusable::LogGap { behind_s, retention_s: poller.retention.as_secs() }));
+        }
+        poller.watermark_ms = position.watermark_ms;
+        poller.seen = position.seen.into_iter().collect();
+        Ok(Ok(poller))
     }
 
     /// True when polls were so far apart that another follower may have pruned entries this one
@@ -255,4 +300,18 @@ fn server_time(client: &Client, server: &str, op_timeout: Duration) -> Result<bs
         tracing::warn!("the server does not report localTime; using this machine's clock");
         bson::DateTime::now()
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_position_is_covered_only_while_the_log_still_holds_its_window() {
+        let position = LogPosition { watermark_ms: 1_000_000, seen: vec![] };
+        let retention = Duration::from_secs(600);
+        // The next poll reads from the watermark less the 2 s settle window.
+        assert!(position.covered(1_000_000 + 598_000, 2_000, retention));
+        assert!(!position.covered(1_000_000 + 598_001, 2_000, retention));
+    }
 }
