@@ -143,9 +143,9 @@ impl Feed {
 
     fn build<'scope>(&mut self, scope: Scope<'scope, u64>, rows: &Rows, probe: &ProbeHandle<u64>) {
         let counts: VecCollection<'scope, u64, (String, Tally), isize> = match self {
-            Feed::Compact(input) => {
-                tally_by_producer(track_records(input.to_stream(scope)).flat_map(RecordState::counted))
-            }
+            Feed::Compact(input) => tally_by_producer(
+                track_records(input.to_stream(scope), Default::default()).flat_map(RecordState::counted),
+            ),
             Feed::Before(input) => error_counts(
                 arrange_from_upsert::<
                     ValBuilder<String, Observation, u64, isize>,

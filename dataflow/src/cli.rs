@@ -10,6 +10,7 @@ use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
 
 use crate::cluster::ClusterArgs;
 use crate::follow::{self, FollowOptions};
+use crate::follow_checkpoint::CheckpointOptions;
 use crate::job::{self, CountJob, Outcome};
 use crate::progress::Progress;
 use crate::sink::{AsOf, Output};
@@ -96,6 +97,15 @@ pub struct CountArgs {
     /// With --follow: log a status line this often (0: never).
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub status_every: u64,
+    /// With --follow on MongoDB: keep a checkpoint of the follower's state here (every
+    /// --checkpoint-every, after the initial load and on stop), and restart from it: only the
+    /// changes since are read again (see docs/follow.md#checkpoints). Each process of a cluster
+    /// writes its own workers' files to its own folder.
+    #[arg(long, value_name = "DIR", requires = "follow")]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// With --checkpoint-dir: how often to write a checkpoint.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_every: u64,
 }
 
 /// The sample the README's first command counts when no services run.
@@ -127,6 +137,16 @@ impl CountArgs {
 
     pub fn output(&self) -> Output {
         Output { path: self.output.clone(), detail: self.detail, mode: self.output_mode }
+    }
+}
+
+impl CountArgs {
+    fn checkpoints(&self, source: &Source) -> Result<Option<CheckpointOptions>> {
+        let Some(dir) = &self.checkpoint_dir else { return Ok(None) };
+        if matches!(source, Source::File(_)) {
+            bail!("--checkpoint-dir needs --mongo-uri: a followed file is counted from its lines, not from a state");
+        }
+        Ok(Some(CheckpointOptions { dir: dir.clone(), every: Duration::from_secs(self.checkpoint_every) }))
     }
 }
 
@@ -175,6 +195,7 @@ impl CountArgs {
             print_changes: self.changes,
             status_every: Duration::from_secs(self.status_every),
             stop: Arc::new(AtomicBool::new(false)),
+            checkpoints: self.checkpoints(&source)?,
         };
         Ok(Plan::Follow { source, cluster, options })
     }

@@ -25,12 +25,13 @@ use timely::worker::Worker;
 
 use crate::cluster::ClusterArgs;
 use crate::count::tally_by_producer;
-use crate::follow_state::{digest, track_records, RecordState, Upsert};
+use crate::follow_checkpoint::{self, CheckpointOptions, Checkpointer, Restored};
+use crate::follow_state::{digest, track_records, RecordState, Records, Upsert};
 use crate::load::Loader;
 use crate::progress::Progress;
 use crate::record::{Observation, Tally};
 use crate::sink::{rfc3339, rfc3339_ms, AsOf, Output, Position};
-use crate::source::changes::{ChangePoller, Changes};
+use crate::source::changes::{ChangePoller, Changes, LogPosition};
 use crate::source::file::{self, Format, Tail};
 use crate::source::mongo::{document_id, read_document, MongoSource};
 use crate::source::{bounded, Share, Source};
@@ -62,6 +63,8 @@ pub struct FollowOptions {
     pub status_every: Duration,
     /// Set by Ctrl-C or SIGTERM.
     pub stop: Arc<AtomicBool>,
+    /// Where and how often to write checkpoints (MongoDB only).
+    pub checkpoints: Option<CheckpointOptions>,
 }
 
 type Upserts = InputHandle<u64, CapacityContainerBuilder<Vec<Upsert>>>;
@@ -121,12 +124,28 @@ fn follow_on_worker(
     let mut votes = StopVotes::new(worker, process);
     let collected = Collected::default();
     let probe = ProbeHandle::new();
-    let (mut inputs, mut stats_input) = build_dataflow(worker, &collected, &probe);
+    let records: WorkerCell<Records> = Default::default();
+    let (mut checkpointer, restored) = match (source, &options.checkpoints) {
+        (Source::Mongo(mongo), Some(checkpoints)) => {
+            let origin = follow_checkpoint::origin(mongo);
+            let checkpointer = Checkpointer::new(worker, checkpoints, origin, records.clone());
+            let (settle, retention) = (options.settle, options.change_retention);
+            let restored = follow_checkpoint::restore(worker, mongo, settle, retention, checkpoints, &records);
+            (Some(checkpointer), restored)
+        }
+        _ => (None, None),
+    };
+    let (mut inputs, mut stats_input) = build_dataflow(worker, &collected, &probe, records);
 
     let mut stats = LoadStats::default();
-    let (feed, loaded) = match source {
-        Source::Mongo(mongo) => load_mongo(worker, mongo, options, &mut inputs, &mut stats, progress),
-        Source::File(path) => load_file(worker, path, &mut inputs, &mut stats, progress),
+    let resumed = restored.is_some();
+    let (feed, loaded) = match (source, restored) {
+        (_, Some(Restored { poller, records })) => {
+            stats.records = records;
+            (poller.map(Feed::Mongo), Ok(()))
+        }
+        (Source::Mongo(mongo), None) => load_mongo(worker, mongo, options, &mut inputs, &mut stats, progress),
+        (Source::File(path), None) => load_file(worker, path, &mut inputs, &mut stats, progress),
     };
     if let Err(err) = loaded {
         stats.failure = Some(format!("{err:#}"));
@@ -137,7 +156,7 @@ fn follow_on_worker(
     worker.step_while(|| probe.less_than(&1));
 
     if worker.index() != 0 {
-        hold_state_until_stopped(worker, inputs, &probe, &mut votes, options);
+        hold_state_until_stopped(worker, inputs, &probe, &mut votes, checkpointer.as_mut(), options);
         return Ok(());
     }
     progress.finish();
@@ -146,7 +165,9 @@ fn follow_on_worker(
         (Some(failure), _) => Err(failure),
         (None, None) => Err("the change feed did not start".to_owned()),
         (None, Some(feed)) => {
-            report_loaded(&loaded, started, loaded_as_of, options);
+            if !resumed {
+                report_loaded(&loaded, started, loaded_as_of, options);
+            }
             let state = State {
                 rows: &collected.rows,
                 malformed: &collected.malformed,
@@ -155,7 +176,9 @@ fn follow_on_worker(
                 source: source.describe(),
                 as_of: loaded_as_of,
             };
-            follow_changes(worker, feed, &mut inputs, state, &probe, &votes, options).map_err(|err| format!("{err:#}"))
+            let checkpointer = checkpointer.as_mut().map(|writer| Checkpoints { writer, after_load: !resumed });
+            follow_changes(worker, feed, &mut inputs, state, &probe, &votes, checkpointer, options)
+                .map_err(|err| format!("{err:#}"))
         }
     };
     // Closing the inputs lets every worker finish.
@@ -166,12 +189,17 @@ fn follow_on_worker(
 
 /// Records by `_id` (upserts) and appended lines feed the same counting function as the batch
 /// job; worker 0 collects its table, the load statistics and the number of malformed records.
-fn build_dataflow(worker: &mut Worker, collected: &Collected, probe: &ProbeHandle<u64>) -> (Inputs, StatsInput) {
+fn build_dataflow(
+    worker: &mut Worker,
+    collected: &Collected,
+    probe: &ProbeHandle<u64>,
+    records: WorkerCell<Records>,
+) -> (Inputs, StatsInput) {
     worker.dataflow::<u64, _, _>(|scope| {
         let mut upserts = Upserts::new();
         let (appended, appended_records) = scope.new_collection::<Observation, isize>();
         let mut stats_input = StatsInput::new();
-        let records = track_records(upserts.to_stream(scope));
+        let records = track_records(upserts.to_stream(scope), records);
         let appended_verdicts = appended_records.map(|observation| {
             let verdict = observation.verdict();
             (observation.producer_id, verdict)
@@ -190,19 +218,23 @@ fn build_dataflow(worker: &mut Worker, collected: &Collected, probe: &ProbeHandl
     })
 }
 
-/// Only worker 0 feeds changes; the others keep their share of the state until it stops, and
-/// pass on a stop asked of their process.
+/// Only worker 0 feeds changes; the others keep their share of the state until it stops, pass
+/// on a stop asked of their process, and write their state when worker 0 asks for a checkpoint.
 fn hold_state_until_stopped(
     worker: &mut Worker,
     inputs: Inputs,
     probe: &ProbeHandle<u64>,
     votes: &mut StopVotes,
+    mut checkpointer: Option<&mut Checkpointer>,
     options: &FollowOptions,
 ) {
     drop(inputs);
     while !probe.done() {
         worker.step_or_park(Some(STOP_CHECK));
         votes.vote_if(&options.stop);
+        if let Some(checkpointer) = checkpointer.as_mut() {
+            checkpointer.serve(worker.index());
+        }
     }
 }
 
@@ -391,6 +423,14 @@ impl Feed {
         }
     }
 
+    /// How far the change log has been read, for a checkpoint.
+    fn log_position(&self) -> Option<LogPosition> {
+        match self {
+            Feed::Mongo(poller) => Some(poller.position()),
+            Feed::File(_) => None,
+        }
+    }
+
     /// How far the changes have been read, for the sidecar.
     fn position(&self) -> Position {
         match self {
@@ -424,8 +464,25 @@ impl State<'_> {
     }
 }
 
+/// Worker 0's checkpoint writer, and whether the state came from a full load (which is worth
+/// saving at once).
+struct Checkpoints<'a> {
+    writer: &'a mut Checkpointer,
+    after_load: bool,
+}
+
+impl Checkpoints<'_> {
+    /// Between rounds: the record states then match how far the change log was read.
+    fn write_if(&mut self, due: bool, worker: &mut Worker, feed: &Feed) {
+        if let (true, Some(position)) = (due, feed.log_position()) {
+            self.writer.write(worker, position);
+        }
+    }
+}
+
 /// Worker 0's loop: poll, feed one round, wait for it, rewrite the CSV when the table changed,
 /// until this process or any other is asked to stop.
+#[allow(clippy::too_many_arguments)] // one per part of the follower worker 0 drives
 fn follow_changes(
     worker: &mut Worker,
     mut feed: Feed,
@@ -433,9 +490,14 @@ fn follow_changes(
     mut state: State,
     probe: &ProbeHandle<u64>,
     votes: &StopVotes,
+    mut checkpoints: Option<Checkpoints>,
     options: &FollowOptions,
 ) -> Result<()> {
     let output = &options.output;
+    if let Some(checkpoints) = checkpoints.as_mut() {
+        let after_load = checkpoints.after_load;
+        checkpoints.write_if(after_load, worker, &feed);
+    }
     let mut table = state.table();
     let mut sidecar = state.as_of(&table, &feed);
     output.write(&table, &sidecar)?;
@@ -479,6 +541,13 @@ fn follow_changes(
             tracing::info!(producers = table.len(), errors, changes_applied, as_of, "following");
             next_status = Instant::now() + options.status_every;
         }
+        if let Some(checkpoints) = checkpoints.as_mut() {
+            let due = checkpoints.writer.due();
+            checkpoints.write_if(due, worker, &feed);
+        }
+    }
+    if let Some(checkpoints) = checkpoints.as_mut() {
+        checkpoints.write_if(true, worker, &feed);
     }
     if let Some(process) = votes.asked_by().filter(|_| !options.stop.load(Ordering::SeqCst)) {
         eprintln!("process {process} was asked to stop; stopping every process of the cluster");

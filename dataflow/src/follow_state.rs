@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::io::{self, Read, Write};
 
 use differential_dataflow::{AsCollection, VecCollection};
 use rustc_hash::FxHashMap;
@@ -31,9 +32,9 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
-use crate::checkpoint::WorkerState;
 use crate::load::Reading;
 use crate::record::{Observation, Verdict};
+use crate::worker_zero::WorkerCell;
 
 /// A record's identity in the follower: xxh3-128 of its `_id` as text.
 pub type RecordDigest = u128;
@@ -98,19 +99,31 @@ pub type Upsert = (RecordDigest, Option<RecordState>);
 /// the same round from the same worker, the later wins (a channel keeps its order; two workers
 /// never send the same record in one round). A round's upserts that arrive before the previous
 /// rounds are complete wait for them.
+///
+/// `records` is this worker's state, shared with the worker so that it can write checkpoints
+/// between rounds. Whatever it holds when the dataflow starts (a restored checkpoint) enters
+/// the collection at time 0.
 pub fn track_records<'scope>(
     upserts: Stream<'scope, u64, Vec<Upsert>>,
+    records: WorkerCell<Records>,
 ) -> VecCollection<'scope, u64, RecordState, isize> {
     let by_owner = Exchange::new(|(digest, _): &Upsert| owner_bits(*digest));
     upserts
         .unary_frontier::<CapacityContainerBuilder<Vec<(RecordState, u64, isize)>>, _, _, _>(
             by_owner,
             "TrackRecords",
-            |_capability, _info| {
-                let mut records = Records::default();
+            |capability, _info| {
+                let mut restored = Some(capability);
                 let mut rounds: BTreeMap<u64, Round> = BTreeMap::new();
                 let mut early: BTreeMap<u64, Vec<Upsert>> = BTreeMap::new();
                 move |(input, frontier), output| {
+                    let mut records = records.borrow_mut();
+                    if let Some(capability) = restored.take() {
+                        let mut session = output.session(&capability);
+                        for (state, count) in records.totals() {
+                            session.give((state, *capability.time(), count));
+                        }
+                    }
                     let frontier = frontier.frontier();
                     input.for_each(|capability, data| {
                         let Some(capability) = capability.retain_least(output.output_index()) else { return };
@@ -164,7 +177,7 @@ fn owner_bits(digest: RecordDigest) -> u64 {
 const SHARDS: usize = 256;
 
 /// The records a worker owns, by digest, and the producers it has interned.
-struct Records {
+pub struct Records {
     shards: Vec<HashMap<Key, Packed, BuildHasherDefault<KeyHasher>>>,
     producers: Producers,
 }
@@ -223,27 +236,105 @@ impl Records {
 }
 
 impl Records {
-    /// This worker's state as a checkpoint holds it: every record's digest and packed state,
-    /// sorted by digest, and the producer names by index.
-    fn export(&self) -> WorkerState {
-        let mut records: Vec<(u128, u32)> =
-            self.shards.iter().flat_map(|shard| shard.iter().map(|(key, packed)| (key.digest(), packed.0))).collect();
-        records.sort_unstable();
-        WorkerState { records, producers: self.producers.names.iter().map(|name| name.to_string()).collect() }
+    /// How many records this worker holds.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(HashMap::len).sum()
     }
 
-    /// The state a checkpoint holds, as it was exported: producer indices keep their meaning
-    /// because names are interned again in index order.
-    fn import(state: WorkerState) -> Self {
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many records are in each state: what the counts start from after a restore.
+    fn totals(&self) -> Vec<(RecordState, isize)> {
+        let mut totals: FxHashMap<Packed, isize> = FxHashMap::default();
+        self.shards.iter().flat_map(HashMap::values).for_each(|packed| *totals.entry(*packed).or_default() += 1);
+        totals.into_iter().map(|(packed, count)| (self.unpack(packed), count)).collect()
+    }
+
+    /// Writes this worker's state for a checkpoint: the producer names by index, then every
+    /// record's digest and packed state (20 bytes each, little-endian). Returns how many records.
+    pub fn save(&self, out: &mut impl Write) -> io::Result<u64> {
+        out.write_all(&(self.producers.names.len() as u32).to_le_bytes())?;
+        for name in &self.producers.names {
+            out.write_all(&(name.len() as u32).to_le_bytes())?;
+            out.write_all(name.as_bytes())?;
+        }
+        let records = self.len() as u64;
+        out.write_all(&records.to_le_bytes())?;
+        for (key, packed) in self.shards.iter().flat_map(|shard| shard.iter()) {
+            out.write_all(&key.digest().to_le_bytes())?;
+            out.write_all(&packed.0.to_le_bytes())?;
+        }
+        Ok(records)
+    }
+
+    /// The state [`Records::save`] wrote. Producer indices keep their meaning because the names
+    /// are interned again in index order; a state that names a producer the file does not have
+    /// is refused.
+    pub fn restore(input: &mut impl Read) -> io::Result<Records> {
+        let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
         let mut records = Records::default();
-        for name in &state.producers {
-            records.producers.intern(name);
+        let producers = read_u32(input)?;
+        if producers as usize > MAX_PRODUCERS {
+            return Err(invalid("the checkpoint names more producers than a worker can hold"));
         }
-        for (digest, packed) in state.records {
-            records.shards[shard_of(digest)].insert(Key::of(digest), Packed(packed));
+        for _ in 0..producers {
+            let len = read_u32(input)? as u64;
+            let mut name = Vec::new();
+            input.take(len).read_to_end(&mut name)?;
+            if name.len() as u64 != len {
+                return Err(invalid("a producer name is cut short"));
+            }
+            let name = String::from_utf8(name).map_err(|_| invalid("a producer name is not UTF-8"))?;
+            records.producers.intern(&name);
         }
+        if records.producers.names.len() != producers as usize {
+            return Err(invalid("a producer name is repeated"));
+        }
+        let mut count = [0u8; 8];
+        input.read_exact(&mut count)?;
+        for _ in 0..u64::from_le_bytes(count) {
+            let mut entry = [0u8; 20];
+            input.read_exact(&mut entry)?;
+            let digest = u128::from_le_bytes(entry[..16].try_into().expect("16 bytes"));
+            let packed = Packed(u32::from_le_bytes(entry[16..].try_into().expect("4 bytes")));
+            if packed.verdict().is_some() && packed.producer() >= producers {
+                return Err(invalid("a record names a producer the checkpoint does not have"));
+            }
+            records.shards[shard_of(digest)].insert(Key::of(digest), packed);
+        }
+        Ok(records)
+    }
+}
+
+/// A worker's state from upserts applied in order (tests, examples and benchmarks).
+impl FromIterator<Upsert> for Records {
+    fn from_iter<I: IntoIterator<Item = Upsert>>(upserts: I) -> Self {
+        let mut records = Records::default();
+        let mut changes = FxHashMap::default();
+        upserts.into_iter().for_each(|upsert| records.apply(upsert, &mut changes));
         records
     }
+}
+
+impl Records {
+    /// Every record's digest and state, sorted by digest (tests).
+    pub fn entries(&self) -> Vec<(RecordDigest, RecordState)> {
+        let mut entries: Vec<_> = self
+            .shards
+            .iter()
+            .flat_map(|shard| shard.iter().map(|(key, packed)| (key.digest(), self.unpack(*packed))))
+            .collect();
+        entries.sort();
+        entries
+    }
+}
+
+fn read_u32(input: &mut impl Read) -> io::Result<u32> {
+    let mut bytes = [0u8; 4];
+    input.read_exact(&mut bytes)?;
+    Ok(u32::from_le_bytes(bytes))
 }
 
 /// Which of a worker's maps holds a record: bits of the digest that the owner was not chosen by
@@ -357,26 +448,55 @@ impl Producers {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn a_workers_state_survives_export_and_import() {
+    fn some_records(n: u64) -> Records {
         let mut records = Records::default();
         let mut changes = FxHashMap::default();
-        for i in 0..5_000u64 {
+        for i in 0..n {
             let state = match i % 3 {
                 0 => Some(RecordState::Malformed),
-                1 => Some(RecordState::Counted { producer_id: format!("p{}", i % 7), verdict: Verdict::Incorrect }),
+                1 => Some(RecordState::Counted { producer_id: format!("p,\"{}", i % 7), verdict: Verdict::Incorrect }),
                 _ => Some(RecordState::Counted { producer_id: format!("q{}", i % 5), verdict: Verdict::Pending }),
             };
             records.apply((digest(&format!("id/{i}")), state), &mut changes);
         }
-        let exported = records.export();
-        assert_eq!(exported.records.len(), 5_000);
-        assert!(exported.records.windows(2).all(|pair| pair[0].0 < pair[1].0), "sorted by digest");
-        let imported = Records::import(exported.clone());
-        assert_eq!(imported.export(), exported);
-        for (digest, packed) in &exported.records {
-            assert_eq!(imported.unpack(Packed(*packed)), records.unpack(Packed(*packed)), "{digest}");
+        records
+    }
+
+    fn sorted_totals(records: &Records) -> Vec<(RecordState, isize)> {
+        let mut totals = records.totals();
+        totals.sort();
+        totals
+    }
+
+    #[test]
+    fn a_workers_state_survives_save_and_restore() {
+        let records = some_records(5_000);
+        let mut bytes = Vec::new();
+        assert_eq!(records.save(&mut bytes).unwrap(), 5_000);
+        let restored = Records::restore(&mut bytes.as_slice()).unwrap();
+        assert_eq!(restored.len(), 5_000);
+        assert_eq!(sorted_totals(&restored), sorted_totals(&records));
+        for (shard, restored_shard) in records.shards.iter().zip(&restored.shards) {
+            for (key, packed) in shard {
+                assert_eq!(restored.unpack(restored_shard[key]), records.unpack(*packed));
+            }
         }
+    }
+
+    #[test]
+    fn a_cut_short_or_inconsistent_state_is_refused() {
+        let mut bytes = Vec::new();
+        some_records(100).save(&mut bytes).unwrap();
+        for cut in [0, 3, 9, bytes.len() - 1] {
+            assert!(Records::restore(&mut &bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        // A state whose producer index is past the names the file has.
+        let mut bad = Vec::new();
+        bad.extend(0u32.to_le_bytes());
+        bad.extend(1u64.to_le_bytes());
+        bad.extend(7u128.to_le_bytes());
+        bad.extend((5u32 << VERDICT_BITS).to_le_bytes());
+        assert_eq!(Records::restore(&mut bad.as_slice()).err().unwrap().kind(), io::ErrorKind::InvalidData);
     }
 
     use std::cell::RefCell;
@@ -399,7 +519,7 @@ mod tests {
             let probe = ProbeHandle::new();
             let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<Upsert>>>::new();
             worker.dataflow::<u64, _, _>(|scope| {
-                track_records(scope.input_from(&mut input))
+                track_records(scope.input_from(&mut input), Default::default())
                     .inner
                     .exchange(|_| 0)
                     .inspect(move |(state, _time, diff)| *sink.borrow_mut().entry(state.clone()).or_default() += diff)
@@ -464,7 +584,7 @@ mod tests {
             let mut late = InputHandle::<u64, CapacityContainerBuilder<Vec<Upsert>>>::new();
             worker.dataflow::<u64, _, _>(|scope| {
                 let upserts = scope.input_from(&mut early).concat(scope.input_from(&mut late));
-                track_records(upserts)
+                track_records(upserts, Default::default())
                     .inner
                     .inspect(move |update| sink.borrow_mut().push(update.clone()))
                     .probe_with(&probe);
@@ -487,6 +607,48 @@ mod tests {
         assert_eq!(
             updates,
             [(state(Verdict::Correct), 0, 1), (state(Verdict::Correct), 1, -1), (state(Verdict::Incorrect), 1, 1)]
+        );
+    }
+
+    /// A restarted follower's state enters the counts at time 0, and later changes move it as if
+    /// it had been loaded.
+    #[test]
+    fn a_restored_state_enters_at_time_zero_and_later_changes_move_it() {
+        use Verdict::*;
+        let snapshots = timely::execute_directly(|worker| {
+            let restored: Records = [("a", counted("p", Incorrect)), ("b", counted("p", Incorrect))]
+                .into_iter()
+                .chain([("c", Some(RecordState::Malformed))])
+                .map(|(id, state)| (digest(id), state))
+                .collect();
+            let totals: Rc<RefCell<Totals>> = Default::default();
+            let sink = totals.clone();
+            let probe = ProbeHandle::new();
+            let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<Upsert>>>::new();
+            worker.dataflow::<u64, _, _>(|scope| {
+                track_records(scope.input_from(&mut input), Rc::new(RefCell::new(restored)))
+                    .inner
+                    .inspect(move |(state, _time, diff)| *sink.borrow_mut().entry(state.clone()).or_default() += diff)
+                    .probe_with(&probe);
+            });
+            let mut snapshots = Vec::new();
+            for (round, upserts) in
+                [vec![], vec![("a", counted("p", Correct)), ("c", None), ("d", counted("q", Pending))]]
+                    .into_iter()
+                    .enumerate()
+            {
+                upserts.into_iter().for_each(|(id, state)| input.send((digest(id), state)));
+                input.advance_to(round as u64 + 1);
+                worker.step_while(|| probe.less_than(input.time()));
+                totals.borrow_mut().retain(|_, diff| *diff != 0);
+                snapshots.push(totals.borrow().clone());
+            }
+            snapshots
+        });
+        assert_eq!(snapshots[0], totals([(counted("p", Incorrect), 2), (Some(RecordState::Malformed), 1)]));
+        assert_eq!(
+            snapshots[1],
+            totals([(counted("p", Incorrect), 1), (counted("p", Correct), 1), (counted("q", Pending), 1)])
         );
     }
 

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod consolidate;
 pub mod count;
 pub mod follow;
+pub mod follow_checkpoint;
 pub mod follow_state;
 pub mod fuzzing;
 pub mod job;

@@ -8,6 +8,9 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
+    // Fault tests pause the process at named points (`FAILPOINTS=name=sleep(ms)`; see
+    // docs/reliability.md); without the variable this does nothing.
+    let _failpoints = fail::FailScenario::setup();
     // A usage error exits here with clap's code and message; everything after is a run.
     let plan = iot_dataflow::cli::Cli::parse().plan().unwrap_or_else(|err| err.exit());
     match iot_dataflow::cli::run(plan) {

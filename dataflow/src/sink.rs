@@ -103,15 +103,19 @@ impl Output {
 }
 
 /// Writes to a temporary file beside `path`, then renames it over `path`, so that a reader never
-/// sees a half-written file. The temporary file is created 0600; the mode is set before the
-/// rename, and set exactly, whatever the umask.
+/// sees a half-written file. The temporary file is created 0600 and named `.<file name>.<random>`,
+/// so a leftover says what it was for; the mode is set before the rename, and set exactly,
+/// whatever the umask.
 pub(crate) fn write_atomically(path: &Path, mode: u32, fill: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create the output folder {}", dir.display()))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+    let prefix = format!(".{}.", path.file_name().unwrap_or_default().to_string_lossy());
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .tempfile_in(dir)
         .with_context(|| format!("cannot write in the output folder {}", dir.display()))?;
     fill(tmp.as_file_mut()).with_context(|| format!("cannot write {}", path.display()))?;
     tmp.as_file().set_permissions(std::fs::Permissions::from_mode(mode))?;

@@ -90,3 +90,26 @@ pub(crate) fn from_worker_zero<T: timely::ExchangeData + Clone>(
     let items = mine.borrow().clone();
     Ok(items)
 }
+
+/// Every worker hands worker 0 one item; worker 0 gets them all, in worker order, the others
+/// nothing.
+pub(crate) fn gather_at_worker_zero<T: timely::ExchangeData + Clone>(worker: &mut Worker, item: T) -> Vec<T> {
+    let gathered: WorkerCell<Vec<(usize, T)>> = Default::default();
+    let probe = ProbeHandle::new();
+    let mut input = worker.dataflow::<u64, _, _>(|scope| {
+        let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<(usize, T)>>>::new();
+        let sink = gathered.clone();
+        input
+            .to_stream(scope)
+            .exchange(|_| 0)
+            .inspect(move |item: &(usize, T)| sink.borrow_mut().push(item.clone()))
+            .probe_with(&probe);
+        input
+    });
+    input.send((worker.index(), item));
+    input.advance_to(1);
+    worker.step_while(|| probe.less_than(&1));
+    let mut items = gathered.take();
+    items.sort_by_key(|(index, _)| *index);
+    items.into_iter().map(|(_, item)| item).collect()
+}

@@ -10,76 +10,8 @@ use bson::Document;
 use common::*;
 use iot_bench::expected::read_error_counts;
 use iot_bench::testkit::Signal;
-use iot_bench::LABELS;
 use iot_schema::write::Upsert;
 use iot_schema::{field, write};
-use mongodb::sync::Database;
-
-/// A hard delete, which the change log makes visible too.
-fn delete(db: &Database, id: &str) {
-    db.collection::<Document>("inferences").delete_one(write::by_doc_id(id)).run().unwrap();
-    let Upsert { filter, update } = write::change_entry(id);
-    db.collection::<Document>(&write::change_log("inferences")).update_one(filter, update).upsert(true).run().unwrap();
-}
-
-/// Several writers at once: each flips labels both ways, deletes and inserts, through the write
-/// contract, and records what it did in its own model.
-fn write_changes(db: &Database, model: &Model, writers: usize) -> Model {
-    let ids: Vec<String> = {
-        // Not the deleted ones: a tombstone stays one whatever is written to it later.
-        let mut ids: Vec<_> = model.iter().filter(|(_, record)| !record.3).map(|(id, _)| id.clone()).collect();
-        ids.sort();
-        ids
-    };
-    let results: Vec<Model> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..writers)
-            .map(|w| {
-                let ids = &ids;
-                scope.spawn(move || {
-                    let mut mine = Model::new();
-                    for (n, id) in ids.iter().skip(w).step_by(writers * 40).take(25).enumerate() {
-                        let (producer, truth, inferred, _) = model[id].clone();
-                        let now = bson::DateTime::now();
-                        match n % 5 {
-                            // correct -> wrong, wrong -> correct, pending -> inferred
-                            0..=2 => {
-                                let flipped = if inferred.as_deref() == Some(&truth) {
-                                    LABELS.iter().find(|l| **l != truth).unwrap().to_string()
-                                } else {
-                                    truth.clone()
-                                };
-                                apply(
-                                    db,
-                                    write::store_inference(&message(id, &producer, &truth), &flipped, "test", now),
-                                );
-                                mine.insert(id.clone(), (producer, truth, Some(flipped), false));
-                            }
-                            3 => {
-                                match w % 2 {
-                                    0 => apply(db, write::mark_deleted(id)),
-                                    _ => delete(db, id),
-                                }
-                                mine.insert(id.clone(), (producer, truth, inferred, true));
-                            }
-                            _ => {
-                                let new_id = format!("new-writer-{w}/{n}");
-                                let msg = message(&new_id, &format!("new-writer-{w}"), "cat");
-                                apply(db, write::store_metadata(&msg, now));
-                                apply(db, write::store_inference(&msg, "dog", "test", now));
-                                mine.insert(new_id, (msg.producer_id, "cat".into(), Some("dog".into()), false));
-                            }
-                        }
-                    }
-                    mine
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    let mut updated = model.clone();
-    results.into_iter().for_each(|changes| updated.extend(changes));
-    updated
-}
 
 fn follow_and_check(processes: usize, seed: u64) {
     let (db, model) = base(5_000, seed);

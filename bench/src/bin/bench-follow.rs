@@ -1,6 +1,8 @@
 //! The `dataflow count --follow` benchmark: delay from a write to the CSV that reflects it, for
 //! single writes and bursts, and CPU time per change, on a base of generated records.
-//! Writes go through the write contract (`iot_schema::write`); figures are printed.
+//! Writes go through the write contract (`iot_schema::write`); figures are printed. With
+//! `--restart`, the follower keeps checkpoints and is then killed (SIGKILL), records change while
+//! it is down, and the restart is timed until its CSV is current again.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -37,6 +39,10 @@ struct Args {
     dataflow: PathBuf,
     #[arg(long, default_value = ".cache/bench")]
     dir: PathBuf,
+    /// Keep checkpoints, then kill the follower, change this many records while it is down, and
+    /// time the restart until the CSV is current (0: no restart).
+    #[arg(long, default_value_t = 0)]
+    restart: usize,
 }
 
 fn main() -> Result<()> {
@@ -58,7 +64,9 @@ fn run_base(args: &Args, base: u64) -> Result<()> {
     let mut flips = fresh_base(args, base, &database)?;
     let output = args.dir.join(format!("follow-{base}.csv"));
     let _ = std::fs::remove_file(&output);
-    let follower = start_follower(args, &db, &output)?;
+    let checkpoints = args.dir.join(format!("checkpoints-{base}"));
+    let _ = std::fs::remove_dir_all(&checkpoints);
+    let mut follower = start_follower(args, &db, &output, &checkpoints, "load")?;
     let load_started = Instant::now();
     let mut counts = wait_until(&output, Duration::from_secs(3600), |_| true)?;
     let loaded_in = load_started.elapsed();
@@ -101,6 +109,50 @@ fn run_base(args: &Args, base: u64) -> Result<()> {
         peak / 1024,
         per_record(peak),
     );
+    if args.restart > 0 {
+        time_restart(args, base, &db, &output, &checkpoints, &mut follower, &mut flips, &mut counts)?;
+    }
+    Ok(())
+}
+
+/// Kills the follower, changes `--restart` records, restarts it from its checkpoint and times it
+/// until the CSV is current; prints what the follower's logs say about writing and reading it.
+#[allow(clippy::too_many_arguments)]
+fn time_restart(
+    args: &Args,
+    base: u64,
+    db: &str,
+    output: &Path,
+    checkpoints: &Path,
+    follower: &mut ChildGuard,
+    flips: &mut Flips,
+    counts: &mut BTreeMap<String, u64>,
+) -> Result<()> {
+    let database = mongodb::sync::Client::with_uri_str(&args.mongo_uri)?.database(db);
+    follower.kill();
+    for _ in 0..args.restart {
+        flips.flip(&database, counts)?;
+    }
+    let bytes: u64 = std::fs::read_dir(checkpoints)?
+        .map(|e| e.map(|e| e.metadata().map_or(0, |m| m.len())))
+        .sum::<std::io::Result<_>>()?;
+    let started = Instant::now();
+    let restarted = start_follower(args, db, output, checkpoints, "restart")?;
+    wait_for_counts(output, counts)?;
+    let current_in = started.elapsed();
+    let log =
+        |name: &str| std::fs::read_to_string(args.dir.join(format!("follow-{base}-{name}.log"))).unwrap_or_default();
+    let said = |name: &str, text: &str| log(name).lines().find(|line| line.contains(text)).map(str::to_owned);
+    eprintln!(
+        "base {base}: checkpoint {:.1} MiB ({:.1} B/record); written: {}; restart after SIGKILL with {} changes          while down: current again in {:.2} s; {}",
+        bytes as f64 / (1024.0 * 1024.0),
+        bytes as f64 / base as f64,
+        said("load", "checkpoint written").unwrap_or_else(|| "no checkpoint line".into()),
+        args.restart,
+        current_in.as_secs_f64(),
+        said("restart", "restored").or_else(|| said("restart", "loading in full")).unwrap_or_default(),
+    );
+    drop(restarted);
     Ok(())
 }
 
@@ -116,22 +168,28 @@ fn fresh_base(args: &Args, base: u64, database: &mongodb::sync::Database) -> Res
             correct.push((r.doc_id.clone(), r.producer_id.to_owned(), r.ground_truth));
         }
     });
-    let needed = args.single_writes + args.bursts * args.burst_size;
+    let needed = args.single_writes + args.bursts * args.burst_size + args.restart;
     ensure!(correct.len() >= needed, "base too small for {needed} flips");
     Ok(Flips(correct.into_iter()))
 }
 
-fn start_follower(args: &Args, db: &str, output: &Path) -> Result<ChildGuard> {
-    let child = Command::new(&args.dataflow)
+/// A follower logging to `<dir>/follow-<output stem>-<name>.log`, with checkpoints if `--restart`.
+fn start_follower(args: &Args, db: &str, output: &Path, checkpoints: &Path, name: &str) -> Result<ChildGuard> {
+    let stem = output.file_stem().and_then(|stem| stem.to_str()).unwrap_or("follow");
+    let log = std::fs::File::create(args.dir.join(format!("{stem}-{name}.log")))?;
+    let mut command = Command::new(&args.dataflow);
+    command
         .args(["count", "--follow", "-w", &args.workers.to_string(), "--status-every", "0"])
         .args(["--mongo-uri", &args.mongo_uri, "--db", db])
         .args(["--poll-interval-ms", &args.poll_interval_ms.to_string(), "--mongo-timeout", "120"])
         .arg("--output")
         .arg(output)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    Ok(ChildGuard::new(child))
+        .stderr(log);
+    if args.restart > 0 {
+        command.arg("--checkpoint-dir").arg(checkpoints);
+    }
+    Ok(ChildGuard::new(command.spawn()?))
 }
 
 fn wait_for_counts(output: &Path, counts: &BTreeMap<String, u64>) -> Result<()> {
