@@ -43,6 +43,12 @@ struct Args {
     /// time the restart until the CSV is current (0: no restart).
     #[arg(long, default_value_t = 0)]
     restart: usize,
+    /// Only load the bases into MongoDB, for a later run with --keep-base.
+    #[arg(long)]
+    load_only: bool,
+    /// Use a base an earlier --load-only run loaded, if no run has changed it since.
+    #[arg(long)]
+    keep_base: bool,
 }
 
 fn main() -> Result<()> {
@@ -51,7 +57,13 @@ fn main() -> Result<()> {
     println!("| base records | writes | p50 delay ms | p99 delay ms | max ms | CPU ms per change |");
     println!("|---:|---|---:|---:|---:|---:|");
     for &base in &args.bases {
-        run_base(&args, base)?;
+        if args.load_only {
+            let database = mongodb::sync::Client::with_uri_str(&args.mongo_uri)?.database(&base_db(base));
+            fresh_base(&args, base, &database)?;
+            eprintln!("base {base} loaded into {}", base_db(base));
+        } else {
+            run_base(&args, base)?;
+        }
     }
     Ok(())
 }
@@ -59,7 +71,7 @@ fn main() -> Result<()> {
 /// One base size: a fresh base, a follower that loads it, then single writes and bursts, each
 /// timed until the follower's CSV shows it.
 fn run_base(args: &Args, base: u64) -> Result<()> {
-    let db = format!("iot_follow_bench_{base}");
+    let db = base_db(base);
     let database = mongodb::sync::Client::with_uri_str(&args.mongo_uri)?.database(&db);
     let mut flips = fresh_base(args, base, &database)?;
     let output = args.dir.join(format!("follow-{base}.csv"));
@@ -156,12 +168,31 @@ fn time_restart(
     Ok(())
 }
 
+fn base_db(base: u64) -> String {
+    format!("iot_follow_bench_{base}")
+}
+
+/// Where a load notes that it finished, and a run that it changed the base, so that --keep-base
+/// reuses only a whole, unchanged base (counting the records would take FerretDB a full scan).
+const LOADED_MARK: &str = "bench_loaded";
+const CHANGED_MARK: &str = "bench_changed";
+
 /// Loads a fresh base of `base` records (a previous run flipped records this one is about to
-/// flip) and returns the records whose label is right: flipping one adds exactly one error.
+/// flip), or keeps an unchanged one with --keep-base, and returns the records whose label is
+/// right: flipping one adds exactly one error.
 fn fresh_base(args: &Args, base: u64, database: &mongodb::sync::Database) -> Result<Flips> {
     let spec = Spec { records: base, producers: 100, pending_rate: 0.0, seed: 5, ..Spec::default() };
-    database.drop().run()?;
-    iot_bench::mongo::load(&args.mongo_uri, database.name(), "inferences", &spec, |_| {})?;
+    let mark = |name: &str| database.collection::<bson::Document>(name);
+    let loaded = mark(LOADED_MARK).find_one(bson::doc! { "records": base as i64 }).run()?.is_some();
+    let kept = args.keep_base && loaded && mark(CHANGED_MARK).find_one(bson::doc! {}).run()?.is_none();
+    if !kept {
+        database.drop().run()?;
+        iot_bench::mongo::load(&args.mongo_uri, database.name(), "inferences", &spec, |_| {})?;
+        mark(LOADED_MARK).insert_one(bson::doc! { "records": base as i64 }).run()?;
+    }
+    if !args.load_only {
+        mark(CHANGED_MARK).insert_one(bson::doc! { "by": "bench-follow" }).run()?;
+    }
     let mut correct = Vec::new();
     generate(&spec, |r| {
         if r.inferred == Some(r.ground_truth) {
