@@ -13,7 +13,7 @@ use clap::Parser;
 
 use iot_ingest::args::{KafkaArgs, MongoArgs};
 use iot_ingest::consumer::{db::DbConsumerArgs, infer::InferConsumerArgs};
-use iot_ingest::metrics::{ConsumerMetrics, Role};
+use iot_ingest::metrics::{ConsumerMetrics, Role, Stage};
 use iot_ingest::producer::ProducerArgs;
 use iot_ingest::shutdown::CancellationToken;
 use iot_ingest::store::Store;
@@ -38,6 +38,9 @@ pub struct BenchArgs {
     /// Producer counts to run, one run each.
     #[arg(long = "producers", env = "IOT_BENCH_PRODUCERS", value_delimiter = ',', default_value = "1,2,4")]
     pub producer_counts: Vec<u32>,
+    /// Instances of each consumer (members of its group) to run, one run each per producer count.
+    #[arg(long = "instances", env = "IOT_BENCH_INSTANCES", value_delimiter = ',', default_value = "1")]
+    pub instance_counts: Vec<u32>,
     /// Images per run, split evenly among the producers.
     #[arg(long, env = "IOT_BENCH_IMAGES", default_value_t = 2000)]
     pub images: u64,
@@ -81,6 +84,8 @@ pub struct BenchArgs {
 #[derive(Clone, Debug)]
 pub struct RunFigures {
     pub producers: u32,
+    /// Instances of each consumer.
+    pub instances: u32,
     pub images: u64,
     pub produce_s: f64,
     pub stored_s: f64,
@@ -93,7 +98,10 @@ pub struct RunFigures {
     pub infer_retries: u64,
     pub latency_p50_ms: i64,
     pub latency_p99_ms: i64,
-    pub latency_log: PathBuf,
+    pub latency_logs: Vec<PathBuf>,
+    /// [`stage_totals`] of each consumer.
+    pub db_stages: Vec<(u64, f64)>,
+    pub infer_stages: Vec<(u64, f64)>,
 }
 
 impl RunFigures {
@@ -117,33 +125,65 @@ fn ratio(numerator: f64, denominator: u64) -> f64 {
 pub async fn run(args: BenchArgs, shutdown: CancellationToken) -> Result<()> {
     std::fs::create_dir_all(&args.out_dir).with_context(|| format!("cannot create {}", args.out_dir.display()))?;
     let mut figures = Vec::new();
-    for &producers in &args.producer_counts {
-        if shutdown.is_cancelled() {
-            break;
+    for &instances in &args.instance_counts {
+        for &producers in &args.producer_counts {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let run = bench_once(&args, producers.max(1), instances.max(1), &shutdown).await?;
+            eprintln!(
+                "{} producer(s), {} instance(s) of each consumer: {} images end to end in {:.2}s = {:.1} images/s",
+                run.producers,
+                run.instances,
+                run.images,
+                run.inferred_s,
+                run.end_to_end_rate()
+            );
+            figures.push(run);
         }
-        let run = bench_once(&args, producers.max(1), &shutdown).await?;
-        eprintln!(
-            "{} producer(s): {} images end to end in {:.2}s = {:.1} images/s",
-            run.producers,
-            run.images,
-            run.inferred_s,
-            run.end_to_end_rate()
-        );
-        figures.push(run);
     }
     println!("{}", table(&figures));
+    println!("{}", stage_table(&figures));
     Ok(())
+}
+
+/// Time per stage (`iot_ingest_consumer_stage_seconds`) of each run, as a Markdown table: mean
+/// ms per observation (observations), per consumer.
+pub fn stage_table(figures: &[RunFigures]) -> String {
+    let mut header = String::from("| producers | consumer instances | consumer |");
+    let mut rule = String::from("|---:|---:|---|");
+    for stage in Stage::ALL {
+        header += &format!(" {} ms (count) |", stage.as_str());
+        rule += "---:|";
+    }
+    let mut out = format!("{header}\n{rule}\n");
+    for f in figures {
+        for (consumer, stages) in [("db", &f.db_stages), ("infer", &f.infer_stages)] {
+            out += &format!("| {} | {} | {consumer} |", f.producers, f.instances);
+            for (count, seconds) in stages {
+                out += &format!(" {:.2} ({count}) |", ratio(seconds * 1e3, *count));
+            }
+            out += "\n";
+        }
+    }
+    out
+}
+
+/// Observations and total seconds of every stage, in the order of [`Stage::ALL`].
+fn stage_totals(metrics: &ConsumerMetrics) -> Vec<(u64, f64)> {
+    Stage::ALL.iter().map(|&stage| metrics.stages.totals(stage)).collect()
 }
 
 /// The figures as a Markdown table.
 pub fn table(figures: &[RunFigures]) -> String {
     let mut out = String::from(
-        "| producers | images | end-to-end images/s | producer send (images/s) | metadata stored (images/s) | inference ms/image (ms/request) | Mongo upsert ms/batch, db (records/batch) | Mongo upsert ms/batch, infer | latency p50 / p99 ms | retries |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| producers | consumer instances | images | end-to-end images/s | producer send (images/s) | metadata stored (images/s) | inference ms/image (ms/request) | Mongo upsert ms/batch, db (records/batch) | Mongo upsert ms/batch, infer | latency p50 / p99 ms | retries |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for f in figures {
         out += &format!(
-            "| {} | {} | {:.1} | {:.0} | {:.0} | {:.2} ({:.1}) | {:.1} ({:.0}) | {:.1} | {} / {} | {} |\n",
+            "| {} | {} | {} | {:.1} | {:.0} | {:.0} | {:.2} ({:.1}) | {:.1} ({:.0}) | {:.1} | {} / {} | {} |\n",
             f.producers,
+            f.instances,
             f.images,
             f.end_to_end_rate(),
             f.images as f64 / f.produce_s.max(1e-9),
@@ -161,14 +201,17 @@ pub fn table(figures: &[RunFigures]) -> String {
     out
 }
 
-/// One run with `producers` producers: both consumers in this process, the producers sending,
-/// the clock running until every record is stored and inferred, then every record checked.
-async fn bench_once(args: &BenchArgs, producers: u32, outer: &CancellationToken) -> Result<RunFigures> {
+/// One run with `producers` producers: `instances` of each consumer in this process, the
+/// producers sending, the clock running until every record is stored and inferred, then every
+/// record checked.
+async fn bench_once(args: &BenchArgs, producers: u32, instances: u32, outer: &CancellationToken) -> Result<RunFigures> {
     let per_producer = (args.images / producers as u64).max(1);
     let total = per_producer * producers as u64;
-    let run = RunNames::new(args, producers);
-    // A fresh latency log per run: the infer-consumer appends.
-    let _ = std::fs::remove_file(&run.latency_log);
+    let run = RunNames::new(args, producers, instances);
+    // Fresh latency logs per run: the infer-consumers append.
+    for log in &run.latency_logs {
+        let _ = std::fs::remove_file(log);
+    }
     let kafka = KafkaArgs { brokers: args.brokers.clone(), topic: run.topic.clone(), kafka_opts: Vec::new() };
     iot_ingest::kafka::create_topics(&kafka, &[&run.topic, &run.dlq], args.partitions).await?;
     let consumers = Consumers::start(args, &run)?;
@@ -196,10 +239,15 @@ async fn bench_once(args: &BenchArgs, producers: u32, outer: &CancellationToken)
         iot_ingest::kafka::delete_topics(&kafka, &[&run.topic, &run.dlq]).await?;
     }
 
-    let latencies = RunLatencies::from_rows("", iot_ingest::latency::read(&run.latency_log)?).sorted_ms();
+    let mut rows = Vec::new();
+    for log in &run.latency_logs {
+        rows.extend(iot_ingest::latency::read(log)?);
+    }
+    let latencies = RunLatencies::from_rows("", rows).sorted_ms();
     let ms = |seconds: f64| seconds * 1e3;
     Ok(RunFigures {
         producers,
+        instances,
         images: total,
         produce_s: produced.elapsed.as_secs_f64(),
         stored_s,
@@ -212,7 +260,9 @@ async fn bench_once(args: &BenchArgs, producers: u32, outer: &CancellationToken)
         infer_retries: infer_metrics.infer_retries.get(),
         latency_p50_ms: percentile(&latencies, 50.0).unwrap_or_default(),
         latency_p99_ms: percentile(&latencies, 99.0).unwrap_or_default(),
-        latency_log: run.latency_log,
+        latency_logs: run.latency_logs,
+        db_stages: stage_totals(&db_metrics),
+        infer_stages: stage_totals(&infer_metrics),
     })
 }
 
@@ -222,19 +272,29 @@ struct RunNames {
     topic: String,
     dlq: String,
     db: String,
-    latency_log: PathBuf,
+    /// One per infer-consumer instance.
+    latency_logs: Vec<PathBuf>,
     truth_log: PathBuf,
 }
 
 impl RunNames {
-    fn new(args: &BenchArgs, producers: u32) -> RunNames {
-        let tag = format!("bench-{}-{}-{producers}p", std::process::id(), iot_ingest::now_ms());
+    fn new(args: &BenchArgs, producers: u32, instances: u32) -> RunNames {
+        let tag = format!("bench-{}-{}-{producers}p{instances}i", std::process::id(), iot_ingest::now_ms());
+        // One instance keeps the file names of the runs before instances existed.
+        let (name, latency_name) = match instances {
+            1 => (format!("{producers}p"), vec![format!("{producers}p")]),
+            _ => {
+                let name = format!("{producers}p-{instances}i");
+                let each = (0..instances).map(|i| format!("{name}-{i}")).collect();
+                (name, each)
+            }
+        };
         RunNames {
             topic: tag.clone(),
             dlq: format!("{tag}.dlq"),
             db: tag.replace('-', "_"),
-            latency_log: args.out_dir.join(format!("latency-{producers}p.csv")),
-            truth_log: args.out_dir.join(format!("truth-{producers}p.csv")),
+            latency_logs: latency_name.iter().map(|n| args.out_dir.join(format!("latency-{n}.csv"))).collect(),
+            truth_log: args.out_dir.join(format!("truth-{name}.csv")),
             tag,
         }
     }
@@ -256,14 +316,14 @@ impl RunNames {
         parse("db-consumer", flags)
     }
 
-    fn infer_consumer_args(&self, args: &BenchArgs) -> Result<InferConsumerArgs> {
+    fn infer_consumer_args(&self, args: &BenchArgs, instance: usize) -> Result<InferConsumerArgs> {
         let mut flags = self.consumer_flags(args);
         flags.extend([
             format!("--group={}-infer", self.tag),
             format!("--infer-url={}", args.infer_url),
             format!("--images-per-request={}", args.images_per_request),
             format!("--in-flight={}", args.in_flight),
-            format!("--latency-log={}", self.latency_log.display()),
+            format!("--latency-log={}", self.latency_logs[instance].display()),
         ]);
         parse("infer-consumer", flags)
     }
@@ -286,24 +346,28 @@ impl RunNames {
     }
 }
 
-/// Both consumers, running as tasks of this process, with their metrics.
+/// Both consumers, each as one or more members of its group, running as tasks of this process.
+/// The instances of one consumer share its metrics (the counters add up).
 struct Consumers {
     stop: CancellationToken,
     db_metrics: Arc<ConsumerMetrics>,
     infer_metrics: Arc<ConsumerMetrics>,
-    db_task: JoinHandle<Result<()>>,
-    infer_task: JoinHandle<Result<()>>,
+    db_tasks: Vec<JoinHandle<Result<()>>>,
+    infer_tasks: Vec<JoinHandle<Result<()>>>,
 }
 
 impl Consumers {
     fn start(args: &BenchArgs, run: &RunNames) -> Result<Consumers> {
-        let (db_args, infer_args) = (run.db_consumer_args(args)?, run.infer_consumer_args(args)?);
         let stop = CancellationToken::new();
         let (db_metrics, infer_metrics) = (ConsumerMetrics::new(Role::Db), ConsumerMetrics::new(Role::Infer));
-        let db_task = tokio::spawn(iot_ingest::consumer::db::run(db_args, db_metrics.clone(), stop.clone()));
-        let infer_task =
-            tokio::spawn(iot_ingest::consumer::infer::run(infer_args, infer_metrics.clone(), stop.clone()));
-        Ok(Consumers { stop, db_metrics, infer_metrics, db_task, infer_task })
+        let (mut db_tasks, mut infer_tasks) = (Vec::new(), Vec::new());
+        for instance in 0..run.latency_logs.len() {
+            let (db_args, infer_args) = (run.db_consumer_args(args)?, run.infer_consumer_args(args, instance)?);
+            db_tasks.push(tokio::spawn(iot_ingest::consumer::db::run(db_args, db_metrics.clone(), stop.clone())));
+            let infer = iot_ingest::consumer::infer::run(infer_args, infer_metrics.clone(), stop.clone());
+            infer_tasks.push(tokio::spawn(infer));
+        }
+        Ok(Consumers { stop, db_metrics, infer_metrics, db_tasks, infer_tasks })
     }
 
     /// Seconds from `started` until every record was stored, and until every one was inferred.
@@ -326,7 +390,7 @@ impl Consumers {
                     self.infer_metrics.written.get()
                 );
             }
-            if self.db_task.is_finished() || self.infer_task.is_finished() {
+            if self.db_tasks.iter().chain(&self.infer_tasks).any(JoinHandle::is_finished) {
                 bail!("a consumer stopped early");
             }
             if stored_s.is_none() && self.db_metrics.written.get() >= total {
@@ -339,14 +403,18 @@ impl Consumers {
         }
     }
 
-    /// Stops both consumers; their metrics, or the first error either of them ended with.
+    /// Stops every consumer; their metrics, or the first error one of them ended with.
     async fn stop(self) -> Result<(Arc<ConsumerMetrics>, Arc<ConsumerMetrics>)> {
         self.stop.cancel();
-        let db = self.db_task.await.context("db-consumer task");
-        let infer = self.infer_task.await.context("infer-consumer task");
-        db?.context("db-consumer")?;
-        infer?.context("infer-consumer")?;
-        Ok((self.db_metrics, self.infer_metrics))
+        let mut first_error = None;
+        let tasks = self.db_tasks.into_iter().map(|t| ("db-consumer", t));
+        for (name, task) in tasks.chain(self.infer_tasks.into_iter().map(|t| ("infer-consumer", t))) {
+            let ended = task.await.with_context(|| format!("{name} task")).and_then(|r| r.context(name));
+            if let Err(err) = ended {
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok((self.db_metrics, self.infer_metrics)), Err)
     }
 }
 
@@ -377,6 +445,7 @@ mod tests {
     fn table_has_a_row_per_run() {
         let f = RunFigures {
             producers: 2,
+            instances: 1,
             images: 1000,
             produce_s: 0.5,
             stored_s: 1.0,
@@ -389,9 +458,14 @@ mod tests {
             infer_retries: 0,
             latency_p50_ms: 900,
             latency_p99_ms: 2000,
-            latency_log: PathBuf::new(),
+            latency_logs: Vec::new(),
+            db_stages: vec![(2, 0.5); Stage::ALL.len()],
+            infer_stages: Vec::new(),
         };
-        let text = table(&[f]);
-        assert!(text.lines().nth(2).unwrap().starts_with("| 2 | 1000 | 250.0 | 2000 | 1000 |"), "{text}");
+        let text = table(std::slice::from_ref(&f));
+        assert!(text.lines().nth(2).unwrap().starts_with("| 2 | 1 | 1000 | 250.0 | 2000 | 1000 |"), "{text}");
+        let stages = stage_table(&[f]);
+        assert!(stages.lines().nth(2).unwrap().starts_with("| 2 | 1 | db | 250.00 (2) |"), "{stages}");
+        assert_eq!(stages.lines().nth(3), Some("| 2 | 1 | infer |"), "{stages}");
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use iot_schema::ImageMessage;
 use tokio::sync::Semaphore;
 
-use crate::message::{self, ImageLimits, Malformed};
+use crate::message::{self, ImageLimits, Inbound, Malformed};
 
 /// `--decode-memory-mb` when the consumer runs without a cgroup memory limit.
 pub const DEFAULT_BUDGET_MB: u64 = 256;
@@ -59,21 +59,24 @@ impl Decoder {
         &self.limits
     }
 
-    /// [`message::parse`] of a payload, off the async threads, under a permit.
-    pub async fn parse(&self, payload: Option<&[u8]>) -> Result<ImageMessage, Malformed> {
+    /// [`message::parse`] of a record's payload, off the async threads, under a permit. The
+    /// record goes to the blocking thread and comes back with the verdict, so that its payload
+    /// is not copied. `None` when the runtime shut down first (only that cancels a blocking
+    /// task): the record is then neither handled nor dead-lettered, and is read again later.
+    pub async fn parse(&self, inbound: Inbound) -> Option<(Inbound, Result<ImageMessage, Malformed>)> {
         let Ok(permit) = self.slots.clone().acquire_owned().await else {
             unreachable!("the decode semaphore is never closed")
         };
-        let (payload, limits) = (payload.map(<[u8]>::to_vec), self.limits);
+        let limits = self.limits;
         let decoded = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             // The `image` crate must not panic on input; if it does, that image is bad.
-            std::panic::catch_unwind(|| message::parse(payload.as_deref(), &limits))
-                .unwrap_or_else(|_| Err(Malformed::BadImage("the image decoder panicked on it".into())))
+            let parsed = std::panic::catch_unwind(|| message::parse(inbound.payload.as_deref(), &limits))
+                .unwrap_or_else(|_| Err(Malformed::BadImage("the image decoder panicked on it".into())));
+            (inbound, parsed)
         })
         .await;
-        // Only a runtime shutting down cancels a blocking task, and then nothing is dead-lettered.
-        decoded.unwrap_or_else(|join| Err(Malformed::BadImage(format!("decoding was cancelled: {join}"))))
+        decoded.ok()
     }
 }
 

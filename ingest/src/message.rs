@@ -128,19 +128,20 @@ pub fn parse(payload: Option<&[u8]>, limits: &ImageLimits) -> Result<ImageMessag
     Ok(msg)
 }
 
-/// Decodes `Data` fully: a truncated or corrupt image is caught here, not by the service. The
-/// size comes from the header first, so an image over the limit costs no pixel memory at all.
+/// Decodes `Data` fully, once: a truncated or corrupt image is caught here, not by the service.
+/// The header is read first (once), so an image over the limit costs no pixel memory at all;
+/// the pixels are then decoded from the same reader, within `limits.bytes_per_decode()`.
 pub fn check_image(data: &str, limits: &ImageLimits) -> Result<(), Malformed> {
     let bytes = decode_base64(data)?;
     if bytes.is_empty() {
         return Err(Malformed::BadImage("no image bytes".into()));
     }
-    let reader = || {
-        image::ImageReader::new(Cursor::new(&bytes))
-            .with_guessed_format()
-            .map_err(|e| Malformed::BadImage(e.to_string()))
-    };
-    let (width, height) = reader()?.into_dimensions().map_err(|e| Malformed::BadImage(e.to_string()))?;
+    let bad = |e: image::ImageError| Malformed::BadImage(e.to_string());
+    let reader = image::ImageReader::new(Cursor::new(&bytes))
+        .with_guessed_format()
+        .map_err(|e| Malformed::BadImage(e.to_string()))?;
+    let mut decoder = reader.into_decoder().map_err(bad)?;
+    let (width, height) = image::ImageDecoder::dimensions(&decoder);
     let pixels = u64::from(width) * u64::from(height);
     if pixels == 0 {
         return Err(Malformed::BadImage(format!("the image is empty ({width}x{height})")));
@@ -151,11 +152,10 @@ pub fn check_image(data: &str, limits: &ImageLimits) -> Result<(), Malformed> {
             limits.max_pixels
         )));
     }
-    let mut decoder = reader()?;
     let mut decode_limits = image::Limits::default();
     decode_limits.max_alloc = Some(limits.bytes_per_decode());
-    decoder.limits(decode_limits);
-    decoder.decode().map_err(|e| Malformed::BadImage(e.to_string()))?;
+    image::ImageDecoder::set_limits(&mut decoder, decode_limits).map_err(bad)?;
+    image::DynamicImage::from_decoder(decoder).map_err(bad)?;
     Ok(())
 }
 

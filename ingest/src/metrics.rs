@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use prometheus::core::{Atomic, GenericCounter};
-use prometheus::{Counter, Encoder, Gauge, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Counter, Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+};
 
 /// Which consumer keeps the counters: the `consumer` label of every series.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +22,76 @@ impl Role {
             Role::Db => "db",
             Role::Infer => "infer",
         }
+    }
+}
+
+/// A step a record goes through in a consumer; the `stage` label of
+/// `iot_ingest_consumer_stage_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// One `recv` from Kafka, per record (idle waits for new records included).
+    KafkaRead,
+    /// From a batch's first record read to the batch's start: filling the batch, and waiting for
+    /// a free batch slot.
+    BatchWait,
+    /// Parsing and checking a batch's records, the image decode included.
+    Parse,
+    /// One request to the inference service (the infer-consumer), failed ones included.
+    Infer,
+    /// One `update` command of record upserts (with its one-by-one fallback, if needed).
+    WriteRecords,
+    /// One `update` command of change-log entries.
+    WriteChanges,
+    /// Sending one record to the dead-letter topic.
+    DeadLetter,
+    /// Handing a commit of the offsets done to Kafka (asynchronous: the call, not the broker).
+    Commit,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 8] = [
+        Stage::KafkaRead,
+        Stage::BatchWait,
+        Stage::Parse,
+        Stage::Infer,
+        Stage::WriteRecords,
+        Stage::WriteChanges,
+        Stage::DeadLetter,
+        Stage::Commit,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::KafkaRead => "kafka_read",
+            Stage::BatchWait => "batch_wait",
+            Stage::Parse => "parse",
+            Stage::Infer => "infer",
+            Stage::WriteRecords => "write_records",
+            Stage::WriteChanges => "write_changes",
+            Stage::DeadLetter => "dead_letter",
+            Stage::Commit => "commit",
+        }
+    }
+}
+
+/// Time per [`Stage`]: a histogram per stage, in seconds.
+#[derive(Clone, Debug)]
+pub struct Stages(HistogramVec);
+
+impl Stages {
+    /// Bucket bounds: 100 µs to about 52 s, doubling.
+    fn buckets() -> Vec<f64> {
+        prometheus::exponential_buckets(1e-4, 2.0, 20).expect("valid buckets")
+    }
+
+    pub fn observe(&self, stage: Stage, took: Duration) {
+        self.0.with_label_values(&[stage.as_str()]).observe(took.as_secs_f64());
+    }
+
+    /// Observations and their total seconds so far for `stage`.
+    pub fn totals(&self, stage: Stage) -> (u64, f64) {
+        let histogram = self.0.with_label_values(&[stage.as_str()]);
+        (histogram.get_sample_count(), histogram.get_sample_sum())
     }
 }
 
@@ -46,6 +118,8 @@ pub struct ConsumerMetrics {
     pub pauses: IntCounter,
     /// By `topic` and `partition`.
     pub offsets_skipped: IntCounterVec,
+    /// By `stage`.
+    pub stages: Stages,
 }
 
 impl ConsumerMetrics {
@@ -88,6 +162,7 @@ impl ConsumerMetrics {
                 "offsets Kafka deleted (retention) before this group read them",
                 &["topic", "partition"],
             ),
+            stages: register.stages(),
             registry,
         };
         Arc::new(metrics)
@@ -139,6 +214,20 @@ impl Registrar<'_> {
         let gauge = Gauge::with_opts(opts).expect("a valid gauge definition");
         self.registry.register(Box::new(gauge.clone())).expect("each gauge registered once");
         gauge
+    }
+
+    fn stages(&self) -> Stages {
+        let help = "time per step of a record's way through a consumer (see docs/ingest.md)";
+        let opts = HistogramOpts::new("consumer_stage_seconds", help)
+            .const_label("consumer", self.role.as_str())
+            .buckets(Stages::buckets());
+        let histograms = HistogramVec::new(opts, &["stage"]).expect("a valid histogram definition");
+        self.registry.register(Box::new(histograms.clone())).expect("each histogram registered once");
+        // Every stage shows from the start, at zero, so that dashboards need no special case.
+        for stage in Stage::ALL {
+            histograms.with_label_values(&[stage.as_str()]);
+        }
+        Stages(histograms)
     }
 
     fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -199,6 +288,26 @@ mod tests {
         assert!(m.stall_ended().unwrap() >= Duration::from_secs(5));
         assert_eq!(m.stall_ended(), None);
         assert!(m.render().contains("iot_ingest_mongo_stall_seconds{consumer=\"infer\"} 0\n"));
+    }
+
+    #[test]
+    fn every_stage_is_a_histogram_labelled_with_its_consumer() {
+        let m = ConsumerMetrics::new(Role::Infer);
+        m.stages.observe(Stage::Infer, Duration::from_millis(30));
+        m.stages.observe(Stage::Infer, Duration::from_millis(10));
+        assert_eq!(m.stages.totals(Stage::Infer).0, 2);
+        assert!((m.stages.totals(Stage::Infer).1 - 0.04).abs() < 1e-9);
+        let text = m.render();
+        assert!(text.contains("# TYPE iot_ingest_consumer_stage_seconds histogram"), "{text}");
+        assert!(
+            text.contains("iot_ingest_consumer_stage_seconds_count{consumer=\"infer\",stage=\"infer\"} 2\n"),
+            "{text}"
+        );
+        for stage in Stage::ALL {
+            let series =
+                format!("iot_ingest_consumer_stage_seconds_count{{consumer=\"infer\",stage=\"{}\"}}", stage.as_str());
+            assert!(text.contains(&series), "{series} missing from {text}");
+        }
     }
 
     #[test]

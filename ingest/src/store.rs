@@ -2,14 +2,15 @@
 //! only decides how to send many of them at once, bounds each in time, and tells an ID collision
 //! from an insert race.
 //!
-//! A batch is sent as concurrent single-document `update_one(..).upsert(true)` calls, not as one
-//! multi-statement `update` command: FerretDB 1.24 (SQLite) as released hangs a database for good
-//! once the `update` commands in flight on it hold 100 statements between them, which the two
-//! consumer groups' batches did. `scripts/setup` builds FerretDB with a fix (docs/follow.md,
-//! "FerretDB"); single-document upserts work on any server.
+//! A batch is sent as two multi-statement `update` commands, one for the records and one for
+//! their change-log entries, instead of a round trip per upsert. FerretDB 1.24 (SQLite) as
+//! released hangs a database for good once the `update` commands in flight on it hold 100
+//! statements between them, and loses concurrent updates of one document; `scripts/setup` builds
+//! FerretDB with a fix for both (docs/follow.md, "the `update-atomic` patch"), which this module
+//! relies on. The driver's `bulkWrite` needs MongoDB 8, so the `update` command is sent as is.
 
 use std::future::IntoFuture;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use bson::{doc, Document};
@@ -21,11 +22,15 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use tokio::task::JoinSet;
 
 use crate::args::MongoArgs;
+use crate::metrics::{Stage, Stages};
 
 /// Server error code of a duplicate key.
 const DUPLICATE_KEY: i32 = 11000;
 /// How often one upsert is tried again at once after losing an insert race.
 const DUPLICATE_KEY_ATTEMPTS: u32 = 3;
+/// Upserts in one `update` command: far below MongoDB's 100,000 statements and 16 MiB per
+/// command for the consumers' small documents, and it bounds one command's time on a slow server.
+pub const STATEMENTS_PER_COMMAND: usize = 1_000;
 
 /// What one write did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +60,7 @@ pub struct Store {
     collection: String,
     concurrency: usize,
     op_timeout: Duration,
+    stages: Option<Stages>,
 }
 
 impl Store {
@@ -72,7 +78,13 @@ impl Store {
             collection: args.collection.clone(),
             concurrency: args.write_concurrency.max(1) as usize,
             op_timeout,
+            stages: None,
         })
+    }
+
+    /// The same store, timing its writes in `stages` (`write_records`, `write_changes`).
+    pub fn with_stages(self, stages: Stages) -> Store {
+        Store { stages: Some(stages), ..self }
     }
 
     pub fn collection(&self) -> Collection<Document> {
@@ -126,12 +138,70 @@ impl Store {
         Ok(())
     }
 
-    /// Applies writes from `iot_schema::write`, `concurrency` at a time, each as its record's
-    /// upsert followed by its change-log entry. Returns, in the order of `writes`, what each did
-    /// once MongoDB acknowledged every one. The first failure (a stall included) fails the call,
-    /// which the caller retries as a whole: the upserts are idempotent, and a collision is found
-    /// again.
+    /// Applies writes from `iot_schema::write`: the records' upserts as one unordered `update`
+    /// command, then, for the records stored, their change-log entries as another (up to
+    /// [`STATEMENTS_PER_COMMAND`] statements each). Returns, in the order of `writes`, what each
+    /// did once MongoDB acknowledged every one. The first failure (a stall included) fails the
+    /// call, which the caller retries as a whole: the upserts are idempotent, and a collision is
+    /// found again.
     pub async fn upsert_all(&self, writes: &[Write]) -> Result<Vec<Applied>> {
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for chunk in writes.chunks(STATEMENTS_PER_COMMAND) {
+            let applied = self.timed(Stage::WriteRecords, self.upsert_records(chunk)).await?;
+            let changes = chunk.iter().zip(&applied).filter(|(_, a)| **a == Applied::Stored).map(|(w, _)| &w.change);
+            self.timed(Stage::WriteChanges, self.update_many(&self.change_log(), changes))
+                .await?
+                .require_all("change-log")?;
+            outcomes.extend(applied);
+        }
+        Ok(outcomes)
+    }
+
+    /// The records' upserts in one command. When any statement fails (a duplicate key: an
+    /// insert race or an ID collision, which rule 8 of the contract tells apart by reading the
+    /// record), the batch is written again one upsert at a time: servers differ in what an
+    /// unordered command does after an error (FerretDB 1.24 stops at the first one and reports
+    /// the wrong index), and every upsert is idempotent.
+    async fn upsert_records(&self, writes: &[Write]) -> Result<Vec<Applied>> {
+        let reply = self.update_many(&self.collection(), writes.iter().map(|w| &w.record)).await?;
+        if reply.all_applied() {
+            return Ok(vec![Applied::Stored; writes.len()]);
+        }
+        if let Some(other) = reply.errors.iter().find(|e| e.code != DUPLICATE_KEY) {
+            anyhow::bail!(
+                "upsert into {} failed: {} (code {})",
+                self.collection().namespace(),
+                other.message,
+                other.code
+            );
+        }
+        tracing::debug!("{} of a bulk upsert of {} records: writing them one by one", reply, writes.len());
+        self.upsert_one_by_one(writes).await
+    }
+
+    /// One `update` command holding every upsert of `upserts`, unordered.
+    async fn update_many<'a>(
+        &self,
+        collection: &Collection<Document>,
+        upserts: impl Iterator<Item = &'a Upsert>,
+    ) -> Result<BulkReply> {
+        let statements: Vec<Document> =
+            upserts.map(|Upsert { filter, update }| doc! { "q": filter, "u": update, "upsert": true }).collect();
+        let sent = statements.len();
+        if sent == 0 {
+            return Ok(BulkReply { sent, acknowledged: 0, errors: Vec::new() });
+        }
+        let command = doc! { "update": collection.name(), "updates": statements, "ordered": false };
+        let what = || format!("an update of {sent} upserts on {}", collection.namespace());
+        let reply = self
+            .bounded(what, self.db.run_command(command))
+            .await?
+            .with_context(|| format!("update of {sent} upserts on {} failed", collection.namespace()))?;
+        BulkReply::read(&reply, sent).with_context(|| format!("update on {}", collection.namespace()))
+    }
+
+    /// Every record's upsert on its own, `concurrency` at a time.
+    async fn upsert_one_by_one(&self, writes: &[Write]) -> Result<Vec<Applied>> {
         let mut outcomes = vec![Applied::Stored; writes.len()];
         let mut running = JoinSet::new();
         let mut first_error = None;
@@ -140,7 +210,7 @@ impl Store {
                 collect(running.join_next().await, &mut outcomes, &mut first_error);
             }
             let (store, write) = (self.clone(), write.clone());
-            running.spawn(async move { (index, store.apply(&write).await) });
+            running.spawn(async move { (index, store.upsert_record(&write).await) });
         }
         while let Some(done) = running.join_next().await {
             collect(Some(done), &mut outcomes, &mut first_error);
@@ -148,13 +218,14 @@ impl Store {
         first_error.map_or(Ok(outcomes), Err)
     }
 
-    /// One write: the record, then (unless it collided) its change-log entry.
-    async fn apply(&self, write: &Write) -> Result<Applied> {
-        let applied = self.upsert_record(write).await?;
-        if applied == Applied::Stored {
-            self.upsert_change(&write.change).await?;
+    /// Runs `op`, timing it as `stage` when the store reports its stages.
+    async fn timed<T>(&self, stage: Stage, op: impl std::future::Future<Output = T>) -> T {
+        let started = Instant::now();
+        let result = op.await;
+        if let Some(stages) = &self.stages {
+            stages.observe(stage, started.elapsed());
         }
-        Ok(applied)
+        result
     }
 
     /// The record's upsert. A duplicate key means the `_id` exists but the filter did not match
@@ -193,16 +264,74 @@ impl Store {
         let stored = stored.as_ref().and_then(|doc| doc.get_str(field::DIGEST).ok());
         Ok(stored.filter(|theirs| *theirs != ours).map(str::to_owned))
     }
+}
 
-    /// A change-log entry; its `_id` is fixed per write, so a retried write rewrites it.
-    async fn upsert_change(&self, change: &Upsert) -> Result<()> {
-        let Upsert { filter, update } = change;
-        let changes = self.change_log();
-        let what = || format!("the change-log upsert {filter}");
-        self.bounded(what, changes.update_one(filter.clone(), update.clone()).upsert(true))
-            .await?
-            .with_context(|| format!("change-log upsert of {filter} failed"))?;
+/// What the server said about one `update` command.
+#[derive(Debug)]
+struct BulkReply {
+    sent: usize,
+    /// `n`: statements that matched a document or inserted one.
+    acknowledged: usize,
+    errors: Vec<StatementError>,
+}
+
+#[derive(Debug)]
+struct StatementError {
+    code: i32,
+    message: String,
+}
+
+impl BulkReply {
+    /// Reads an `update` reply (`n`, `writeErrors`, `writeConcernError`) for `sent` statements.
+    fn read(reply: &Document, sent: usize) -> Result<BulkReply> {
+        if let Ok(concern) = reply.get_document("writeConcernError") {
+            anyhow::bail!("the write concern failed: {concern}");
+        }
+        let acknowledged = match reply.get("n") {
+            Some(bson::Bson::Int32(n)) => usize::try_from(*n).unwrap_or(0),
+            Some(bson::Bson::Int64(n)) => usize::try_from(*n).unwrap_or(0),
+            _ => 0,
+        };
+        let errors = match reply.get_array("writeErrors") {
+            Ok(errors) => errors.iter().filter_map(bson::Bson::as_document).map(StatementError::read).collect(),
+            Err(_) => Vec::new(),
+        };
+        Ok(BulkReply { sent, acknowledged, errors })
+    }
+
+    /// Every statement matched or inserted its document. An upsert always does one or the other
+    /// unless it failed, so a short count without errors is treated as a failure too.
+    fn all_applied(&self) -> bool {
+        self.errors.is_empty() && self.acknowledged == self.sent
+    }
+
+    /// Fails unless every statement was applied.
+    fn require_all(&self, what: &str) -> Result<()> {
+        match self.all_applied() {
+            true => Ok(()),
+            false => Err(anyhow::anyhow!("{what} {self}")),
+        }
+    }
+}
+
+impl std::fmt::Display for BulkReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "update: {} of {} upserts acknowledged", self.acknowledged, self.sent)?;
+        if let Some(first) = self.errors.first() {
+            write!(f, ", {} failed (first: {}, code {})", self.errors.len(), first.message, first.code)?;
+        }
         Ok(())
+    }
+}
+
+impl StatementError {
+    fn read(error: &Document) -> StatementError {
+        let code = match error.get("code") {
+            Some(bson::Bson::Int32(code)) => *code,
+            Some(bson::Bson::Int64(code)) => i32::try_from(*code).unwrap_or(i32::MAX),
+            _ => 0,
+        };
+        StatementError { code, message: error.get_str("errmsg").unwrap_or("no message").to_owned() }
     }
 }
 

@@ -1,7 +1,8 @@
 //! The MongoDB writer on the real server (`scripts/stack up`): both consumers' upserts of the
-//! same records, at the same time, end in one complete document each, and index creation can be
-//! repeated. (FerretDB 1.24 as released hangs on concurrent multi-statement updates; this test
-//! guards the single-document path that replaced them. `concurrent_updates.rs` tests the server.)
+//! same records, at the same time, end in one complete document each, a collision inside a bulk
+//! command loses none of the other writes, and index creation can be repeated. (FerretDB 1.24 as
+//! released hangs on concurrent multi-statement updates; `concurrent_updates.rs` tests the
+//! server's fix that the bulk commands rely on.)
 
 mod common;
 
@@ -109,6 +110,39 @@ async fn a_redelivery_is_stored_again_and_other_content_under_the_same_id_is_a_c
     assert_eq!(store.upsert_all(&[meta(&message(8))]).await.expect("write"), [Applied::Stored]);
     let claimed = store.collection().find_one(doc! { "_id": &old_id }).await.expect("read").expect("record");
     assert_eq!(claimed.get_str("Digest"), Ok(iot_schema::write::content_digest(&message(8)).as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collision_inside_a_bulk_write_stores_every_other_record_and_logs_only_the_stored() {
+    let db = unique_name("store_bulk_collide");
+    let store = shared_store(&db).await;
+    let _drop = DropDb(store.clone());
+    let now = bson::DateTime::now();
+    let meta = |m: &ImageMessage| iot_schema::write::store_metadata(m, now);
+    let taken = message(50);
+    store.upsert_all(&[meta(&taken)]).await.expect("write");
+    let mut other = message(50);
+    other.ground_truth = "ship".into();
+    // More records than one command holds, with the collision in the middle of the first one.
+    let count = iot_ingest::store::STATEMENTS_PER_COMMAND as i64 + 20;
+    let batch: Vec<ImageMessage> = (0..count).map(|id| if id == 50 { other.clone() } else { message(id) }).collect();
+    let writes: Vec<_> = batch.iter().map(meta).collect();
+
+    let outcome = store.upsert_all(&writes).await.expect("write");
+
+    let collision = Applied::Collision { stored: iot_schema::write::content_digest(&taken) };
+    for (id, applied) in outcome.iter().enumerate() {
+        let expected = if id == 50 { &collision } else { &Applied::Stored };
+        assert_eq!(applied, expected, "record {id}");
+    }
+    let records = store.collection().count_documents(doc! { "Digest": { "$exists": true } }).await.expect("count");
+    assert_eq!(records, count as u64, "every record stored once, the collided one holding the first content");
+    let kept = store.collection().find_one(doc! { "_id": taken.doc_id() }).await.expect("read").expect("record");
+    assert_eq!(kept.get_str("GroundTruth"), Ok("cat"));
+    let logged = store.change_log().count_documents(doc! {}).await.expect("count");
+    assert_eq!(logged, count as u64, "one entry per stored write: the first write, and all but the collision");
+    let collided = store.change_log().count_documents(doc! { "Record": taken.doc_id() }).await.expect("count");
+    assert_eq!(collided, 1, "the collision logged no change");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

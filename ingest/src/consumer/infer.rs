@@ -13,7 +13,7 @@ use crate::backoff::{Backoff, Failure, ShutdownRequested};
 use crate::infer_client::{FailureCode, ImageOutcome, InferClient, InferRequestError, InferResponse};
 use crate::latency::{LatencyLog, LatencyRow};
 use crate::message::{Malformed, Parsed};
-use crate::metrics::ConsumerMetrics;
+use crate::metrics::{ConsumerMetrics, Stage};
 use crate::shutdown::CancellationToken;
 use crate::store::Store;
 
@@ -143,6 +143,7 @@ impl InferenceWriter {
             async move {
                 let started = Instant::now();
                 let answer = self.client.infer_within(images, timeout).await;
+                self.metrics.stages.observe(Stage::Infer, started.elapsed());
                 let response = answer.map_err(|e| Unsettled::from(e).into_failure())?;
                 self.metrics.infer_requests.inc();
                 self.metrics.infer_images.inc_by(images.len() as u64);

@@ -24,7 +24,7 @@ use crate::args::{ConsumerArgs, KafkaArgs};
 use crate::backoff::Backoff;
 use crate::dlq::DeadLetters;
 use crate::message::{Inbound, Malformed, Parsed};
-use crate::metrics::ConsumerMetrics;
+use crate::metrics::{ConsumerMetrics, Stage};
 use crate::offsets::{Epoch, OffsetTracker, Position};
 use crate::shutdown::CancellationToken;
 use crate::store::{Applied, Store};
@@ -71,6 +71,7 @@ struct TaskKit<H> {
 struct Pending {
     inbound: Inbound,
     epoch: Epoch,
+    read_at: Instant,
 }
 
 /// What a batch task hands back: the records it finished, and the epoch of each partition in it.
@@ -171,6 +172,7 @@ impl<H: Handler> Engine<H> {
             self.dispatch_ready(false);
             self.apply_backpressure();
             let room = self.has_room();
+            let waiting = Instant::now();
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return Ok(()),
@@ -180,6 +182,7 @@ impl<H: Handler> Engine<H> {
                 _ = sleep_until_opt(self.deadline), if self.deadline.is_some() && room => self.dispatch_ready(true),
                 received = consumer.recv() => match received {
                     Ok(msg) => {
+                        self.metrics.stages.observe(Stage::KafkaRead, waiting.elapsed());
                         read_errors.recovered();
                         self.accept(&msg);
                     }
@@ -241,7 +244,7 @@ impl<H: Handler> Engine<H> {
             self.check_for_lost_offsets(&inbound.pos, gap);
         }
         self.metrics.received.inc();
-        self.pending.push_back(Pending { inbound, epoch: received.epoch });
+        self.pending.push_back(Pending { inbound, epoch: received.epoch, read_at: Instant::now() });
         self.deadline.get_or_insert_with(|| Instant::now() + self.linger);
     }
 
@@ -264,9 +267,12 @@ impl<H: Handler> Engine<H> {
     fn dispatch(&mut self, batch: Vec<Pending>) {
         let mut epochs = HashMap::new();
         let mut records = Vec::with_capacity(batch.len());
+        if let Some(oldest) = batch.first() {
+            self.metrics.stages.observe(Stage::BatchWait, oldest.read_at.elapsed());
+        }
         {
             let tracker = lock(&self.tracker);
-            for Pending { inbound, epoch } in batch {
+            for Pending { inbound, epoch, .. } in batch {
                 if tracker.is_current(&inbound.pos, epoch) {
                     epochs.insert((inbound.pos.topic.clone(), inbound.pos.partition), epoch);
                     records.push(inbound);
@@ -294,7 +300,10 @@ impl<H: Handler> Engine<H> {
         if commits.is_empty() {
             return;
         }
-        match to_list(&commits).and_then(|tpl| Ok(self.consumer.commit(&tpl, CommitMode::Async)?)) {
+        let started = Instant::now();
+        let committed = to_list(&commits).and_then(|tpl| Ok(self.consumer.commit(&tpl, CommitMode::Async)?));
+        self.metrics.stages.observe(Stage::Commit, started.elapsed());
+        match committed {
             Ok(()) => self.metrics.commits.inc(),
             Err(err) => {
                 self.metrics.commit_errors.inc();
@@ -383,11 +392,18 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 async fn handle_batch<H: Handler>(kit: &TaskKit<H>, batch: Vec<Inbound>) -> Vec<Position> {
     let mut done = Vec::with_capacity(batch.len());
     let mut good = Vec::with_capacity(batch.len());
+    let mut bad = Vec::new();
+    let started = Instant::now();
     for inbound in batch {
-        match kit.decoder.parse(inbound.payload.as_deref()).await {
-            Ok(msg) => good.push(Parsed { inbound, msg }),
-            Err(reason) => dead_letter(kit, &inbound, &reason, &mut done).await,
+        match kit.decoder.parse(inbound).await {
+            Some((inbound, Ok(msg))) => good.push(Parsed { inbound, msg }),
+            Some((inbound, Err(reason))) => bad.push((inbound, reason)),
+            None => tracing::debug!("shutting down: a record left for redelivery"),
         }
+    }
+    kit.metrics.stages.observe(Stage::Parse, started.elapsed());
+    for (inbound, reason) in bad {
+        dead_letter(kit, &inbound, &reason, &mut done).await;
     }
     if good.is_empty() {
         return done;
@@ -403,7 +419,10 @@ async fn handle_batch<H: Handler>(kit: &TaskKit<H>, batch: Vec<Inbound>) -> Vec<
 }
 
 async fn dead_letter<H>(kit: &TaskKit<H>, inbound: &Inbound, reason: &Malformed, done: &mut Vec<Position>) {
-    if kit.dead_letters.send(inbound, reason, &kit.shutdown).await.is_ok() {
+    let started = Instant::now();
+    let sent = kit.dead_letters.send(inbound, reason, &kit.shutdown).await;
+    kit.metrics.stages.observe(Stage::DeadLetter, started.elapsed());
+    if sent.is_ok() {
         kit.metrics.dead_lettered.inc();
         done.push(inbound.pos.clone());
     }
@@ -515,7 +534,7 @@ pub async fn open_store(
     if let Some(addr) = consumer.metrics_listen {
         crate::metrics::serve(addr, metrics.clone()).await?;
     }
-    let store = Store::open(mongo).await?;
+    let store = Store::open(mongo).await?.with_stages(metrics.stages.clone());
     prepare_store(&store, consumer.backoff(), shutdown).await?;
     Ok(store)
 }
