@@ -13,7 +13,7 @@ use anyhow::{ensure, Result};
 use clap::Parser;
 use iot_bench::{generate, Spec};
 use iot_dataflow::checkpoint::{read_worker, write_worker};
-use iot_dataflow::follow_state::{digest, Records, RecordState};
+use iot_dataflow::follow_state::{digest, RecordState, Records};
 use iot_dataflow::record::{Observation, Verdict};
 
 #[derive(Parser)]

@@ -156,7 +156,8 @@ fn time_restart(
         |name: &str| std::fs::read_to_string(args.dir.join(format!("follow-{base}-{name}.log"))).unwrap_or_default();
     let said = |name: &str, text: &str| log(name).lines().find(|line| line.contains(text)).map(str::to_owned);
     eprintln!(
-        "base {base}: checkpoint {:.1} MiB ({:.1} B/record); written: {}; restart after SIGKILL with {} changes          while down: current again in {:.2} s; {}",
+        "base {base}: checkpoint {:.1} MiB ({:.1} B/record); written: {}; restart after SIGKILL with {} changes \
+         while down: current again in {:.2} s; {}",
         bytes as f64 / (1024.0 * 1024.0),
         bytes as f64 / base as f64,
         said("load", "checkpoint written").unwrap_or_else(|| "no checkpoint line".into()),
