@@ -17,6 +17,7 @@ use iot_ingest::metrics::{ConsumerMetrics, Role, Stage};
 use iot_ingest::producer::ProducerArgs;
 use iot_ingest::shutdown::CancellationToken;
 use iot_ingest::store::Store;
+use iot_schema::field::{INFERRED, STORED_AT};
 use tokio::task::JoinHandle;
 
 use crate::latency_report::RunLatencies;
@@ -223,7 +224,9 @@ async fn bench_once(args: &BenchArgs, producers: u32, instances: u32, outer: &Ca
     if produced.acknowledged != total {
         bail!("only {} of {total} messages were acknowledged", produced.acknowledged);
     }
-    let done = consumers.wait_until_done(total, started, started + Duration::from_secs(args.timeout_s), outer).await;
+    let store = Store::open(&MongoArgs { write_concurrency: 1, ..MongoArgs::new(&args.mongo_uri, &run.db) }).await?;
+    let deadline = started + Duration::from_secs(args.timeout_s);
+    let done = consumers.wait_until_done(&store, total, started, deadline, outer).await;
     let metrics = consumers.stop().await;
     // A consumer's own error says more than "it stopped early".
     let (db_metrics, infer_metrics) = metrics?;
@@ -371,8 +374,12 @@ impl Consumers {
     }
 
     /// Seconds from `started` until every record was stored, and until every one was inferred.
+    /// The consumers' write counters only say when to look: a record redelivered after a
+    /// rebalance is written twice, so the counters can reach `total` while records are still
+    /// missing. MongoDB's count of records with the field decides.
     async fn wait_until_done(
         &self,
+        store: &Store,
         total: u64,
         started: Instant,
         deadline: Instant,
@@ -393,10 +400,13 @@ impl Consumers {
             if self.db_tasks.iter().chain(&self.infer_tasks).any(JoinHandle::is_finished) {
                 bail!("a consumer stopped early");
             }
-            if stored_s.is_none() && self.db_metrics.written.get() >= total {
+            if stored_s.is_none() && self.db_metrics.written.get() >= total && holds(store, STORED_AT, total).await? {
                 stored_s = Some(started.elapsed().as_secs_f64());
             }
-            if inferred_s.is_none() && self.infer_metrics.written.get() >= total {
+            if inferred_s.is_none()
+                && self.infer_metrics.written.get() >= total
+                && holds(store, INFERRED, total).await?
+            {
                 inferred_s = Some(started.elapsed().as_secs_f64());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -416,6 +426,11 @@ impl Consumers {
         }
         first_error.map_or(Ok((self.db_metrics, self.infer_metrics)), Err)
     }
+}
+
+/// Whether `total` records in MongoDB have `field`.
+async fn holds(store: &Store, field: &str, total: u64) -> Result<bool> {
+    Ok(store.collection().count_documents(doc! { field: { "$exists": true } }).await? >= total)
 }
 
 /// Every record is in MongoDB with its metadata and its inference.
