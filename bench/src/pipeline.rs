@@ -231,7 +231,7 @@ async fn bench_once(args: &BenchArgs, producers: u32, instances: u32, outer: &Ca
     // A consumer's own error says more than "it stopped early".
     let (db_metrics, infer_metrics) = metrics?;
     let (stored_s, inferred_s) = done.with_context(|| format!("run with {producers} producer(s)"))?;
-    check_every_record_complete(args, &run, total).await?;
+    check_every_record_complete(&store, total).await?;
     if !args.keep {
         Store::open(&MongoArgs::new(&args.mongo_uri, &run.db))
             .await?
@@ -434,8 +434,7 @@ async fn holds(store: &Store, field: &str, total: u64) -> Result<bool> {
 }
 
 /// Every record is in MongoDB with its metadata and its inference.
-async fn check_every_record_complete(args: &BenchArgs, run: &RunNames, total: u64) -> Result<()> {
-    let store = Store::open(&MongoArgs { write_concurrency: 1, ..MongoArgs::new(&args.mongo_uri, &run.db) }).await?;
+async fn check_every_record_complete(store: &Store, total: u64) -> Result<()> {
     let complete = store
         .collection()
         .count_documents(doc! { iot_schema::field::INFERRED: { "$exists": true }, iot_schema::field::STORED_AT: { "$exists": true } })

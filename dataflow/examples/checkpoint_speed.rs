@@ -49,9 +49,9 @@ fn main() -> Result<()> {
     let started = Instant::now();
     let restored = read_worker(dir.path(), &file)?;
     let restored_in = started.elapsed();
-    ensure!(restored.entries() == state.entries(), "the restored state differs from the written one");
-    let incorrect = restored
-        .entries()
+    let entries = restored.entries();
+    ensure!(entries == state.entries(), "the restored state differs from the written one");
+    let incorrect = entries
         .iter()
         .filter(|(_, state)| matches!(state, RecordState::Counted { verdict: Verdict::Incorrect, .. }))
         .count();

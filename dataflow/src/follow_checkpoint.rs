@@ -92,7 +92,7 @@ pub fn restore(
         }),
         None => Err(Unusable::Missing(options.dir.clone())),
     };
-    let outcomes = gather_at_worker_zero(worker, mine.as_ref().map(|count| *count).map_err(ToString::to_string));
+    let outcomes = gather_at_worker_zero(worker, mine.as_ref().copied().map_err(ToString::to_string));
     let used = from_worker_zero(worker, |peers| {
         let used = planned.is_some() && outcomes.iter().all(Result::is_ok);
         if let (Some(_), Some(Err(reason))) = (&planned, outcomes.iter().find(|outcome| outcome.is_err())) {
@@ -187,6 +187,7 @@ impl Checkpointer {
                 .inspect(move |reply: &(usize, Written)| written.borrow_mut().push(reply.clone()));
             (requests, replies)
         });
+        let next_generation = checkpoint::next_generation(&options.dir);
         Checkpointer {
             options: options.clone(),
             origin,
@@ -195,8 +196,8 @@ impl Checkpointer {
             asked,
             replies,
             written,
-            next_generation: checkpoint::next_generation(&options.dir),
-            committed: checkpoint::next_generation(&options.dir).checked_sub(1).filter(|g| *g > 0),
+            next_generation,
+            committed: Some(next_generation - 1).filter(|generation| *generation > 0),
             last_written: Instant::now(),
         }
     }
