@@ -66,11 +66,7 @@ fn main() -> Result<()> {
                 if sent.is_multiple_of(1024) {
                     worker.step();
                 }
-                let reading = Reading::Counted {
-                    producer_id: record.producer_id,
-                    ground_truth: record.ground_truth,
-                    inferred: record.inferred,
-                };
+                let reading = Reading::counted(record.producer_id, record.ground_truth, record.inferred);
                 input.send(&record.doc_id, &reading);
             }
         });
@@ -80,11 +76,7 @@ fn main() -> Result<()> {
         // Then one round of changes from worker 0: the first `changes` records become pending.
         if index == 0 {
             generate(&Spec { records: changes.min(records), ..spec }, |record| {
-                let reading = Reading::Counted {
-                    producer_id: record.producer_id,
-                    ground_truth: record.ground_truth,
-                    inferred: None,
-                };
+                let reading = Reading::counted(record.producer_id, record.ground_truth, None);
                 input.send(&record.doc_id, &reading);
             });
         }

@@ -1,12 +1,13 @@
 //! Sources hand the dataflow consolidated observations: a differential collection is a
-//! multiset, so a million identical `(producer, truth, inferred)` triples are one update with
-//! multiplicity a million. This keeps the dataflow's work proportional to distinct observations.
+//! multiset, so a million identical `(producer, truth, inferred, window)` tuples are one update
+//! with multiplicity a million. This keeps the dataflow's work proportional to distinct observations.
 
 use rustc_hash::FxHashMap;
 
 use crate::record::Observation;
 
 const NONE: u32 = u32::MAX;
+const NO_WINDOW: i64 = i64::MIN;
 
 /// Accumulates observations by interned strings, so that counting one costs a few hash lookups
 /// on borrowed text and no allocation.
@@ -14,7 +15,7 @@ const NONE: u32 = u32::MAX;
 pub struct Consolidator {
     ids: FxHashMap<String, u32>,
     names: Vec<String>,
-    counts: FxHashMap<(u32, u32, u32), isize>,
+    counts: FxHashMap<(u32, u32, u32, i64), isize>,
 }
 
 impl Consolidator {
@@ -28,9 +29,20 @@ impl Consolidator {
         id
     }
 
-    pub fn add(&mut self, producer_id: &str, ground_truth: &str, inferred: Option<&str>, diff: isize) {
-        let key =
-            (self.intern(producer_id), self.intern(ground_truth), inferred.map_or(NONE, |label| self.intern(label)));
+    pub fn add(
+        &mut self,
+        producer_id: &str,
+        ground_truth: &str,
+        inferred: Option<&str>,
+        window: Option<i64>,
+        diff: isize,
+    ) {
+        let key = (
+            self.intern(producer_id),
+            self.intern(ground_truth),
+            inferred.map_or(NONE, |label| self.intern(label)),
+            window.unwrap_or(NO_WINDOW),
+        );
         *self.counts.entry(key).or_default() += diff;
     }
 
@@ -46,9 +58,10 @@ impl Consolidator {
             .counts
             .drain()
             .filter(|(_, diff)| *diff != 0)
-            .map(|((producer, truth, inferred), diff)| {
+            .map(|((producer, truth, inferred, window), diff)| {
                 let inferred = (inferred != NONE).then(|| name(inferred));
-                (Observation { producer_id: name(producer), ground_truth: name(truth), inferred }, diff)
+                let window = (window != NO_WINDOW).then_some(window);
+                (Observation { producer_id: name(producer), ground_truth: name(truth), inferred, window }, diff)
             })
             .collect();
         out
@@ -63,16 +76,21 @@ mod tests {
     fn identical_observations_become_one_update() {
         let mut c = Consolidator::default();
         for _ in 0..1000 {
-            c.add("p", "cat", Some("dog"), 1);
+            c.add("p", "cat", Some("dog"), None, 1);
         }
-        c.add("p", "cat", None, 1);
-        c.add("q", "cat", None, 1);
-        c.add("q", "cat", None, -1);
+        c.add("p", "cat", None, None, 1);
+        c.add("p", "cat", Some("dog"), Some(3_600_000), 2);
+        c.add("q", "cat", None, None, 1);
+        c.add("q", "cat", None, None, -1);
         let mut out = c.drain();
         out.sort();
         assert_eq!(
             out,
-            vec![(Observation::new("p", "cat", None), 1), (Observation::new("p", "cat", Some("dog")), 1000),]
+            vec![
+                (Observation::new("p", "cat", None), 1),
+                (Observation::new("p", "cat", Some("dog")), 1000),
+                (Observation::new("p", "cat", Some("dog")).in_window(3_600_000), 2),
+            ]
         );
         assert!(c.is_empty());
     }

@@ -30,56 +30,34 @@ pub fn tally_by_producer<'scope, T>(
 where
     T: Timestamp + Lattice + Ord,
 {
-    verdicts.reduce_named("TallyByProducer", |_producer, verdicts, tally| {
+    tally_by("TallyByProducer", verdicts)
+}
+
+/// One tally per key from `(key, verdict)` pairs.
+pub fn tally_by<'scope, T, K>(
+    name: &str,
+    verdicts: VecCollection<'scope, T, (K, Verdict), isize>,
+) -> VecCollection<'scope, T, (K, Tally), isize>
+where
+    T: Timestamp + Lattice + Ord,
+    K: differential_dataflow::ExchangeData + differential_dataflow::Hashable,
+{
+    verdicts.reduce_named(name, |_key, verdicts, tally| {
         tally.push((Tally::from_counts(verdicts.iter().map(|(v, n)| (*v, *n))), 1))
     })
 }
 
 #[cfg(test)]
 mod tests {
-    use std::cell::RefCell;
     use std::collections::BTreeMap;
-    use std::rc::Rc;
-
-    use differential_dataflow::input::Input;
 
     use super::*;
+    use crate::views::testing::after_each_round;
 
     /// Runs `error_counts` over several rounds of updates and returns the tallies after each.
     fn tallies_after_each_round(rounds: Vec<Vec<(Observation, isize)>>) -> Vec<BTreeMap<String, Tally>> {
-        timely::execute_directly(move |worker| {
-            let output = Rc::new(RefCell::new(BTreeMap::<(String, Tally), isize>::new()));
-            let sink = output.clone();
-            let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
-                let (input, observations) = scope.new_collection();
-                let (probe, _) = error_counts(observations)
-                    .inspect(move |(row, _time, diff)| {
-                        *sink.borrow_mut().entry(row.clone()).or_default() += diff;
-                    })
-                    .probe();
-                (input, probe)
-            });
-            let mut snapshots = Vec::new();
-            for (round, updates) in rounds.into_iter().enumerate() {
-                for (observation, diff) in updates {
-                    input.update(observation, diff);
-                }
-                input.advance_to(round as u64 + 1);
-                input.flush();
-                worker.step_while(|| probe.less_than(input.time()));
-                let current = output
-                    .borrow()
-                    .iter()
-                    .filter(|(_, diff)| **diff != 0)
-                    .map(|((producer, tally), diff)| {
-                        assert_eq!(*diff, 1, "one tally per producer");
-                        (producer.clone(), *tally)
-                    })
-                    .collect();
-                snapshots.push(current);
-            }
-            snapshots
-        })
+        let snapshots = after_each_round(error_counts, rounds);
+        snapshots.iter().map(|rows| rows.keys().cloned().collect()).collect()
     }
 
     fn obs(producer: &str, truth: &str, inferred: Option<&str>) -> Observation {

@@ -59,7 +59,7 @@ impl RecordState {
     /// A record's state in the follower: `None` for a tombstone, which is not kept.
     pub fn of(reading: &Reading<'_>) -> Option<RecordState> {
         match reading {
-            Reading::Counted { producer_id, ground_truth, inferred } => Some(RecordState::Counted {
+            Reading::Counted { producer_id, ground_truth, inferred, .. } => Some(RecordState::Counted {
                 producer_id: (*producer_id).to_owned(),
                 verdict: Verdict::of(ground_truth, *inferred),
             }),

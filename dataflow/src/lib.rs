@@ -20,5 +20,7 @@ pub mod progress;
 pub mod record;
 pub mod sink;
 pub mod source;
+pub mod stamp;
 pub mod stats;
+pub mod views;
 pub mod worker_zero;

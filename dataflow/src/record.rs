@@ -2,13 +2,19 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The three fields of a stored record that decide whether the model was right.
+/// What the views read of a stored record: the three fields that decide whether the model was
+/// right, and when it answered.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Observation {
     pub producer_id: String,
     pub ground_truth: String,
     /// `None` until the record has been inferred.
     pub inferred: Option<String>,
+    /// The start of the window (milliseconds since the epoch, UTC) that holds the record's
+    /// `InferredAt`. `None` for a pending record, one without a readable `InferredAt`, and in
+    /// every run with no view that needs time: records of one window are one observation, so
+    /// the collection stays as small as the distinct (producer, class, class, window) tuples.
+    pub window: Option<i64>,
 }
 
 impl Observation {
@@ -17,11 +23,37 @@ impl Observation {
             producer_id: producer_id.to_owned(),
             ground_truth: ground_truth.to_owned(),
             inferred: inferred.map(str::to_owned),
+            window: None,
         }
+    }
+
+    /// The same observation, inferred in the window that starts at `window` (ms).
+    pub fn in_window(self, window: i64) -> Self {
+        Observation { window: Some(window), ..self }
     }
 
     pub fn verdict(&self) -> Verdict {
         Verdict::of(&self.ground_truth, self.inferred.as_deref())
+    }
+}
+
+/// Tumbling windows of `InferredAt`, aligned to the epoch: `1h` windows start on the hour and
+/// `1d` windows at midnight, UTC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Windowing {
+    pub width_ms: i64,
+}
+
+impl Windowing {
+    /// Windows of `width`; `None` for a width under one millisecond or past what `i64` holds.
+    pub fn new(width: std::time::Duration) -> Option<Self> {
+        let width_ms = i64::try_from(width.as_millis()).ok().filter(|ms| *ms > 0)?;
+        Some(Windowing { width_ms })
+    }
+
+    /// The start of the window that holds `at` (both in ms since the epoch).
+    pub fn start_of(&self, at: i64) -> i64 {
+        at.div_euclid(self.width_ms) * self.width_ms
     }
 }
 

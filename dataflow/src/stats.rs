@@ -15,6 +15,9 @@ pub struct LoadStats {
     pub skipped_examples: Vec<String>,
     /// Tombstones (`Deleted: true`) read and left out of the counts.
     pub deleted: u64,
+    /// With views that need time: inferred records without a readable `InferredAt`. They are
+    /// counted, and in the confusion counts, but in no window.
+    pub untimed: u64,
     /// A source that failed says why here, so that process 0 never writes a partial CSV.
     pub failure: Option<String>,
 }
@@ -31,6 +34,7 @@ impl LoadStats {
         self.records += other.records;
         self.skipped += other.skipped;
         self.deleted += other.deleted;
+        self.untimed += other.untimed;
         for example in &other.skipped_examples {
             if self.skipped_examples.len() < EXAMPLES_KEPT {
                 self.skipped_examples.push(example.clone());

@@ -13,6 +13,7 @@ use super::json::JsonRecord;
 use super::Share;
 use crate::load::{Loader, Reading};
 use crate::progress::Progress;
+use crate::stamp::Stamp;
 
 /// Bytes read at a time; each worker holds one such buffer (it grows only for a longer line).
 const CHUNK: usize = 4 << 20;
@@ -222,6 +223,8 @@ iot_schema::record_struct! {
         ground_truth: &'a str,
         #[serde(default)]
         inferred: Option<&'a str>,
+        #[serde(borrow, default)]
+        inferred_at: Stamp<'a>,
         #[serde(default)]
         deleted: Option<bool>,
     }
@@ -229,11 +232,12 @@ iot_schema::record_struct! {
 
 impl<'a> WellFormed<'a> {
     #[inline]
-    fn reading(&self) -> Reading<'a> {
+    fn reading(self) -> Reading<'a> {
         if self.deleted == Some(true) {
             return Reading::Tombstone;
         }
-        Reading::Counted { producer_id: self.producer_id, ground_truth: self.ground_truth, inferred: self.inferred }
+        let WellFormed { producer_id, ground_truth, inferred, inferred_at, .. } = self;
+        Reading::Counted { producer_id, ground_truth, inferred, inferred_at }
     }
 }
 

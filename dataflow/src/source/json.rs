@@ -8,6 +8,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use crate::load::Reading;
+use crate::stamp::Stamp;
 
 /// Any JSON value, keeping only what the counter needs.
 #[derive(Debug, PartialEq)]
@@ -83,6 +84,8 @@ iot_schema::record_struct! {
         #[serde(borrow, default)]
         pub inferred: Option<Value<'a>>,
         #[serde(borrow, default)]
+        pub inferred_at: Stamp<'a>,
+        #[serde(borrow, default)]
         pub deleted: Option<Value<'a>>,
     }
 }
@@ -121,7 +124,7 @@ impl JsonRecord<'_> {
             (_, None, _) => Reading::Malformed(missing_or_mistyped(&self.ground_truth, "GroundTruth").into()),
             (_, _, Err(reason)) => Reading::Malformed(reason.into()),
             (Some(producer_id), Some(ground_truth), Ok(inferred)) => {
-                Reading::Counted { producer_id, ground_truth, inferred }
+                Reading::Counted { producer_id, ground_truth, inferred, inferred_at: self.inferred_at.clone() }
             }
         }
     }

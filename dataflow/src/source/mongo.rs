@@ -20,6 +20,7 @@ use super::bounded;
 use super::id_split::{char_at, char_index, even_cuts, DIGITS};
 use crate::load::{Loader, Reading};
 use crate::progress::Progress;
+use crate::stamp::Stamp;
 
 /// Collections smaller than this are read by one worker: splitting costs more than it saves.
 const MIN_DOCS_TO_SPLIT: u64 = 20_000;
@@ -349,7 +350,7 @@ impl MongoSource {
 
 /// The projection of every read: what decides a verdict, and tombstones.
 pub fn counted_fields() -> Document {
-    doc! { field::PRODUCER_ID: 1, field::GROUND_TRUTH: 1, field::INFERRED: 1, field::DELETED: 1 }
+    doc! { field::PRODUCER_ID: 1, field::GROUND_TRUTH: 1, field::INFERRED: 1, field::INFERRED_AT: 1, field::DELETED: 1 }
 }
 
 /// What one stored document says.
@@ -373,9 +374,21 @@ pub fn read_document(document: &RawDocument) -> Reading<'_> {
             producer_id: text(field::PRODUCER_ID)?,
             ground_truth: text(field::GROUND_TRUTH)?,
             inferred: inferred?,
+            inferred_at: stamp(get(field::INFERRED_AT)),
         })
     };
     read().unwrap_or_else(|reason| Reading::Malformed(reason.into()))
+}
+
+/// `InferredAt` as stored: a BSON date, or what a hand-made document holds instead.
+fn stamp(value: Option<RawBsonRef<'_>>) -> Stamp<'_> {
+    match value {
+        None | Some(RawBsonRef::Null) => Stamp::Absent,
+        Some(RawBsonRef::DateTime(time)) => Stamp::Millis(time.timestamp_millis()),
+        Some(RawBsonRef::String(text)) => Stamp::Text(text.into()),
+        Some(RawBsonRef::Int64(ms)) => Stamp::Millis(ms),
+        Some(_) => Stamp::Unreadable,
+    }
 }
 
 /// The document's `_id` as text, for keys and reports.
