@@ -13,9 +13,13 @@ use crate::follow::{self, FollowOptions};
 use crate::follow_checkpoint::CheckpointOptions;
 use crate::job::{self, CountJob, Outcome};
 use crate::progress::Progress;
+use crate::record::Windowing;
 use crate::sink::{AsOf, Output};
 use crate::source::mongo::MongoSource;
 use crate::source::Source;
+use crate::views::drift::Reference;
+use crate::views::sink::ViewFiles;
+use crate::views::{reference_file, ViewOptions};
 
 /// Counts, per producer, how many of the model's inferences were wrong.
 ///
@@ -74,6 +78,8 @@ pub struct CountArgs {
     #[arg(long)]
     pub detail: bool,
     #[command(flatten)]
+    pub views: ViewArgs,
+    #[command(flatten)]
     pub cluster: ClusterArgs,
     /// After the initial load, keep running and keep the CSV current as records change in
     /// MongoDB, or as lines are appended to a JSON Lines file (see docs/follow.md). Stop with
@@ -108,6 +114,77 @@ pub struct CountArgs {
     pub checkpoint_every: u64,
 }
 
+/// The monitoring views (docs/monitoring.md): any of the files turns them on.
+#[derive(Clone, Debug, Args)]
+pub struct ViewArgs {
+    /// Write confusion counts here: `ProducerID,GroundTruth,Inferred,count`, the rows over all
+    /// producers first with an empty ProducerID.
+    #[arg(long, value_name = "FILE")]
+    pub confusion: Option<PathBuf>,
+    /// Write per-class precision, recall and F1 here, per producer and over all.
+    #[arg(long, value_name = "FILE")]
+    pub classes: Option<PathBuf>,
+    /// Write the error rate per producer per window here:
+    /// `ProducerID,window_start,judged,errors,error_rate`.
+    #[arg(long, value_name = "FILE")]
+    pub windows: Option<PathBuf>,
+    /// Write each producer's predicted-label drift here: its latest window against its reference.
+    #[arg(long, value_name = "FILE")]
+    pub drift: Option<PathBuf>,
+    /// The width of the tumbling windows of InferredAt, aligned to the epoch (UTC): 15m, 1h, 1d.
+    #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub window: Duration,
+    /// A producer's drift reference: its windows that start within this long of its first.
+    #[arg(long, default_value = "1d", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub reference: Duration,
+    /// A fixed drift reference instead, as `ProducerID,Inferred,count` rows (an empty ProducerID:
+    /// for every producer without rows of its own).
+    #[arg(long, value_name = "FILE", conflicts_with = "reference")]
+    pub reference_file: Option<PathBuf>,
+    /// Flag a drift when the chi-square test's p-value is below this.
+    #[arg(long, default_value_t = 0.01, value_name = "P", value_parser = parse_probability)]
+    pub drift_alpha: f64,
+}
+
+impl ViewArgs {
+    pub fn files(&self, mode: u32) -> ViewFiles {
+        ViewFiles {
+            confusion: self.confusion.clone(),
+            classes: self.classes.clone(),
+            windows: self.windows.clone(),
+            drift: self.drift.clone(),
+            mode,
+        }
+    }
+
+    /// The views' options, checked; built whether or not a view is asked for.
+    pub fn options(&self) -> Result<ViewOptions> {
+        let Some(windowing) = Windowing::new(self.window) else {
+            bail!("--window must be at least 1ms");
+        };
+        let reference = match &self.reference_file {
+            Some(path) => reference_file::read(path)?,
+            None if self.reference < self.window => {
+                bail!(
+                    "--reference ({}) is shorter than one --window ({})",
+                    humantime::format_duration(self.reference),
+                    humantime::format_duration(self.window)
+                )
+            }
+            None => Reference::FirstPeriod { length_ms: i64::try_from(self.reference.as_millis()).unwrap_or(i64::MAX) },
+        };
+        Ok(ViewOptions { windowing, reference, drift_alpha: self.drift_alpha })
+    }
+}
+
+/// A p-value threshold: strictly between 0 and 1.
+fn parse_probability(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(p) if p > 0.0 && p < 1.0 => Ok(p),
+        _ => Err(format!("{text:?} is not a probability between 0 and 1 (exclusive), such as 0.01")),
+    }
+}
+
 /// The sample the README's first command counts when no services run.
 pub const SAMPLE_INPUT: &str = "data/mongo_entries.json";
 
@@ -136,7 +213,23 @@ impl CountArgs {
     }
 
     pub fn output(&self) -> Output {
-        Output { path: self.output.clone(), detail: self.detail, mode: self.output_mode }
+        Output {
+            path: self.output.clone(),
+            detail: self.detail,
+            mode: self.output_mode,
+            views: self.views.files(self.output_mode),
+        }
+    }
+
+    /// The views' options when a view file is asked for.
+    fn views(&self) -> Result<Option<ViewOptions>> {
+        if !self.views.files(self.output_mode).any() {
+            return Ok(None);
+        }
+        if self.follow {
+            bail!("the view files (--confusion, --classes, --windows, --drift) are written by the batch count; --follow keeps only the counts current so far");
+        }
+        self.views.options().map(Some)
     }
 }
 
@@ -182,10 +275,11 @@ impl Cli {
 impl CountArgs {
     fn plan(&self) -> Result<Plan> {
         self.cluster.timely_config()?; // flags first: a usage error needs no input
+        let views = self.views()?;
         let source = self.source()?;
         let cluster = self.cluster.clone();
         if !self.follow {
-            return Ok(Plan::Batch { job: CountJob { source, cluster }, output: self.output() });
+            return Ok(Plan::Batch { job: CountJob { source, cluster, views }, output: self.output() });
         }
         let options = FollowOptions {
             output: self.output(),
@@ -222,11 +316,15 @@ fn count_once(job: CountJob, output: &Output) -> Result<()> {
     let as_of = SystemTime::now();
     let progress = reading(&job.source);
     let description = job.source.describe();
+    let job_views = job.views.clone();
     let outcome = job::run(job, progress.clone());
     progress.finish();
     if let Some(outcome) = outcome? {
         let as_of = AsOf::of(&outcome.table, as_of, outcome.stats.skipped, description);
         output.write(&outcome.table, &as_of)?;
+        if let (Some(snapshot), Some(options)) = (&outcome.views, &job_views) {
+            output.views.write(snapshot, options.drift_alpha)?;
+        }
         eprintln!("{}", summary(&outcome, started.elapsed(), output, &as_of));
     }
     Ok(())
@@ -254,6 +352,12 @@ fn summary(outcome: &Outcome, elapsed: Duration, output: &Output, as_of: &AsOf) 
     );
     if stats.deleted > 0 {
         text += &format!(", {} deleted", stats.deleted);
+    }
+    if stats.untimed > 0 {
+        text += &format!(
+            "\n{} inferred record(s) have no readable InferredAt: counted, and in the confusion counts, but in no window",
+            stats.untimed
+        );
     }
     if stats.skipped > 0 {
         text += &format!(

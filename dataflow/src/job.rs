@@ -15,18 +15,23 @@ use crate::progress::Progress;
 use crate::record::{Observation, Tally};
 use crate::source::{Share, Source};
 use crate::stats::LoadStats;
+use crate::views::{monitor, Snapshot, ViewCells, ViewOptions};
 use crate::worker_zero::{collect_at_worker_zero, current_table, distribute_plan, Rows, StatsInput, WorkerCell};
 
 #[derive(Clone, Debug)]
 pub struct CountJob {
     pub source: Source,
     pub cluster: ClusterArgs,
+    /// The monitoring views to compute besides the counts, if any.
+    pub views: Option<ViewOptions>,
 }
 
-/// What process 0 learns: the per-producer table and the merged load statistics.
+/// What process 0 learns: the per-producer table, the views asked for and the merged load
+/// statistics.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Outcome {
     pub table: BTreeMap<String, Tally>,
+    pub views: Option<Snapshot>,
     pub stats: LoadStats,
 }
 
@@ -49,16 +54,20 @@ fn count_on_worker(worker: &mut Worker, job: &CountJob, progress: &Progress) -> 
     let share = Share { index: worker.index(), peers: worker.peers() };
     let rows: WorkerCell<Rows> = Default::default();
     let merged: WorkerCell<LoadStats> = Default::default();
+    let view_cells = ViewCells::default();
     let probe = ProbeHandle::new();
 
     let (mut observations, mut stats_input) = worker.dataflow::<u64, _, _>(|scope| {
         let (observations_input, observations) = scope.new_collection::<Observation, isize>();
         let mut stats_input = StatsInput::new();
+        if let Some(options) = &job.views {
+            monitor(observations.clone(), options, &view_cells, &probe);
+        }
         collect_at_worker_zero(error_counts(observations), stats_input.to_stream(scope), &rows, &merged, &probe);
         (observations_input, stats_input)
     });
 
-    let mut loader = Loader::default();
+    let mut loader = Loader::new(job.views.as_ref().map(|options| options.windowing));
     if let Err(err) = load_share(worker, &job.source, &mut loader, progress) {
         // Still take part in the dataflow, so that the failure reaches process 0 and no worker waits forever.
         loader.stats.failure = Some(format!("{err:#}"));
@@ -81,7 +90,8 @@ fn count_on_worker(worker: &mut Worker, job: &CountJob, progress: &Progress) -> 
         return Err(failure);
     }
     let table = current_table(&rows.borrow());
-    Ok(Some(Outcome { table, stats }))
+    let views = job.views.as_ref().map(|_| view_cells.snapshot());
+    Ok(Some(Outcome { table, views, stats }))
 }
 
 /// This worker's share of the source: its `_id` ranges of the collection, or its part of the file.

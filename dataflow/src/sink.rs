@@ -22,6 +22,8 @@ pub struct Output {
     pub detail: bool,
     /// Permission bits of the CSV and its sidecar (0o644 unless told otherwise).
     pub mode: u32,
+    /// The monitoring views' files, if any.
+    pub views: crate::views::sink::ViewFiles,
 }
 
 /// What the sidecar says about the CSV written with it.
@@ -182,7 +184,8 @@ mod tests {
     #[test]
     fn written_atomically_into_a_new_folder_with_its_sidecar() {
         let dir = tempfile::tempdir().unwrap();
-        let output = Output { path: dir.path().join("out/errors.csv"), detail: false, mode: 0o640 };
+        let output =
+            Output { path: dir.path().join("out/errors.csv"), detail: false, mode: 0o640, views: Default::default() };
         output.write(&table(), &as_of()).unwrap();
         assert_eq!(std::fs::read_to_string(&output.path).unwrap(), render(false));
         let names: Vec<_> =
@@ -196,7 +199,8 @@ mod tests {
     #[test]
     fn the_sidecar_says_when_and_what_was_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let output = Output { path: dir.path().join("errors.csv"), detail: false, mode: 0o644 };
+        let output =
+            Output { path: dir.path().join("errors.csv"), detail: false, mode: 0o644, views: Default::default() };
         let as_of = AsOf { position: Some(Position::File { offset: 120 }), ..as_of() };
         output.write_sidecar(&as_of).unwrap();
         let written: serde_json::Value =

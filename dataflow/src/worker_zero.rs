@@ -20,8 +20,9 @@ use crate::stats::LoadStats;
 
 /// State a worker shares with the operators it built: they run on its thread, one at a time.
 pub type WorkerCell<T> = Rc<RefCell<T>>;
-/// Every `(ProducerID, Tally)` row worker 0 has seen, with its accumulated multiplicity.
-pub type Rows = BTreeMap<(String, Tally), isize>;
+/// Every `(key, value)` row worker 0 has seen with a multiplicity other than zero: by default
+/// the `(ProducerID, Tally)` rows of the counts.
+pub type Rows<K = String, V = Tally> = BTreeMap<(K, V), isize>;
 pub(crate) type StatsInput = InputHandle<u64, CapacityContainerBuilder<Vec<LoadStats>>>;
 
 /// The sink side of every job: tallies and load statistics go to worker 0, which keeps them.
@@ -37,23 +38,34 @@ pub(crate) fn collect_at_worker_zero<'scope>(
     stats.exchange(|_| 0).inspect(move |stats: &LoadStats| sink.borrow_mut().merge(stats)).probe_with(probe);
 }
 
-/// Tallies go to worker 0, which keeps every row it has seen with its multiplicity.
-pub fn collect_rows_at_worker_zero<'scope>(
-    counts: VecCollection<'scope, u64, (String, Tally), isize>,
-    rows: &WorkerCell<Rows>,
+/// A view's rows go to worker 0, which keeps each with its multiplicity.
+pub fn collect_rows_at_worker_zero<'scope, K, V>(
+    rows_of_view: VecCollection<'scope, u64, (K, V), isize>,
+    rows: &WorkerCell<Rows<K, V>>,
     probe: &ProbeHandle<u64>,
-) {
+) where
+    K: timely::ExchangeData + Ord + Clone,
+    V: timely::ExchangeData + Ord + Clone,
+{
     let sink = rows.clone();
-    counts
+    rows_of_view
         .inner
         .exchange(|_| 0)
-        .inspect(move |(row, _time, diff)| *sink.borrow_mut().entry(row.clone()).or_default() += diff)
+        .inspect(move |(row, _time, diff)| {
+            let mut rows = sink.borrow_mut();
+            let count = rows.entry(row.clone()).or_default();
+            *count += diff;
+            if *count == 0 {
+                // A follower's views change for as long as it runs: forget what was retracted.
+                rows.remove(row);
+            }
+        })
         .probe_with(probe);
 }
 
 /// The table as of the last completed time: the rows whose updates add up to one.
-pub fn current_table(rows: &Rows) -> BTreeMap<String, Tally> {
-    rows.iter().filter(|(_, diff)| **diff > 0).map(|((producer, tally), _)| (producer.clone(), *tally)).collect()
+pub fn current_table<K: Ord + Clone, V: Clone>(rows: &Rows<K, V>) -> BTreeMap<K, V> {
+    rows.iter().filter(|(_, diff)| **diff > 0).map(|((key, value), _)| (key.clone(), value.clone())).collect()
 }
 
 /// Worker 0 plans the `_id` ranges; a tiny dataflow hands each worker its own.

@@ -12,7 +12,90 @@
 
 pub mod confusion;
 pub mod drift;
+pub mod reference_file;
+pub mod sink;
 pub mod windows;
+
+use std::collections::BTreeMap;
+
+use differential_dataflow::VecCollection;
+use timely::dataflow::ProbeHandle;
+
+use crate::record::{Observation, Tally, Windowing};
+use crate::worker_zero::{collect_rows_at_worker_zero, current_table, Rows, WorkerCell};
+use confusion::{confusion_counts, Cell};
+use drift::{label_drift, LabelDrift, Reference};
+use windows::error_windows;
+
+/// What the views need besides the observations, decided once from the flags.
+#[derive(Clone, Debug)]
+pub struct ViewOptions {
+    /// The windows of `InferredAt` for the error rate over time and the drift.
+    pub windowing: Windowing,
+    /// What each producer's latest window is compared with.
+    pub reference: Reference,
+    /// A drift is flagged when its p-value is below this.
+    pub drift_alpha: f64,
+}
+
+/// Every view's rows as worker 0 collects them, one cell per view.
+#[derive(Clone, Default)]
+pub struct ViewCells {
+    confusion: WorkerCell<Rows<Cell, u64>>,
+    windows: WorkerCell<Rows<(String, i64), Tally>>,
+    drift: WorkerCell<Rows<String, LabelDrift>>,
+}
+
+/// Every view, built from one collection of observations; worker 0 collects their rows.
+pub fn monitor<'scope>(
+    observations: VecCollection<'scope, u64, Observation, isize>,
+    options: &ViewOptions,
+    cells: &ViewCells,
+    probe: &ProbeHandle<u64>,
+) {
+    collect_rows_at_worker_zero(confusion_counts(observations.clone()), &cells.confusion, probe);
+    collect_rows_at_worker_zero(error_windows(observations.clone()), &cells.windows, probe);
+    collect_rows_at_worker_zero(label_drift(observations, options.reference.clone()), &cells.drift, probe);
+}
+
+/// Every view as of one time.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    pub confusion: BTreeMap<Cell, u64>,
+    pub windows: BTreeMap<(String, i64), Tally>,
+    pub drift: BTreeMap<String, LabelDrift>,
+}
+
+impl ViewCells {
+    /// The views as of the last completed time (worker 0 only: the others hold nothing).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            confusion: current_table(&self.confusion.borrow()),
+            windows: current_table(&self.windows.borrow()),
+            drift: current_table(&self.drift.borrow()),
+        }
+    }
+}
+
+impl Snapshot {
+    /// One scope's `(truth, inferred, count)` cells.
+    pub fn confusion_of<'a>(
+        &'a self,
+        scope: &'a confusion::Scope,
+    ) -> impl Iterator<Item = (&'a str, &'a str, u64)> + 'a {
+        self.confusion
+            .iter()
+            .filter(move |(cell, _)| &cell.scope == scope)
+            .map(|(cell, count)| (cell.ground_truth.as_str(), cell.inferred.as_str(), *count))
+    }
+
+    /// The scopes with judged records: over all producers first, then each producer.
+    pub fn scopes(&self) -> Vec<confusion::Scope> {
+        let mut scopes: Vec<_> = self.confusion.keys().map(|cell| cell.scope.clone()).collect();
+        scopes.dedup();
+        scopes
+    }
+}
 
 #[cfg(test)]
 pub(crate) mod testing {
