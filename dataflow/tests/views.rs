@@ -18,13 +18,8 @@ const HOUR: i64 = 3_600_000;
 const LABELS: [&str; 5] = ["cat", "dog", "bird", "a,\"quoted\" label", "<ship>"];
 /// Per producer, the hours (after the base time) in which it sends records; the gaps are
 /// windows with no records.
-const SCHEDULE: [(&str, &[i64]); 5] = [
-    ("cam-a", &[0, 1, 2, 5, 9]),
-    ("cam \"b\", east", &[0, 1, 6]),
-    ("cam,c", &[3, 4]),
-    ("idle", &[0]),
-    ("late", &[7]),
-];
+const SCHEDULE: [(&str, &[i64]); 5] =
+    [("cam-a", &[0, 1, 2, 5, 9]), ("cam \"b\", east", &[0, 1, 6]), ("cam,c", &[3, 4]), ("idle", &[0]), ("late", &[7])];
 /// The drift reference: each producer's windows within two hours of its first.
 const REFERENCE_HOURS: i64 = 2;
 
@@ -149,7 +144,10 @@ fn confusion(records: &[Rec]) -> BTreeMap<(String, String, String), u64> {
 }
 
 fn expected_confusion(records: &[Rec]) -> Rows {
-    confusion(records).into_iter().map(|((scope, truth, inferred), n)| vec![scope, truth, inferred, n.to_string()]).collect()
+    confusion(records)
+        .into_iter()
+        .map(|((scope, truth, inferred), n)| vec![scope, truth, inferred, n.to_string()])
+        .collect()
 }
 
 fn expected_classes(records: &[Rec]) -> Rows {
@@ -226,7 +224,8 @@ fn expected_drift(records: &[Rec], alpha: f64) -> Rows {
         let reference = distribution(&|w| w < end);
         let window = if latest < end { BTreeMap::new() } else { distribution(&|w| w == latest) };
         let (n_ref, n_win) = (reference.values().sum::<f64>(), window.values().sum::<f64>());
-        let mut row = vec![producer, timestamp(first), timestamp(end), n_ref.to_string(), timestamp(latest), n_win.to_string()];
+        let mut row =
+            vec![producer, timestamp(first), timestamp(end), n_ref.to_string(), timestamp(latest), n_win.to_string()];
         if n_win == 0.0 {
             row.extend(std::iter::repeat_n(String::new(), 5));
         } else {
@@ -290,12 +289,25 @@ fn assert_rows(actual: &Rows, expected: &Rows, what: &str) {
 fn check_views(dir: &Path, prefix: &str, records: &[Rec]) {
     let path = |view: &str| dir.join(format!("{prefix}.{view}.csv"));
     let drift_header = [
-        "ProducerID", "reference_start", "reference_end", "reference_count", "window_start", "window_count",
-        "chi_square", "degrees_of_freedom", "p_value", "hellinger", "drifted",
+        "ProducerID",
+        "reference_start",
+        "reference_end",
+        "reference_count",
+        "window_start",
+        "window_count",
+        "chi_square",
+        "degrees_of_freedom",
+        "p_value",
+        "hellinger",
+        "drifted",
     ];
     let checks: [(&str, &[&str], Rows); 4] = [
         ("confusion", &["ProducerID", "GroundTruth", "Inferred", "count"], expected_confusion(records)),
-        ("classes", &["ProducerID", "class", "support", "predicted", "correct", "precision", "recall", "f1"], expected_classes(records)),
+        (
+            "classes",
+            &["ProducerID", "class", "support", "predicted", "correct", "precision", "recall", "f1"],
+            expected_classes(records),
+        ),
         ("windows", &["ProducerID", "window_start", "judged", "errors", "error_rate"], expected_windows(records)),
         ("drift", &drift_header, expected_drift(records, 0.01)),
     ];
@@ -333,7 +345,10 @@ fn views_from_files_and_a_cluster_equal_an_independent_computation() {
         let (_, output) = count(dir.path(), &format!("{prefix}.csv"), &args);
         check_views(dir.path(), prefix, &records);
         let log = stderr(&output);
-        assert!(log.contains(&format!("{} inferred record(s) have no readable InferredAt", untimed(&records))), "{log}");
+        assert!(
+            log.contains(&format!("{} inferred record(s) have no readable InferredAt", untimed(&records))),
+            "{log}"
+        );
     }
 
     let mut args = vec!["--input".to_owned(), jsonl.display().to_string()];
@@ -366,7 +381,6 @@ fn view_flags_that_do_not_fit_are_usage_errors() {
         (vec!["--window", "2h", "--reference", "1h"], "--reference (1h) is shorter than one --window (2h)"),
         (vec!["--window", "soon"], "invalid value 'soon' for '--window <DURATION>'"),
         (vec!["--drift-alpha", "1.5"], "is not a probability"),
-        (vec!["--follow"], "--follow keeps only the counts current"),
         (vec!["--reference-file", "/nonexistent.csv"], "cannot read the reference file /nonexistent.csv"),
     ] {
         let output = dataflow()
@@ -379,4 +393,96 @@ fn view_flags_that_do_not_fit_are_usage_errors() {
         assert!(stderr(&output).contains(expected), "{args:?}: {}", stderr(&output));
     }
     assert!(!Path::new(&confusion).exists());
+}
+
+// ---- --follow keeps the views equal to a batch run ----------------------------------------------
+
+/// Waits until every view file of the follower equals the batch run's, byte for byte.
+fn wait_for_same_views(dir: &Path, followed: &str, batch: &str) {
+    let read = |prefix: &str| VIEWS.map(|view| std::fs::read_to_string(dir.join(format!("{prefix}.{view}.csv"))).ok());
+    let started = std::time::Instant::now();
+    loop {
+        let (now, expected) = (read(followed), read(batch));
+        if now == expected {
+            return;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            for ((view, now), expected) in VIEWS.iter().zip(now).zip(expected) {
+                assert_eq!(now, expected, "{followed} {view} after 30 s");
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn batch_views(dir: &Path, uri: &str, db: &str, prefix: &str) {
+    let mut args: Vec<String> = ["--mongo-uri", uri, "--db", db].map(String::from).to_vec();
+    args.extend(view_args(dir, prefix));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    count(dir, &format!("{prefix}.csv"), &args);
+}
+
+/// Inserts, label flips (which move a record to another window), corrections without a new
+/// time, and deletes, through the write contract.
+fn change_records(db: &mongodb::sync::Database, records: &[Rec], round: i64) {
+    use iot_schema::write;
+    let at = |hour: i64, n: usize| bson::DateTime::from_millis(base() + hour * HOUR + n as i64 * 1000);
+    for n in 0..30 {
+        let id = format!("new-{round}/{n}");
+        let msg = message(&id, "cam \"new\", west", LABELS[n % LABELS.len()]);
+        apply(db, write::store_metadata(&msg, at(10 + round, n)));
+        if n % 3 != 0 {
+            apply(db, write::store_inference(&msg, LABELS[(n + round as usize) % 3], "model-v2", at(10 + round, n)));
+        }
+    }
+    for (n, record) in records.iter().filter(|r| r.inferred.is_some()).skip(round as usize * 60).take(60).enumerate() {
+        let msg = message(&record.id, &record.producer, record.truth);
+        match n % 4 {
+            0 => apply(db, write::store_inference(&msg, "dog", "model-v2", at(11 + round, n))),
+            1 => apply(db, write::set_inferred(&record.id, record.truth)),
+            2 => apply(db, write::mark_deleted(&record.id)),
+            _ => apply(db, write::store_inference(&msg, "<ship>", "model-v2", at(3, n))),
+        }
+    }
+}
+
+#[test]
+fn a_follower_keeps_every_view_equal_to_a_batch_run_across_a_restart() {
+    let records = generate(14);
+    let db = TestDb::new(&mongo_uri(), "dataflow_views_follow");
+    let collection = db.client.database(&db.name).collection::<bson::Document>("inferences");
+    collection.insert_many(records.iter().map(bson_document)).run().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let uri = mongo_uri();
+    let checkpoints = dir.path().join("checkpoints");
+    let log = |name: &str| dir.path().join(format!("{name}.log"));
+    let mut args: Vec<String> =
+        ["--mongo-uri", &uri, "--db", &db.name, "-w", "2", "--checkpoint-dir"].map(String::from).to_vec();
+    args.push(checkpoints.display().to_string());
+    args.extend(view_args(dir.path(), "follow"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = dir.path().join("follow.csv");
+
+    let follower = start_follower_logged(&args, &output, &log("first"));
+    wait_for_log(&log("first"), "following changes", std::time::Duration::from_secs(60));
+    batch_views(dir.path(), &uri, &db.name, "loaded");
+    wait_for_same_views(dir.path(), "follow", "loaded");
+
+    change_records(&db.database(), &records, 0);
+    batch_views(dir.path(), &uri, &db.name, "changed");
+    for view in VIEWS {
+        let read = |prefix: &str| std::fs::read_to_string(dir.path().join(format!("{prefix}.{view}.csv"))).unwrap();
+        assert_ne!(read("loaded"), read("changed"), "the changes change every view, {view} included");
+    }
+    wait_for_same_views(dir.path(), "follow", "changed");
+
+    // Stopped (a checkpoint is written), changed while down, restarted from the checkpoint.
+    follower.signal(iot_bench::testkit::Signal::Term);
+    wait_for_log(&log("first"), "stopped;", std::time::Duration::from_secs(30));
+    drop(follower);
+    change_records(&db.database(), &records, 1);
+    let _follower = start_follower_logged(&args, &output, &log("second"));
+    wait_for_log(&log("second"), "from checkpoint", std::time::Duration::from_secs(60));
+    batch_views(dir.path(), &uri, &db.name, "restarted");
+    wait_for_same_views(dir.path(), "follow", "restarted");
 }
