@@ -1,5 +1,6 @@
 //! The `dataflow` command line.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use crate::follow_checkpoint::CheckpointOptions;
 use crate::job::{self, CountJob, Outcome};
 use crate::progress::Progress;
 use crate::record::Windowing;
+use crate::serve::{Board, ServeOptions, Server};
 use crate::sink::{AsOf, Output};
 use crate::source::mongo::MongoSource;
 use crate::source::Source;
@@ -109,6 +111,14 @@ pub struct CountArgs {
     /// writes its own workers' files to its own folder.
     #[arg(long, value_name = "DIR", requires = "follow")]
     pub checkpoint_dir: Option<PathBuf>,
+    /// With --follow: serve a live page, /metrics (Prometheus) and /api (JSON) of the counts and
+    /// every view on this address, e.g. 0.0.0.0:9100 (process 0 only). Turns the views on.
+    #[arg(long, value_name = "ADDR", requires = "follow")]
+    pub serve: Option<SocketAddr>,
+    /// With --serve: producers with their own /metrics series (those with the most errors); the
+    /// others are summed under producer="_other".
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub max_series: usize,
     /// With --checkpoint-dir: how often to write a checkpoint.
     #[arg(long, default_value_t = 300, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub checkpoint_every: u64,
@@ -221,9 +231,9 @@ impl CountArgs {
         }
     }
 
-    /// The views' options when a view file is asked for.
+    /// The views' options when a view file or the live page is asked for.
     fn views(&self) -> Result<Option<ViewOptions>> {
-        if !self.views.files(self.output_mode).any() {
+        if !self.views.files(self.output_mode).any() && self.serve.is_none() {
             return Ok(None);
         }
         self.views.options().map(Some)
@@ -288,6 +298,8 @@ impl CountArgs {
             stop: Arc::new(AtomicBool::new(false)),
             checkpoints: self.checkpoints(&source)?,
             views,
+            serve: self.serve.map(|addr| ServeOptions { addr, max_series: self.max_series }),
+            server: None,
         };
         Ok(Plan::Follow { source, cluster, options })
     }
@@ -328,8 +340,13 @@ fn count_once(job: CountJob, output: &Output) -> Result<()> {
     Ok(())
 }
 
-/// `--follow`: count, then keep the CSV current until Ctrl-C or SIGTERM.
-fn count_and_follow(source: Source, cluster: ClusterArgs, options: FollowOptions) -> Result<()> {
+/// `--follow`: count, then keep the CSV current until Ctrl-C or SIGTERM; with `--serve`,
+/// process 0 serves them from the start (a page that says it is loading until the load is done).
+fn count_and_follow(source: Source, cluster: ClusterArgs, mut options: FollowOptions) -> Result<()> {
+    if let (Some(serve), 0) = (&options.serve, cluster.process) {
+        let loading = Board { as_of: "loading…".into(), source: source.describe(), ..Board::default() };
+        options.server = Some(Arc::new(Server::start(serve, loading)?));
+    }
     let progress = reading(&source);
     let stop = options.stop.clone();
     ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))?;

@@ -30,6 +30,8 @@ use crate::follow_state::{digest, track_records, RecordState, Records, Upsert};
 use crate::load::Loader;
 use crate::progress::Progress;
 use crate::record::{Observation, Tally, Windowing};
+use crate::serve::board::Tables;
+use crate::serve::{Board, ServeOptions, Server};
 use crate::sink::{rfc3339, rfc3339_ms, AsOf, Output, Position};
 use crate::source::changes::{ChangePoller, Changes, LogPosition};
 use crate::source::file::{self, Format, Tail};
@@ -68,6 +70,10 @@ pub struct FollowOptions {
     pub checkpoints: Option<CheckpointOptions>,
     /// The monitoring views to keep current besides the counts, if any.
     pub views: Option<ViewOptions>,
+    /// `--serve`: where to serve the live page and API (process 0).
+    pub serve: Option<ServeOptions>,
+    /// The running server, in process 0 with `--serve`.
+    pub server: Option<Arc<Server>>,
 }
 
 impl FollowOptions {
@@ -533,6 +539,7 @@ fn follow_changes(
     output.write(&table, &sidecar)?;
     let mut views = state.views();
     write_views(options, views.as_ref())?;
+    publish(options, &state, &table, views.as_ref());
     let mut sidecar_written = Instant::now();
     let mut next_status = Instant::now() + options.status_every;
     let mut changes_applied = 0u64;
@@ -556,21 +563,26 @@ fn follow_changes(
         }
         state.as_of = polled_at;
         let updated_views = state.views();
-        if updated_views != views {
+        let updated = state.table();
+        let as_of = state.as_of(&updated, &feed);
+        let views_changed = updated_views != views;
+        if views_changed {
             write_views(options, updated_views.as_ref())?;
             views = updated_views;
         }
-        let updated = state.table();
-        let as_of = state.as_of(&updated, &feed);
         if updated != table {
             if options.print_changes {
                 print_changes(&table, &updated)?;
             }
             output.write(&updated, &as_of)?;
             (table, sidecar, sidecar_written) = (updated, as_of, Instant::now());
+            publish(options, &state, &table, views.as_ref());
         } else if as_of.malformed != sidecar.malformed || sidecar_written.elapsed() >= SIDECAR_REFRESH {
             output.write_sidecar(&as_of)?;
             (sidecar, sidecar_written) = (as_of, Instant::now());
+            publish(options, &state, &table, views.as_ref());
+        } else if views_changed {
+            publish(options, &state, &table, views.as_ref());
         }
         if !options.status_every.is_zero() && Instant::now() >= next_status {
             let errors: u64 = table.values().map(|t| t.incorrect).sum();
@@ -591,6 +603,19 @@ fn follow_changes(
     }
     eprintln!("stopped; {} is up to date as of {}", output.path.display(), rfc3339(state.as_of));
     Ok(())
+}
+
+/// The board of the live page and API, with `--serve`.
+fn publish(options: &FollowOptions, state: &State, table: &BTreeMap<String, Tally>, views: Option<&Snapshot>) {
+    let Some(server) = &options.server else { return };
+    server.publish(Board::new(Tables {
+        counts: table,
+        views,
+        as_of: rfc3339(state.as_of),
+        source: state.source.clone(),
+        window_ms: options.windowing().map(|windowing| windowing.width_ms),
+        drift_alpha: options.views.as_ref().map_or(0.01, |views| views.drift_alpha),
+    }));
 }
 
 /// The view files, when views are on; before the CSV, so that a reader who sees the new counts
