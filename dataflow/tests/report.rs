@@ -122,10 +122,13 @@ fn between<'a>(page: &'a str, start: &str, end: &str) -> &'a str {
     &page[from..from + to]
 }
 
-fn report(dir: &Path, input: &Path, workers: &str) -> String {
+/// Runs `dataflow report` with `source` (the flags that name the records) and `-w workers`.
+fn report(dir: &Path, source: &[&str], workers: &str) -> String {
     let output = dir.join(format!("out/report-{workers}.html"));
     let result = dataflow()
-        .args(["report", "--input", input.to_str().unwrap(), "--window", "1h", "-w", workers, "-o"])
+        .arg("report")
+        .args(source)
+        .args(["--window", "1h", "-w", workers, "-o"])
         .arg(&output)
         .output()
         .unwrap();
@@ -134,13 +137,67 @@ fn report(dir: &Path, input: &Path, workers: &str) -> String {
 }
 
 #[test]
-fn the_report_holds_every_producers_figures_escaped_and_self_contained() {
+fn the_report_of_a_file_holds_every_producers_figures_escaped_and_self_contained() {
     let dir = tempfile::tempdir().unwrap();
     let records = generate();
     let input = dir.path().join("records.jsonl");
     write_json_lines(&input, &records);
-    let page = report(dir.path(), &input, "1");
+    let source = ["--input", input.to_str().unwrap()];
+    let page = report(dir.path(), &source, "1");
+    check_page(&page, &records);
 
+    // A second worker counts its share: the same page, but for when it was made.
+    let two = report(dir.path(), &source, "2");
+    assert_eq!(body(&two), body(&page));
+}
+
+#[test]
+fn the_report_of_a_mongodb_collection_holds_the_same_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = generate();
+    let db = TestDb::new(&mongo_uri(), "report_test");
+    insert(&db.database(), &records);
+    let uri = mongo_uri();
+    let page = report(dir.path(), &["--mongo-uri", &uri, "--db", &db.name], "2");
+    check_page(&page, &records);
+    assert!(page.contains(&format!("{}.inferences", db.name)), "the header names the collection");
+}
+
+/// The records as the consumers store them, `InferredAt` a BSON date.
+fn insert(db: &mongodb::sync::Database, records: &[Record]) {
+    use iot_schema::field;
+    let documents: Vec<bson::Document> = records
+        .iter()
+        .enumerate()
+        .map(|(n, record)| {
+            let mut document = bson::doc! {
+                "_id": iot_schema::doc_id(record.producer, n as i64),
+                field::ID: n as i64,
+                field::PRODUCER_ID: record.producer,
+                field::GROUND_TRUTH: record.truth,
+            };
+            if let Some(label) = record.inferred {
+                document.insert(field::INFERRED, label);
+            }
+            if let Some(at) = record.inferred_at {
+                document.insert(field::INFERRED_AT, bson::DateTime::from_millis(at));
+            }
+            document
+        })
+        .collect();
+    db.collection::<bson::Document>("inferences").insert_many(documents).run().unwrap();
+    let broken = bson::doc! { "_id": "broken/1", field::PRODUCER_ID: "broken" };
+    db.collection::<bson::Document>("inferences").insert_one(broken).run().unwrap();
+}
+
+/// The page from its first section on: what does not depend on when it was made.
+fn body(page: &str) -> &str {
+    &page[page.find("<section id=\"producers\">").unwrap()..]
+}
+
+/// `page` against the records: nothing external, every name escaped, the header's figures,
+/// one row per producer in error-rate order, and a dot per judged window.
+fn check_page(page: &str, records: &[Record]) {
     for external in ["http://", "https://", "src=", "<script", "<link", "url("] {
         assert!(!page.contains(external), "{external:?} in the page");
     }
@@ -206,11 +263,6 @@ fn the_report_holds_every_producers_figures_escaped_and_self_contained() {
         };
         assert_eq!(chart.matches("<polyline").count(), lines, "{producer}");
     }
-
-    // A second worker counts its share: the same page, but for when it was made.
-    let two = report(dir.path(), &input, "2");
-    let body = |page: &str| page[page.find("<section id=\"producers\">").unwrap()..].to_owned();
-    assert_eq!(body(&two), body(&page));
 }
 
 #[test]
