@@ -207,7 +207,7 @@ fn check_page(page: &str, records: &[Record]) {
         }
     }
 
-    let table = per_producer(&records);
+    let table = per_producer(records);
     let total = table.values().fold((0, 0, 0), |t, c| (t.0 + c.0, t.1 + c.1, t.2 + c.2));
     for (figure, value) in [
         ("overall-rate", rate(total.1, total.0)),
@@ -223,7 +223,7 @@ fn check_page(page: &str, records: &[Record]) {
     }
 
     // One row per producer with its counts, highest error rate first, no judged record last.
-    let producers = between(&page, "<section id=\"producers\">", "</section>");
+    let producers = between(page, "<section id=\"producers\">", "</section>");
     let mut expected_order: Vec<(&str, Option<f64>)> =
         table.iter().map(|(p, c)| (*p, (c.0 > 0).then(|| c.1 as f64 / c.0 as f64))).collect();
     expected_order.sort_by(|a, b| match (a.1, b.1) {
@@ -246,8 +246,8 @@ fn check_page(page: &str, records: &[Record]) {
     }
 
     // Every judged window is a dot with its own figures; gappy's line breaks at its gap.
-    let charts = between(&page, "<section id=\"time-series\">", "</section>");
-    let windows = per_window(&records);
+    let charts = between(page, "<section id=\"time-series\">", "</section>");
+    let windows = per_window(records);
     for producer in PRODUCERS {
         let chart = between(charts, &format!("<figcaption>{}</figcaption>", escape(producer)), "</figure>");
         let mine: Vec<_> = windows.iter().filter(|((p, _), c)| *p == producer && c.0 > 0).collect();
