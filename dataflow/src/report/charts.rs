@@ -8,17 +8,23 @@ use maud::{html, Markup};
 use crate::record::Tally;
 use crate::views::sink::timestamp;
 
-/// A horizontal bar for a rate in [0, 1], with a tick at the overall rate.
-pub fn rate_bar(rate: Option<f64>, overall: Option<f64>) -> Markup {
+/// The top of a rate axis that holds `highest`: a round 10%, 20%, ... 100%, so that it reads well.
+pub fn rate_scale(highest: f64) -> f64 {
+    ((highest * 10.0).ceil() / 10.0).clamp(0.1, 1.0)
+}
+
+/// A horizontal bar for a rate on a scale from 0 to `scale`, with a tick at the overall rate.
+pub fn rate_bar(rate: Option<f64>, overall: Option<f64>, scale: f64) -> Markup {
     const WIDTH: f64 = 120.0;
+    let x = |rate: f64| px(rate.min(scale) / scale * WIDTH);
     html! {
         svg.bar width=(WIDTH) height="12" viewBox={ "0 0 " (WIDTH) " 12" } role="img" {
             rect.track x="0" y="1" width=(WIDTH) height="10" {}
             @if let Some(rate) = rate {
-                rect.rate x="0" y="1" width=(px(rate * WIDTH)) height="10" {}
+                rect.rate x="0" y="1" width=(x(rate)) height="10" {}
             }
             @if let Some(overall) = overall {
-                line.overall x1=(px(overall * WIDTH)) x2=(px(overall * WIDTH)) y1="0" y2="12" {}
+                line.overall x1=(x(overall)) x2=(x(overall)) y1="0" y2="12" {}
             }
         }
     }
@@ -40,12 +46,13 @@ impl TimeAxis {
         let first = windows.keys().map(|(_, window)| *window).min()?;
         let last = windows.keys().map(|(_, window)| *window).max()?;
         let highest = windows.values().filter_map(Tally::error_rate).fold(0.0, f64::max);
-        // A round top (10%, 20%, ...) so that the axis label reads well.
-        let rate_max = ((highest * 10.0).ceil() / 10.0).clamp(0.1, 1.0);
-        Some(TimeAxis { first, last, width_ms, rate_max })
+        Some(TimeAxis { first, last, width_ms, rate_max: rate_scale(highest) })
     }
 }
 
+/// Beyond this many windows a chart has no dot per window (they would merge, and make a page of
+/// 100 producers over months tens of megabytes); a window between two gaps keeps its dot.
+const DOTS_UP_TO: usize = 150;
 const CHART_WIDTH: f64 = 260.0;
 const CHART_HEIGHT: f64 = 90.0;
 const PLOT_LEFT: f64 = 34.0;
@@ -54,7 +61,8 @@ const PLOT_TOP: f64 = 6.0;
 const PLOT_BOTTOM: f64 = 72.0;
 
 /// One producer's error rate per window (sorted by window): a line through adjacent windows,
-/// broken where a window has no judged record, a dot per window, and the overall rate dashed.
+/// broken where a window has no judged record, a dot per window (with its figures on hover), and
+/// the overall rate dashed.
 pub fn error_rate_chart(windows: &[(i64, Tally)], axis: &TimeAxis, overall: Option<f64>) -> Markup {
     let x = |window: i64| {
         let span = (axis.last - axis.first) as f64;
@@ -84,10 +92,12 @@ pub fn error_rate_chart(windows: &[(i64, Tally)], axis: &TimeAxis, overall: Opti
                 @if run.len() > 1 {
                     polyline.series points=(points(run.iter().map(|(w, _, rate)| (x(*w), y(*rate))))) {}
                 }
-            }
-            @for (window, tally, rate) in &judged {
-                circle.point cx=(px(x(*window))) cy=(px(y(*rate))) r="2.2" {
-                    title { (timestamp(*window)) ": " (percent(*rate, 2)) " (" (tally.incorrect) " of " (tally.judged()) ")" }
+                @if run.len() == 1 || judged.len() <= DOTS_UP_TO {
+                    @for (window, tally, rate) in run {
+                        circle.point cx=(px(x(*window))) cy=(px(y(*rate))) r="2.2" {
+                            title { (timestamp(*window)) ": " (percent(*rate, 2)) " (" (tally.incorrect) " of " (tally.judged()) ")" }
+                        }
+                    }
                 }
             }
         }
@@ -144,6 +154,14 @@ impl Matrix {
         }
         Matrix { classes, counts, others }
     }
+
+    /// The `i`-th row's name; the classes beyond the cap in parentheses, to tell them from a class.
+    pub fn label(&self, i: usize) -> String {
+        match &self.classes[i] {
+            Some(class) => class.clone(),
+            None => format!("({} others)", self.others),
+        }
+    }
 }
 
 const CELL: f64 = 30.0;
@@ -152,18 +170,20 @@ const LABEL_CHARS: usize = 22;
 /// A heatmap: rows are the true class, columns the label given; a cell's shade is its share of
 /// the row (blue on the diagonal, red off it), its number the count.
 pub fn heatmap(matrix: &Matrix) -> Markup {
-    let longest = matrix.classes.iter().map(|class| short(class).chars().count()).max().unwrap_or(0);
+    let labels: Vec<(String, String)> =
+        (0..matrix.classes.len()).map(|i| (matrix.label(i), short(&matrix.label(i)))).collect();
+    let longest = labels.iter().map(|(_, short)| short.chars().count()).max().unwrap_or(0);
     let margin = 16.0 + 6.5 * longest as f64;
     let n = matrix.classes.len() as f64;
     // Column labels lean right by half their length.
     let (width, height) = (margin * 1.5 + n * CELL, margin + n * CELL + 4.0);
     html! {
         svg.heatmap width=(px(width)) height=(px(height)) viewBox={ "0 0 " (px(width)) " " (px(height)) } role="img" {
-            @for (i, class) in matrix.classes.iter().enumerate() {
+            @for (i, (full, short)) in labels.iter().enumerate() {
                 @let middle = margin + (i as f64 + 0.5) * CELL;
-                text.label x=(px(margin - 4.0)) y=(px(middle + 4.0)) text-anchor="end" { title { (full(class)) } (short(class)) }
+                text.label x=(px(margin - 4.0)) y=(px(middle + 4.0)) text-anchor="end" { title { (full) } (short) }
                 text.label x=(px(middle)) y=(px(margin - 4.0)) transform={ "rotate(-60 " (px(middle)) " " (px(margin - 4.0)) ")" } {
-                    title { (full(class)) } (short(class))
+                    title { (full) } (short)
                 }
             }
             @for (i, row) in matrix.counts.iter().enumerate() {
@@ -173,7 +193,7 @@ pub fn heatmap(matrix: &Matrix) -> Markup {
                     @let (x, y) = (margin + j as f64 * CELL, margin + i as f64 * CELL);
                     rect x=(px(x)) y=(px(y)) width=(CELL) height=(CELL) fill=(shade(share, i == j)) {
                         title {
-                            "truth " (full(&matrix.classes[i])) ", labelled " (full(&matrix.classes[j])) ": " (count)
+                            "truth " (labels[i].0) ", labelled " (labels[j].0) ": " (count)
                             " (" (percent(share, 1)) " of the row)"
                         }
                     }
@@ -187,17 +207,12 @@ pub fn heatmap(matrix: &Matrix) -> Markup {
     }
 }
 
-/// A class label as the heatmap shows it: at most [`LABEL_CHARS`] characters.
-fn short(class: &Option<String>) -> String {
-    let name = full(class);
+/// A label as the heatmap shows it: at most [`LABEL_CHARS`] characters.
+fn short(name: &str) -> String {
     if name.chars().count() <= LABEL_CHARS {
-        return name;
+        return name.to_owned();
     }
     name.chars().take(LABEL_CHARS - 1).chain(['…']).collect()
-}
-
-fn full(class: &Option<String>) -> String {
-    class.clone().unwrap_or_else(|| "other".to_owned())
 }
 
 /// White to blue (right) or to red (wrong) by share.
@@ -266,6 +281,24 @@ mod tests {
     }
 
     #[test]
+    fn a_chart_of_many_windows_keeps_dots_only_for_windows_between_gaps() {
+        let mut windows: Vec<(i64, Tally)> = (0..200).map(|w| (w * 10, tally(3, 1))).collect();
+        windows.push((3000, tally(1, 1)));
+        let axis = TimeAxis { first: 0, last: 3000, width_ms: 10, rate_max: 1.0 };
+        let svg = error_rate_chart(&windows, &axis, None).into_string();
+        assert_eq!((svg.matches("<polyline").count(), svg.matches("<circle").count()), (1, 1), "{svg}");
+        assert!(svg.contains("50.00% (1 of 2)"));
+    }
+
+    #[test]
+    fn bars_share_a_round_scale() {
+        assert_eq!([rate_scale(0.0), rate_scale(0.04), rate_scale(0.31), rate_scale(1.0)], [0.1, 0.1, 0.4, 1.0]);
+        let bar = rate_bar(Some(0.2), Some(0.1), 0.4).into_string();
+        assert!(bar.contains("class=\"rate\" x=\"0\" y=\"1\" width=\"60.0\""), "{bar}");
+        assert!(bar.contains("x1=\"30.0\""), "{bar}");
+    }
+
+    #[test]
     fn the_heatmap_keeps_the_top_classes_by_support_and_sums_the_rest_as_other() {
         let cells = [
             ("cat", "cat", 50),
@@ -281,6 +314,9 @@ mod tests {
         assert_eq!(matrix.counts, [vec![50, 5, 0], vec![0, 30, 0], vec![4, 0, 3]]);
         let total: u64 = matrix.counts.iter().flatten().sum();
         assert_eq!(total, 92, "nothing is lost to the cap");
+        assert_eq!(matrix.label(2), "(3 others)");
+        let svg = heatmap(&matrix).into_string();
+        assert!(svg.contains("<title>truth (3 others), labelled cat: 4 (57.1% of the row)</title>"), "{svg}");
         let uncapped = Matrix::capped(cells, 10);
         assert_eq!((uncapped.classes.len(), uncapped.others), (5, 0));
     }

@@ -18,7 +18,7 @@ use crate::views::confusion::{class_scores, ClassScore, Scope};
 use crate::views::drift::LabelDrift;
 use crate::views::sink::timestamp;
 use crate::views::Snapshot;
-use charts::{error_rate_chart, heatmap, percent, rate_bar, Matrix, TimeAxis};
+use charts::{error_rate_chart, heatmap, percent, rate_bar, rate_scale, Matrix, TimeAxis};
 
 /// What the page says besides the outcome.
 #[derive(Clone, Debug)]
@@ -124,10 +124,14 @@ fn header(outcome: &Outcome, context: &ReportContext) -> Markup {
 }
 
 fn producer_table(producers: &[(&str, Tally)], overall: Option<f64>) -> Markup {
+    let scale = rate_scale(producers.iter().filter_map(|(_, tally)| tally.error_rate()).fold(0.0, f64::max));
     html! {
         section #producers {
             h2 { "Producers by error rate" }
-            p.note { "Error rate = wrong / judged records. The tick on each bar is the overall rate." }
+            p.note {
+                "Error rate = wrong / judged records. The bars span 0 to " (percent(scale, 0))
+                "; the tick on each is the overall rate."
+            }
             table {
                 thead { tr { th { "Producer" } th.num { "judged" } th.num { "wrong" } th.num { "pending" } th.num { "error rate" } th {} } }
                 tbody {
@@ -138,7 +142,7 @@ fn producer_table(producers: &[(&str, Tally)], overall: Option<f64>) -> Markup {
                             td.num { (tally.incorrect) }
                             td.num { (tally.pending) }
                             td.num { (rate(tally)) }
-                            td { (rate_bar(tally.error_rate(), overall)) }
+                            td { (rate_bar(tally.error_rate(), overall, scale)) }
                         }
                     }
                 }
