@@ -186,10 +186,12 @@ pub fn heatmap(matrix: &Matrix) -> Markup {
                     title { (full) } (short)
                 }
             }
+            // Empty cells are the background: most of a large matrix is empty.
+            rect.grid x=(px(margin)) y=(px(margin)) width=(px(n * CELL)) height=(px(n * CELL)) {}
             @for (i, row) in matrix.counts.iter().enumerate() {
                 @let row_total: u64 = row.iter().sum();
-                @for (j, count) in row.iter().enumerate() {
-                    @let share = if row_total == 0 { 0.0 } else { *count as f64 / row_total as f64 };
+                @for (j, count) in row.iter().enumerate().filter(|(_, count)| **count > 0) {
+                    @let share = *count as f64 / row_total as f64;
                     @let (x, y) = (margin + j as f64 * CELL, margin + i as f64 * CELL);
                     rect x=(px(x)) y=(px(y)) width=(CELL) height=(CELL) fill=(shade(share, i == j)) {
                         title {
@@ -197,10 +199,8 @@ pub fn heatmap(matrix: &Matrix) -> Markup {
                             " (" (percent(share, 1)) " of the row)"
                         }
                     }
-                    @if *count > 0 {
-                        text.count x=(px(x + CELL / 2.0)) y=(px(y + CELL / 2.0 + 4.0)) text-anchor="middle"
-                            fill=(if share > 0.55 { "#fff" } else { "#222" }) { (compact(*count)) }
-                    }
+                    text.count x=(px(x + CELL / 2.0)) y=(px(y + CELL / 2.0 + 4.0)) text-anchor="middle"
+                        fill=(if share > 0.55 { "#fff" } else { "#222" }) { (compact(*count)) }
                 }
             }
         }
@@ -317,6 +317,7 @@ mod tests {
         assert_eq!(matrix.label(2), "(3 others)");
         let svg = heatmap(&matrix).into_string();
         assert!(svg.contains("<title>truth (3 others), labelled cat: 4 (57.1% of the row)</title>"), "{svg}");
+        assert_eq!(svg.matches("<rect").count(), 1 + 5, "the background and the five cells with records: {svg}");
         let uncapped = Matrix::capped(cells, 10);
         assert_eq!((uncapped.classes.len(), uncapped.others), (5, 0));
     }

@@ -338,7 +338,7 @@ svg.bar .track { fill: #eee; } svg.bar .rate { fill: #b2182b; } svg .overall { s
 .multiples { display: grid; grid-template-columns: repeat(auto-fill, minmax(270px, 1fr)); gap: .6rem; }
 figure { margin: 0; } figcaption { font-size: 90%; overflow-wrap: anywhere; }
 svg.chart .axis { stroke: #999; } svg.chart .series { fill: none; stroke: #b2182b; stroke-width: 1.5; } svg.chart .point { fill: #b2182b; }
-svg text { font: 10px system-ui, sans-serif; fill: #555; } svg.heatmap text.count { font-size: 9px; } svg.heatmap rect { stroke: #fff; }
+svg text { font: 10px system-ui, sans-serif; fill: #555; } svg.heatmap text.count { font-size: 9px; } svg.heatmap rect { stroke: #fff; } svg.heatmap rect.grid { fill: #f6f6f6; }
 details { border: 1px solid #e4e4e4; border-radius: 4px; margin: .4rem 0; padding: .3rem .7rem; } summary { cursor: pointer; }
 .pair { display: flex; flex-wrap: wrap; gap: 1.5rem; align-items: flex-start; margin: .6rem 0; }
 "#;
