@@ -198,7 +198,7 @@ fn body(page: &str) -> &str {
 /// `page` against the records: nothing external, every name escaped, the header's figures,
 /// one row per producer in error-rate order, and a dot per judged window.
 fn check_page(page: &str, records: &[Record]) {
-    for external in ["http://", "https://", "src=", "<script", "<link", "url("] {
+    for external in ["http://", "https://", "src=", "<link", "url(", "fetch("] {
         assert!(!page.contains(external), "{external:?} in the page");
     }
     for name in PRODUCERS.iter().chain(&LABELS) {
@@ -233,10 +233,13 @@ fn check_page(page: &str, records: &[Record]) {
     let mut last = 0;
     for (producer, _) in &expected_order {
         let (judged, wrong, pending) = table[producer];
-        let shown = if judged == 0 { "–".to_owned() } else { rate(wrong, judged) };
+        let (shown, sort) = match judged {
+            0 => ("–".to_owned(), "-1".to_owned()),
+            _ => (rate(wrong, judged), (wrong as f64 / judged as f64).to_string()),
+        };
         let row = between(producers, &format!("<tr data-producer=\"{}\">", escape(producer)), "</tr>");
         let cells = format!(
-            ">{}</a></th><td class=\"num\">{judged}</td><td class=\"num\">{wrong}</td><td class=\"num\">{pending}</td><td class=\"num\">{shown}</td>",
+            ">{}</a></th><td class=\"num\">{judged}</td><td class=\"num\">{wrong}</td><td class=\"num\">{pending}</td><td class=\"num\" data-sort=\"{sort}\">{shown}</td>",
             escape(producer)
         );
         assert!(row.contains(&cells), "{producer}: expected {cells} in {row}");

@@ -49,6 +49,7 @@ pub fn render(outcome: &Outcome, context: &ReportContext) -> String {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { "Inference errors as of " (context.as_of) }
                 style { (PreEscaped(STYLE)) }
+                script { (PreEscaped(SORT_SCRIPT)) }
             }
             body {
                 (header(outcome, context))
@@ -130,9 +131,9 @@ fn producer_table(producers: &[(&str, Tally)], overall: Option<f64>) -> Markup {
             h2 { "Producers by error rate" }
             p.note {
                 "Error rate = wrong / judged records. The bars span 0 to " (percent(scale, 0))
-                "; the tick on each is the overall rate."
+                "; the tick on each is the overall rate. Click a column's heading to sort by it."
             }
-            table {
+            table.sortable {
                 thead { tr { th { "Producer" } th.num { "judged" } th.num { "wrong" } th.num { "pending" } th.num { "error rate" } th {} } }
                 tbody {
                     @for (rank, (name, tally)) in producers.iter().enumerate() {
@@ -141,7 +142,7 @@ fn producer_table(producers: &[(&str, Tally)], overall: Option<f64>) -> Markup {
                             td.num { (tally.judged()) }
                             td.num { (tally.incorrect) }
                             td.num { (tally.pending) }
-                            td.num { (rate(tally)) }
+                            td.num data-sort=(tally.error_rate().unwrap_or(-1.0)) { (rate(tally)) }
                             td { (rate_bar(tally.error_rate(), overall, scale)) }
                         }
                     }
@@ -204,7 +205,7 @@ fn drift_table(producers: &[(&str, Tally)], snapshot: &Snapshot, alpha: f64) -> 
             @if rows.is_empty() {
                 p.note { "No producer has a window of inferred records." }
             } @else {
-                table {
+                table.sortable {
                     thead { tr {
                         th { "Producer" } th { "reference" } th.num { "labels" } th { "latest window" } th.num { "labels" }
                         th.num { "χ²" } th.num { "df" } th.num { "p-value" } th.num { "Hellinger" } th { "" }
@@ -304,7 +305,7 @@ fn confusion_and_classes(snapshot: &Snapshot, scope: &Scope, top: usize) -> Mark
 fn class_table(scores: &[ClassScore]) -> Markup {
     let ratio = |value: Option<f64>| value.map_or_else(|| "–".to_owned(), |v| format!("{v:.3}"));
     html! {
-        table.classes {
+        table.classes.sortable {
             thead { tr {
                 th { "class" } th.num { "support" } th.num { "labelled" } th.num { "right" }
                 th.num { "precision" } th.num { "recall" } th.num { "F1" }
@@ -322,6 +323,34 @@ fn class_table(scores: &[ClassScore]) -> Markup {
     }
 }
 
+/// Sorts a `table.sortable` by the column whose heading is clicked, descending first; numbers
+/// as numbers (a cell's `data-sort` when it has one). The page reads the same without it.
+const SORT_SCRIPT: &str = r#"
+document.addEventListener("DOMContentLoaded", () => {
+  for (const table of document.querySelectorAll("table.sortable")) {
+    table.querySelectorAll("thead th").forEach((heading, column) => {
+      heading.addEventListener("click", () => {
+        const key = (row) => {
+          const cell = row.cells[column];
+          const text = cell ? (cell.dataset.sort ?? cell.textContent) : "";
+          const number = parseFloat(text);
+          return isNaN(number) ? text : number;
+        };
+        const descending = heading.dataset.order !== "desc";
+        heading.dataset.order = descending ? "desc" : "asc";
+        const body = table.tBodies[0];
+        const rows = [...body.rows].sort((a, b) => {
+          const [x, y] = [key(a), key(b)];
+          const order = typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y));
+          return descending ? -order : order;
+        });
+        body.append(...rows);
+      });
+    });
+  }
+});
+"#;
+
 /// System fonts only: nothing to fetch.
 const STYLE: &str = r#"
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222; margin: 1.5rem auto; max-width: 1200px; padding: 0 1rem; }
@@ -331,7 +360,7 @@ dl.figures { display: flex; flex-wrap: wrap; gap: .4rem 1.6rem; margin: 1rem 0; 
 dl.figures div { min-width: 6rem; } dt { color: #666; font-size: 85%; } dd { margin: 0; font-size: 1.4rem; font-variant-numeric: tabular-nums; }
 table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
 th, td { padding: .2rem .6rem; border-bottom: 1px solid #eee; text-align: left; vertical-align: middle; }
-thead th { border-bottom: 2px solid #ccc; font-weight: 600; } tbody th { font-weight: normal; max-width: 28rem; overflow-wrap: anywhere; }
+thead th { border-bottom: 2px solid #ccc; font-weight: 600; } table.sortable thead th { cursor: pointer; } tbody th { font-weight: normal; max-width: 28rem; overflow-wrap: anywhere; }
 .num { text-align: right; }
 tr.drifted { background: #fde8e8; } tr.drifted strong { color: #b2182b; }
 svg.bar .track { fill: #eee; } svg.bar .rate { fill: #b2182b; } svg .overall { stroke: #333; stroke-width: 1; stroke-dasharray: 3 2; }
@@ -416,7 +445,7 @@ mod tests {
     #[test]
     fn self_contained() {
         let page = render(&outcome(), &context());
-        for external in ["http://", "https://", "src=", "<script", "<link", "@import", "url("] {
+        for external in ["http://", "https://", "src=", "<link", "@import", "url(", "fetch("] {
             assert!(!page.contains(external), "{external} in the page");
         }
     }
@@ -430,7 +459,7 @@ mod tests {
         let idle_row = &page[idle..page[idle..].find("</tr>").unwrap() + idle];
         assert!(
             idle_row.contains(
-                "<td class=\"num\">0</td><td class=\"num\">0</td><td class=\"num\">4</td><td class=\"num\">–</td>"
+                "<td class=\"num\">0</td><td class=\"num\">0</td><td class=\"num\">4</td><td class=\"num\" data-sort=\"-1\">–</td>"
             ),
             "{idle_row}"
         );
