@@ -138,7 +138,7 @@ pub struct ReportArgs {
     /// Permission bits of the page (and of any view CSV), in octal.
     #[arg(long, default_value = "644", value_name = "OCTAL", value_parser = parse_mode)]
     pub output_mode: u32,
-    /// Classes each confusion heatmap shows, by support; the others are summed as "other".
+    /// Classes each confusion heatmap shows, by support; the others are summed as one, "(N others)".
     #[arg(long, default_value_t = 12, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub top_classes: u16,
     /// The view options; any view file named here is written as well.
