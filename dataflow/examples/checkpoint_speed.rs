@@ -53,7 +53,7 @@ fn main() -> Result<()> {
     ensure!(entries == state.entries(), "the restored state differs from the written one");
     let incorrect = entries
         .iter()
-        .filter(|(_, state)| matches!(state, RecordState::Counted { verdict: Verdict::Incorrect, .. }))
+        .filter(|(_, state)| matches!(state, RecordState::Counted(observation) if observation.verdict() == Verdict::Incorrect))
         .count();
 
     let per_second = |seconds: f64| args.records as f64 / seconds / 1e6;

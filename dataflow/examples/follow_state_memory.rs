@@ -153,10 +153,10 @@ impl Feed {
 
     fn send(&mut self, id: &str, reading: &Reading<'_>) {
         match self {
-            Feed::Compact(input) => input.send((digest(id), RecordState::of(reading))),
+            Feed::Compact(input) => input.send((digest(id), RecordState::of(reading, None))),
             Feed::Before(input) => {
                 let time = *input.time();
-                input.send((id.to_owned(), reading.observation(), time))
+                input.send((id.to_owned(), reading.observation(None), time))
             }
         }
     }

@@ -22,7 +22,7 @@ use crate::source::changes::LogPosition;
 
 /// Changed whenever the layout of [`WorkerState`] or [`Manifest`] changes; a checkpoint of
 /// another version is not read.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 const MANIFEST: &str = "manifest.json";
 
@@ -33,6 +33,10 @@ pub struct Origin {
     pub server: String,
     pub db: String,
     pub collection: String,
+    /// The views' window width in ms, if any: record states hold their window only with views,
+    /// so a follower with other views loads in full.
+    #[serde(default)]
+    pub window_ms: Option<i64>,
 }
 
 /// The commit point of a checkpoint: what it is of, how far the change log was read, and the
@@ -78,7 +82,11 @@ pub enum Unusable {
 
 impl std::fmt::Display for Origin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{} on {}", self.db, self.collection, self.server)
+        write!(f, "{}.{} on {}", self.db, self.collection, self.server)?;
+        match self.window_ms {
+            Some(ms) => write!(f, " with views in {ms} ms windows"),
+            None => write!(f, " without views"),
+        }
     }
 }
 
@@ -223,10 +231,15 @@ pub fn next_generation(dir: &Path) -> u64 {
 mod tests {
     use super::*;
     use crate::follow_state::{digest, RecordState};
-    use crate::record::Verdict;
+    use crate::record::Observation;
 
     fn origin() -> Origin {
-        Origin { server: "mongodb://127.0.0.1:27017".into(), db: "iot".into(), collection: "inferences".into() }
+        Origin {
+            server: "mongodb://127.0.0.1:27017".into(),
+            db: "iot".into(),
+            collection: "inferences".into(),
+            window_ms: None,
+        }
     }
 
     fn records(seed: u64) -> Records {
@@ -235,7 +248,7 @@ mod tests {
                 let producer_id = format!("p,{}\"", (seed + i) % 3);
                 let state = match i % 4 {
                     0 => RecordState::Malformed,
-                    _ => RecordState::Counted { producer_id, verdict: Verdict::Incorrect },
+                    _ => RecordState::Counted(Observation::new(&producer_id, "cat", Some("dog"))),
                 };
                 (digest(&format!("{seed}/{i}")), Some(state))
             })
@@ -313,7 +326,9 @@ mod tests {
         assert!(matches!(read_all(dir.path()), Err(Unusable::Damaged(_))));
 
         let manifest = dir.path().join(MANIFEST);
-        let text = std::fs::read_to_string(&manifest).unwrap().replace("\"version\": 1", "\"version\": 99");
+        let text = std::fs::read_to_string(&manifest)
+            .unwrap()
+            .replace(&format!("\"version\": {FORMAT_VERSION}"), "\"version\": 99");
         std::fs::write(&manifest, text).unwrap();
         assert_eq!(read_all(dir.path()).err(), Some(Unusable::OtherVersion { found: 99 }));
         std::fs::write(&manifest, "{").unwrap();

@@ -262,9 +262,6 @@ impl CountArgs {
         if !self.views.files(self.output_mode).any() {
             return Ok(None);
         }
-        if self.follow {
-            bail!("the view files (--confusion, --classes, --windows, --drift) are written by the batch count; --follow keeps only the counts current so far");
-        }
         self.views.options().map(Some)
     }
 }
@@ -340,6 +337,7 @@ impl CountArgs {
             status_every: Duration::from_secs(self.status_every),
             stop: Arc::new(AtomicBool::new(false)),
             checkpoints: self.checkpoints(&source)?,
+            views,
         };
         Ok(Plan::Follow { source, cluster, options })
     }

@@ -24,18 +24,19 @@ use timely::dataflow::{InputHandle, ProbeHandle};
 use timely::worker::Worker;
 
 use crate::cluster::ClusterArgs;
-use crate::count::tally_by_producer;
+use crate::count::error_counts;
 use crate::follow_checkpoint::{self, CheckpointOptions, Checkpointer, Restored};
 use crate::follow_state::{digest, track_records, RecordState, Records, Upsert};
 use crate::load::Loader;
 use crate::progress::Progress;
-use crate::record::{Observation, Tally};
+use crate::record::{Observation, Tally, Windowing};
 use crate::sink::{rfc3339, rfc3339_ms, AsOf, Output, Position};
 use crate::source::changes::{ChangePoller, Changes, LogPosition};
 use crate::source::file::{self, Format, Tail};
 use crate::source::mongo::{document_id, read_document, MongoSource};
 use crate::source::{bounded, Share, Source};
 use crate::stats::LoadStats;
+use crate::views::{monitor, Snapshot, ViewCells, ViewOptions};
 use crate::worker_zero::{
     collect_at_worker_zero, current_table, distribute_plan, from_worker_zero, Rows, StatsInput, WorkerCell,
 };
@@ -65,6 +66,14 @@ pub struct FollowOptions {
     pub stop: Arc<AtomicBool>,
     /// Where and how often to write checkpoints (MongoDB only).
     pub checkpoints: Option<CheckpointOptions>,
+    /// The monitoring views to keep current besides the counts, if any.
+    pub views: Option<ViewOptions>,
+}
+
+impl FollowOptions {
+    fn windowing(&self) -> Option<Windowing> {
+        self.views.as_ref().map(|views| views.windowing)
+    }
 }
 
 type Upserts = InputHandle<u64, CapacityContainerBuilder<Vec<Upsert>>>;
@@ -110,6 +119,8 @@ struct Collected {
     loaded: WorkerCell<LoadStats>,
     /// Malformed records in the dataflow (MongoDB).
     malformed: WorkerCell<isize>,
+    /// The views' rows, when they are on.
+    views: ViewCells,
 }
 
 fn follow_on_worker(
@@ -127,15 +138,15 @@ fn follow_on_worker(
     let records: WorkerCell<Records> = Default::default();
     let (mut checkpointer, restored) = match (source, &options.checkpoints) {
         (Source::Mongo(mongo), Some(checkpoints)) => {
-            let origin = follow_checkpoint::origin(mongo);
-            let checkpointer = Checkpointer::new(worker, checkpoints, origin, records.clone());
+            let origin = follow_checkpoint::origin(mongo, options.windowing());
+            let checkpointer = Checkpointer::new(worker, checkpoints, origin.clone(), records.clone());
             let (settle, retention) = (options.settle, options.change_retention);
-            let restored = follow_checkpoint::restore(worker, mongo, settle, retention, checkpoints, &records);
+            let restored = follow_checkpoint::restore(worker, mongo, settle, retention, checkpoints, &origin, &records);
             (Some(checkpointer), restored)
         }
         _ => (None, None),
     };
-    let (mut inputs, mut stats_input) = build_dataflow(worker, &collected, &probe, records);
+    let (mut inputs, mut stats_input) = build_dataflow(worker, &collected, &probe, records, options.views.as_ref());
 
     let mut stats = LoadStats::default();
     let resumed = restored.is_some();
@@ -145,8 +156,9 @@ fn follow_on_worker(
             (poller.map(Feed::Mongo), Ok(()))
         }
         (Source::Mongo(mongo), None) => load_mongo(worker, mongo, options, &mut inputs, &mut stats, progress),
-        (Source::File(path), None) => load_file(worker, path, &mut inputs, &mut stats, progress),
+        (Source::File(path), None) => load_file(worker, path, options.windowing(), &mut inputs, &mut stats, progress),
     };
+    let feed = feed.map(|feed| feed.with_windowing(options.windowing()));
     if let Err(err) = loaded {
         stats.failure = Some(format!("{err:#}"));
     }
@@ -172,9 +184,10 @@ fn follow_on_worker(
                 rows: &collected.rows,
                 malformed: &collected.malformed,
                 // Malformed records of MongoDB are in the dataflow; lines of a file are only counted.
-                malformed_lines: if matches!(feed, Feed::File(_)) { loaded.skipped } else { 0 },
+                malformed_lines: if matches!(feed, Feed::File(..)) { loaded.skipped } else { 0 },
                 source: source.describe(),
                 as_of: loaded_as_of,
+                views: options.views.as_ref().map(|_| &collected.views),
             };
             let checkpointer = checkpointer.as_mut().map(|writer| Checkpoints { writer, after_load: !resumed });
             follow_changes(worker, feed, &mut inputs, state, &probe, &votes, checkpointer, options)
@@ -187,24 +200,26 @@ fn follow_on_worker(
     result
 }
 
-/// Records by `_id` (upserts) and appended lines feed the same counting function as the batch
-/// job; worker 0 collects its table, the load statistics and the number of malformed records.
+/// Records by `_id` (upserts) and appended lines are one collection of observations, which feeds
+/// the same counting function and views as the batch job; worker 0 collects their tables, the
+/// load statistics and the number of malformed records.
 fn build_dataflow(
     worker: &mut Worker,
     collected: &Collected,
     probe: &ProbeHandle<u64>,
     records: WorkerCell<Records>,
+    views: Option<&ViewOptions>,
 ) -> (Inputs, StatsInput) {
     worker.dataflow::<u64, _, _>(|scope| {
         let mut upserts = Upserts::new();
         let (appended, appended_records) = scope.new_collection::<Observation, isize>();
         let mut stats_input = StatsInput::new();
         let records = track_records(upserts.to_stream(scope), records);
-        let appended_verdicts = appended_records.map(|observation| {
-            let verdict = observation.verdict();
-            (observation.producer_id, verdict)
-        });
-        let counts = tally_by_producer(records.clone().flat_map(RecordState::counted).concat(appended_verdicts));
+        let observations = records.clone().flat_map(RecordState::observed).concat(appended_records);
+        if let Some(options) = views {
+            monitor(observations.clone(), options, &collected.views, probe);
+        }
+        let counts = error_counts(observations);
         collect_at_worker_zero(counts, stats_input.to_stream(scope), &collected.rows, &collected.loaded, probe);
         // One `()` per malformed record; their multiplicities add up to how many there are.
         let sink = collected.malformed.clone();
@@ -317,7 +332,7 @@ fn load_mongo(
                 let reading = read_document(document);
                 stats.account(&reading, || id.clone());
                 // Malformed records are kept too, so that the sidecar's count of them stays exact.
-                if let Some(state) = RecordState::of(&reading) {
+                if let Some(state) = RecordState::of(&reading, options.windowing()) {
                     inputs.upserts.send((digest(&id), Some(state)));
                     sent += 1;
                     if sent.is_multiple_of(LOAD_STEP_EVERY) {
@@ -335,6 +350,7 @@ fn load_mongo(
 fn load_file(
     worker: &mut Worker,
     path: &Path,
+    windowing: Option<Windowing>,
     inputs: &mut Inputs,
     stats: &mut LoadStats,
     progress: &Progress,
@@ -346,19 +362,19 @@ fn load_file(
         Ok(None) => return (None, Err(anyhow::anyhow!("worker 0 did not measure the file"))),
         Err(err) => return (None, Err(err)),
     };
-    let mut loader = Loader::default();
+    let mut loader = Loader::new(windowing);
     let loaded = file::load_lines(path, share, len, &mut loader, progress);
     let (counts, loaded_stats) = loader.take();
     counts.into_iter().for_each(|(observation, diff)| inputs.appended.update(observation, diff));
     stats.merge(&loaded_stats);
-    let feed = (worker.index() == 0).then(|| Feed::File(Tail::new(path, len)));
+    let feed = (worker.index() == 0).then(|| Feed::File(Tail::new(path, len), windowing));
     (feed, loaded)
 }
 
-/// Where worker 0 finds the changes after the initial load.
+/// Where worker 0 finds the changes after the initial load, and the views' windows, if any.
 enum Feed {
     Mongo(ChangePoller),
-    File(Tail),
+    File(Tail, Option<Windowing>),
 }
 
 /// What one successful poll found.
@@ -370,6 +386,14 @@ struct Polled {
 }
 
 impl Feed {
+    fn with_windowing(mut self, windowing: Option<Windowing>) -> Self {
+        match &mut self {
+            Feed::Mongo(poller) => poller.windowing = windowing,
+            Feed::File(_, current) => *current = windowing,
+        }
+        self
+    }
+
     /// Sends what changed since the last call into `inputs`, at their current round. `None`:
     /// this poll failed and the next one tries again. An error is fatal: the CSV can no longer
     /// be kept exact.
@@ -410,8 +434,8 @@ impl Feed {
                 }
                 Ok(Some(Polled { changed, malformed_lines: 0 }))
             }
-            Feed::File(tail) => {
-                let mut loader = Loader::default();
+            Feed::File(tail, windowing) => {
+                let mut loader = Loader::new(*windowing);
                 tail.read_appended(&mut loader)?;
                 let (counts, stats) = loader.take();
                 for example in &stats.skipped_examples {
@@ -427,7 +451,7 @@ impl Feed {
     fn log_position(&self) -> Option<LogPosition> {
         match self {
             Feed::Mongo(poller) => Some(poller.position()),
-            Feed::File(_) => None,
+            Feed::File(..) => None,
         }
     }
 
@@ -435,7 +459,7 @@ impl Feed {
     fn position(&self) -> Position {
         match self {
             Feed::Mongo(poller) => Position::ChangeLog { watermark: rfc3339_ms(poller.watermark()) },
-            Feed::File(tail) => Position::File { offset: tail.offset() },
+            Feed::File(tail, _) => Position::File { offset: tail.offset() },
         }
     }
 }
@@ -450,12 +474,18 @@ struct State<'a> {
     source: String,
     /// When the last completed poll (or the initial load) started.
     as_of: SystemTime,
+    /// The views' rows, when they are on.
+    views: Option<&'a ViewCells>,
 }
 
 impl State<'_> {
     fn table(&self) -> BTreeMap<String, Tally> {
         self.rows.borrow_mut().retain(|_, diff| *diff != 0);
         current_table(&self.rows.borrow())
+    }
+
+    fn views(&self) -> Option<Snapshot> {
+        self.views.map(ViewCells::snapshot)
     }
 
     fn as_of(&self, table: &BTreeMap<String, Tally>, feed: &Feed) -> AsOf {
@@ -501,6 +531,8 @@ fn follow_changes(
     let mut table = state.table();
     let mut sidecar = state.as_of(&table, &feed);
     output.write(&table, &sidecar)?;
+    let mut views = state.views();
+    write_views(options, views.as_ref())?;
     let mut sidecar_written = Instant::now();
     let mut next_status = Instant::now() + options.status_every;
     let mut changes_applied = 0u64;
@@ -523,6 +555,11 @@ fn follow_changes(
             worker.step_while(|| probe.less_than(&next));
         }
         state.as_of = polled_at;
+        let updated_views = state.views();
+        if updated_views != views {
+            write_views(options, updated_views.as_ref())?;
+            views = updated_views;
+        }
         let updated = state.table();
         let as_of = state.as_of(&updated, &feed);
         if updated != table {
@@ -554,6 +591,15 @@ fn follow_changes(
     }
     eprintln!("stopped; {} is up to date as of {}", output.path.display(), rfc3339(state.as_of));
     Ok(())
+}
+
+/// The view files, when views are on; before the CSV, so that a reader who sees the new counts
+/// finds views at least as new.
+fn write_views(options: &FollowOptions, snapshot: Option<&Snapshot>) -> Result<()> {
+    match (snapshot, &options.views) {
+        (Some(snapshot), Some(views)) => options.output.views.write(snapshot, views.drift_alpha),
+        _ => Ok(()),
+    }
 }
 
 /// `ProducerID,old_errors,new_errors` for every producer whose error count changed.

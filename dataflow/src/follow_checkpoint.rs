@@ -22,6 +22,7 @@ use timely::worker::Worker;
 
 use crate::checkpoint::{self, Manifest, Origin, Unusable, WorkerFile, FORMAT_VERSION};
 use crate::follow_state::Records;
+use crate::record::Windowing;
 use crate::sink::rfc3339;
 use crate::source::changes::{ChangePoller, LogPosition};
 use crate::source::mongo::MongoSource;
@@ -36,11 +37,12 @@ pub struct CheckpointOptions {
 }
 
 /// What a collection's checkpoint is of: its server (without a password), database and name.
-pub fn origin(source: &MongoSource) -> Origin {
+pub fn origin(source: &MongoSource, windowing: Option<Windowing>) -> Origin {
     Origin {
         server: iot_schema::redact::uri(&source.uri),
         db: source.db.clone(),
         collection: source.collection.clone(),
+        window_ms: windowing.map(|windowing| windowing.width_ms),
     }
 }
 
@@ -61,11 +63,12 @@ pub fn restore(
     settle: Duration,
     retention: Duration,
     options: &CheckpointOptions,
+    origin: &Origin,
     records: &WorkerCell<Records>,
 ) -> Option<Restored> {
     let started = Instant::now();
     let mut planned: Option<(Manifest, ChangePoller)> = None;
-    let files = from_worker_zero(worker, |peers| match plan(source, settle, retention, options, peers) {
+    let files = from_worker_zero(worker, |peers| match plan(source, settle, retention, options, origin, peers) {
         Ok((manifest, poller)) => {
             let files = manifest.files.iter().cloned().map(Some).collect();
             planned = Some((manifest, poller));
@@ -128,9 +131,10 @@ fn plan(
     settle: Duration,
     retention: Duration,
     options: &CheckpointOptions,
+    origin: &Origin,
     peers: usize,
 ) -> Result<(Manifest, ChangePoller), Unusable> {
-    let manifest = checkpoint::read_manifest(&options.dir, &origin(source))?;
+    let manifest = checkpoint::read_manifest(&options.dir, origin)?;
     if manifest.files.len() != peers {
         return Err(Unusable::OtherWorkers { found: manifest.files.len(), expected: peers });
     }

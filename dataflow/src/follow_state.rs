@@ -1,23 +1,25 @@
 //! The follower's per-record state, kept compact: one 20-byte hash-map entry per record.
 //!
-//! The counts need only each record's producer and verdict, or that it is malformed (for the
-//! sidecar's count of those). So each worker keeps, for the records it owns, a map from a
-//! 128-bit digest of the record's `_id` to a 32-bit state (the producer interned on this worker,
-//! and the verdict), and nothing else: no `_id` text, no labels, no history. Records are routed
-//! to their owner by the digest. A change replaces the entry and emits the retraction of the
-//! old state and the addition of the new one; those are consolidated per round, so what flows
-//! on to the counting function is one update per (producer, verdict) that moved, never one per
-//! record.
+//! The counts and views need each record's observation (producer, truth, label and, with the
+//! views, its window), or that it is malformed (for the sidecar's count of those). Records share
+//! observations: a fleet has far fewer distinct (producer, truth, label, window) tuples than
+//! records. So each worker interns the distinct states it has seen, and keeps, for the records
+//! it owns, a map from a 128-bit digest of the record's `_id` to a 32-bit index of its state,
+//! and nothing else: no `_id` text, no history. Records are routed to their owner by the
+//! digest. A change replaces the entry and emits the retraction of the old state and the
+//! addition of the new one; those are consolidated per round, so what flows on to the counts
+//! and views is one update per state that moved, never one per record.
 //!
 //! **Digest.** xxh3-128 of the `_id` as text. Two of n distinct `_id`s share a digest with
 //! probability at most n²/2¹²⁹ (the birthday bound): 1.5·10⁻²¹ at 10⁹ records. A collision
 //! would merge two records into one, so it is not detected, but it is far less likely than an
 //! undetected memory error, so it is treated as impossible.
 //!
-//! **Interning.** A producer's index is local to the worker that owns the record and never
-//! leaves it: what the operator sends on is the producer's *name*, once per (producer, verdict)
-//! and round. So indices need not agree between workers or processes, and no index can be
-//! misread elsewhere.
+//! **Interning.** A state's index (and its strings') is local to the worker that owns the
+//! record and never leaves it: what the operator sends on is the observation itself, once per
+//! state and round. So indices need not agree between workers or processes, and no index can be
+//! misread elsewhere. Interned states are never forgotten while the follower runs; there are
+//! as many as distinct tuples, bounded by producers x classes x classes x windows.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
@@ -33,7 +35,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
 use crate::load::Reading;
-use crate::record::{Observation, Verdict};
+use crate::record::{Observation, Verdict, Windowing};
 use crate::worker_zero::WorkerCell;
 
 /// A record's identity in the follower: xxh3-128 of its `_id` as text.
@@ -43,26 +45,22 @@ pub fn digest(id: &str) -> RecordDigest {
     xxhash_rust::xxh3::xxh3_128(id.as_bytes())
 }
 
-/// What a record contributes to the counts.
+/// What a record contributes to the counts and views.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum RecordState {
-    Counted {
-        producer_id: String,
-        verdict: Verdict,
-    },
+    /// Its observation; with a window only when views are on.
+    Counted(Observation),
     /// Present but not countable. Kept, rather than left out, so that the sidecar's count of
     /// malformed records stays exact as they are fixed or broken by later writes.
     Malformed,
 }
 
 impl RecordState {
-    /// A record's state in the follower: `None` for a tombstone, which is not kept.
-    pub fn of(reading: &Reading<'_>) -> Option<RecordState> {
+    /// A record's state in the follower: `None` for a tombstone, which is not kept. `windowing`:
+    /// the views' windows, if any.
+    pub fn of(reading: &Reading<'_>, windowing: Option<Windowing>) -> Option<RecordState> {
         match reading {
-            Reading::Counted { producer_id, ground_truth, inferred, .. } => Some(RecordState::Counted {
-                producer_id: (*producer_id).to_owned(),
-                verdict: Verdict::of(ground_truth, *inferred),
-            }),
+            Reading::Counted { .. } => reading.observation(windowing).map(RecordState::Counted),
             Reading::Tombstone => None,
             Reading::Malformed(_) => Some(RecordState::Malformed),
         }
@@ -70,8 +68,16 @@ impl RecordState {
 
     /// The `(producer, verdict)` pair the counting function takes, for a counted record.
     pub fn counted(self) -> Option<(String, Verdict)> {
+        self.observed().map(|observation| {
+            let verdict = observation.verdict();
+            (observation.producer_id, verdict)
+        })
+    }
+
+    /// The observation the views take, for a counted record.
+    pub fn observed(self) -> Option<Observation> {
         match self {
-            RecordState::Counted { producer_id, verdict } => Some((producer_id, verdict)),
+            RecordState::Counted(observation) => Some(observation),
             RecordState::Malformed => None,
         }
     }
@@ -83,8 +89,7 @@ impl RecordState {
 
 impl From<Observation> for RecordState {
     fn from(observation: Observation) -> Self {
-        let verdict = observation.verdict();
-        RecordState::Counted { producer_id: observation.producer_id, verdict }
+        RecordState::Counted(observation)
     }
 }
 
@@ -176,15 +181,15 @@ fn owner_bits(digest: RecordDigest) -> u64 {
 /// map grows at a time, so the peak stays close to the steady state.
 const SHARDS: usize = 256;
 
-/// The records a worker owns, by digest, and the producers it has interned.
+/// The records a worker owns, by digest, and the states it has interned.
 pub struct Records {
     shards: Vec<HashMap<Key, Packed, BuildHasherDefault<KeyHasher>>>,
-    producers: Producers,
+    states: States,
 }
 
 impl Default for Records {
     fn default() -> Self {
-        Records { shards: (0..SHARDS).map(|_| HashMap::default()).collect(), producers: Producers::default() }
+        Records { shards: (0..SHARDS).map(|_| HashMap::default()).collect(), states: States::default() }
     }
 }
 
@@ -218,19 +223,15 @@ impl Records {
 
     fn pack(&mut self, state: &RecordState) -> Packed {
         match state {
-            RecordState::Counted { producer_id, verdict } => {
-                Packed::counted(self.producers.intern(producer_id), *verdict)
-            }
+            RecordState::Counted(observation) => self.states.intern(observation),
             RecordState::Malformed => Packed::MALFORMED,
         }
     }
 
     fn unpack(&self, packed: Packed) -> RecordState {
-        match packed.verdict() {
-            Some(verdict) => {
-                RecordState::Counted { producer_id: self.producers.name(packed.producer()).to_owned(), verdict }
-            }
-            None => RecordState::Malformed,
+        match packed {
+            Packed::MALFORMED => RecordState::Malformed,
+            packed => RecordState::Counted(self.states.observation(packed)),
         }
     }
 }
@@ -252,14 +253,11 @@ impl Records {
         totals.into_iter().map(|(packed, count)| (self.unpack(packed), count)).collect()
     }
 
-    /// Writes this worker's state for a checkpoint: the producer names by index, then every
-    /// record's digest and packed state (20 bytes each, little-endian). Returns how many records.
+    /// Writes this worker's state for a checkpoint: its strings by index, its states by index,
+    /// then every record's digest and state index (20 bytes each); little-endian throughout.
+    /// Returns how many records.
     pub fn save(&self, out: &mut impl Write) -> io::Result<u64> {
-        out.write_all(&(self.producers.names.len() as u32).to_le_bytes())?;
-        for name in &self.producers.names {
-            out.write_all(&(name.len() as u32).to_le_bytes())?;
-            out.write_all(name.as_bytes())?;
-        }
+        self.states.save(out)?;
         let records = self.len() as u64;
         out.write_all(&records.to_le_bytes())?;
         for (key, packed) in self.shards.iter().flat_map(|shard| shard.iter()) {
@@ -269,29 +267,10 @@ impl Records {
         Ok(records)
     }
 
-    /// The state [`Records::save`] wrote. Producer indices keep their meaning because the names
-    /// are interned again in index order; a state that names a producer the file does not have
-    /// is refused.
+    /// The state [`Records::save`] wrote. Indices keep their meaning because strings and states
+    /// are interned again in index order; an index past what the file has is refused.
     pub fn restore(input: &mut impl Read) -> io::Result<Records> {
-        let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
-        let mut records = Records::default();
-        let producers = read_u32(input)?;
-        if producers as usize > MAX_PRODUCERS {
-            return Err(invalid("the checkpoint names more producers than a worker can hold"));
-        }
-        for _ in 0..producers {
-            let len = read_u32(input)? as u64;
-            let mut name = Vec::new();
-            input.take(len).read_to_end(&mut name)?;
-            if name.len() as u64 != len {
-                return Err(invalid("a producer name is cut short"));
-            }
-            let name = String::from_utf8(name).map_err(|_| invalid("a producer name is not UTF-8"))?;
-            records.producers.intern(&name);
-        }
-        if records.producers.names.len() != producers as usize {
-            return Err(invalid("a producer name is repeated"));
-        }
+        let mut records = Records { states: States::restore(input)?, ..Records::default() };
         let mut count = [0u8; 8];
         input.read_exact(&mut count)?;
         for _ in 0..u64::from_le_bytes(count) {
@@ -299,13 +278,17 @@ impl Records {
             input.read_exact(&mut entry)?;
             let digest = u128::from_le_bytes(entry[..16].try_into().expect("16 bytes"));
             let packed = Packed(u32::from_le_bytes(entry[16..].try_into().expect("4 bytes")));
-            if packed.verdict().is_some() && packed.producer() >= producers {
-                return Err(invalid("a record names a producer the checkpoint does not have"));
+            if packed != Packed::MALFORMED && packed.0 as usize >= records.states.keys.len() {
+                return Err(invalid("a record names a state the checkpoint does not have"));
             }
             records.shards[shard_of(digest)].insert(Key::of(digest), packed);
         }
         Ok(records)
     }
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
 }
 
 /// A worker's state from upserts applied in order (tests, examples and benchmarks).
@@ -386,63 +369,142 @@ impl Hasher for KeyHasher {
     }
 }
 
-/// A record's state in 32 bits: the verdict (or malformed) in the low 2 bits, the producer's
-/// index on this worker in the rest.
+/// A record's state in 32 bits: the index of its interned state, or malformed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Packed(u32);
 
-const VERDICT_BITS: u32 = 2;
-/// Producers one worker can tell apart. Their names alone would need more memory than a node has
-/// long before this.
-const MAX_PRODUCERS: usize = 1 << (32 - VERDICT_BITS);
-
 impl Packed {
-    const MALFORMED: Packed = Packed(3);
+    const MALFORMED: Packed = Packed(u32::MAX);
+}
 
-    fn counted(producer: u32, verdict: Verdict) -> Self {
-        let verdict = match verdict {
-            Verdict::Correct => 0,
-            Verdict::Incorrect => 1,
-            Verdict::Pending => 2,
+/// States one worker can tell apart.
+const MAX_STATES: usize = u32::MAX as usize;
+const NO_LABEL: u32 = u32::MAX;
+const NO_WINDOW: i64 = i64::MIN;
+
+/// An observation with its strings interned: 20 bytes however long the names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct StateKey {
+    producer: u32,
+    truth: u32,
+    /// `NO_LABEL` while pending.
+    inferred: u32,
+    /// `NO_WINDOW` without one.
+    window: i64,
+}
+
+/// The distinct observations of one worker's records, and the strings they are made of.
+#[derive(Default)]
+struct States {
+    strings: Strings,
+    index: FxHashMap<StateKey, u32>,
+    keys: Vec<StateKey>,
+}
+
+impl States {
+    fn intern(&mut self, observation: &Observation) -> Packed {
+        let key = StateKey {
+            producer: self.strings.intern(&observation.producer_id),
+            truth: self.strings.intern(&observation.ground_truth),
+            inferred: observation.inferred.as_deref().map_or(NO_LABEL, |label| self.strings.intern(label)),
+            window: observation.window.unwrap_or(NO_WINDOW),
         };
-        Packed(producer << VERDICT_BITS | verdict)
+        if let Some(&index) = self.index.get(&key) {
+            return Packed(index);
+        }
+        assert!(self.keys.len() < MAX_STATES, "more than {MAX_STATES} distinct record states on one worker");
+        let index = self.keys.len() as u32;
+        self.keys.push(key);
+        self.index.insert(key, index);
+        Packed(index)
     }
 
-    fn verdict(self) -> Option<Verdict> {
-        match self.0 & 3 {
-            0 => Some(Verdict::Correct),
-            1 => Some(Verdict::Incorrect),
-            2 => Some(Verdict::Pending),
-            _ => None,
+    fn observation(&self, packed: Packed) -> Observation {
+        let key = self.keys[packed.0 as usize];
+        let text = |index: u32| self.strings.names[index as usize].to_string();
+        Observation {
+            producer_id: text(key.producer),
+            ground_truth: text(key.truth),
+            inferred: (key.inferred != NO_LABEL).then(|| text(key.inferred)),
+            window: (key.window != NO_WINDOW).then_some(key.window),
         }
     }
 
-    fn producer(self) -> u32 {
-        self.0 >> VERDICT_BITS
+    /// The strings (count, then length and bytes of each), then the states (count, then 20
+    /// bytes each).
+    fn save(&self, out: &mut impl Write) -> io::Result<()> {
+        out.write_all(&(self.strings.names.len() as u32).to_le_bytes())?;
+        for name in &self.strings.names {
+            out.write_all(&(name.len() as u32).to_le_bytes())?;
+            out.write_all(name.as_bytes())?;
+        }
+        out.write_all(&(self.keys.len() as u32).to_le_bytes())?;
+        for key in &self.keys {
+            for word in [key.producer, key.truth, key.inferred] {
+                out.write_all(&word.to_le_bytes())?;
+            }
+            out.write_all(&key.window.to_le_bytes())?;
+        }
+        Ok(())
+    }
+
+    fn restore(input: &mut impl Read) -> io::Result<States> {
+        let mut states = States::default();
+        let strings = read_u32(input)?;
+        for _ in 0..strings {
+            let len = read_u32(input)? as u64;
+            let mut name = Vec::new();
+            input.take(len).read_to_end(&mut name)?;
+            if name.len() as u64 != len {
+                return Err(invalid("a name is cut short"));
+            }
+            let name = String::from_utf8(name).map_err(|_| invalid("a name is not UTF-8"))?;
+            states.strings.intern(&name);
+        }
+        if states.strings.names.len() != strings as usize {
+            return Err(invalid("a name is repeated"));
+        }
+        let known = |index: u32| index < strings;
+        for _ in 0..read_u32(input)? {
+            let mut entry = [0u8; 20];
+            input.read_exact(&mut entry)?;
+            let word = |at: usize| u32::from_le_bytes(entry[at..at + 4].try_into().expect("4 bytes"));
+            let key = StateKey {
+                producer: word(0),
+                truth: word(4),
+                inferred: word(8),
+                window: i64::from_le_bytes(entry[12..].try_into().expect("8 bytes")),
+            };
+            if !known(key.producer) || !known(key.truth) || !(key.inferred == NO_LABEL || known(key.inferred)) {
+                return Err(invalid("a state names a string the checkpoint does not have"));
+            }
+            let index = states.keys.len() as u32;
+            if states.index.insert(key, index).is_some() {
+                return Err(invalid("a state is repeated"));
+            }
+            states.keys.push(key);
+        }
+        Ok(states)
     }
 }
 
-/// Producer names interned on one worker.
+/// Producer names and labels interned on one worker.
 #[derive(Default)]
-struct Producers {
+struct Strings {
     index: FxHashMap<Box<str>, u32>,
     names: Vec<Box<str>>,
 }
 
-impl Producers {
+impl Strings {
     fn intern(&mut self, name: &str) -> u32 {
         if let Some(&index) = self.index.get(name) {
             return index;
         }
-        assert!(self.names.len() < MAX_PRODUCERS, "more than {MAX_PRODUCERS} producers on one worker");
+        assert!(self.names.len() < NO_LABEL as usize, "more than {NO_LABEL} names on one worker");
         let index = self.names.len() as u32;
         self.names.push(name.into());
         self.index.insert(name.into(), index);
         index
-    }
-
-    fn name(&self, index: u32) -> &str {
-        &self.names[index as usize]
     }
 }
 
@@ -454,8 +516,10 @@ mod tests {
         for i in 0..n {
             let state = match i % 3 {
                 0 => Some(RecordState::Malformed),
-                1 => Some(RecordState::Counted { producer_id: format!("p,\"{}", i % 7), verdict: Verdict::Incorrect }),
-                _ => Some(RecordState::Counted { producer_id: format!("q{}", i % 5), verdict: Verdict::Pending }),
+                1 => counted(&format!("p,\"{}", i % 7), Verdict::Incorrect),
+                _ => Some(RecordState::Counted(
+                    Observation::new(&format!("q{}", i % 5), "cat", None).in_window(i as i64 % 4),
+                )),
             };
             records.apply((digest(&format!("id/{i}")), state), &mut changes);
         }
@@ -490,12 +554,23 @@ mod tests {
         for cut in [0, 3, 9, bytes.len() - 1] {
             assert!(Records::restore(&mut &bytes[..cut]).is_err(), "cut at {cut}");
         }
-        // A state whose producer index is past the names the file has.
+        // A record whose state index is past the states the file has.
         let mut bad = Vec::new();
+        bad.extend(0u32.to_le_bytes());
         bad.extend(0u32.to_le_bytes());
         bad.extend(1u64.to_le_bytes());
         bad.extend(7u128.to_le_bytes());
-        bad.extend((5u32 << VERDICT_BITS).to_le_bytes());
+        bad.extend(5u32.to_le_bytes());
+        assert_eq!(Records::restore(&mut bad.as_slice()).err().unwrap().kind(), io::ErrorKind::InvalidData);
+        // A state whose producer is past the names the file has.
+        let mut bad = Vec::new();
+        bad.extend(1u32.to_le_bytes());
+        bad.extend(1u32.to_le_bytes());
+        bad.extend(b"p");
+        bad.extend(1u32.to_le_bytes());
+        [3u32, 0, NO_LABEL].iter().for_each(|word| bad.extend(word.to_le_bytes()));
+        bad.extend(NO_WINDOW.to_le_bytes());
+        bad.extend(0u64.to_le_bytes());
         assert_eq!(Records::restore(&mut bad.as_slice()).err().unwrap().kind(), io::ErrorKind::InvalidData);
     }
 
@@ -542,8 +617,14 @@ mod tests {
         results.join().into_iter().next().unwrap().unwrap()
     }
 
-    fn counted(producer: &str, verdict: Verdict) -> Option<RecordState> {
-        Some(RecordState::Counted { producer_id: producer.to_owned(), verdict })
+    /// A counted record of `producer` with `verdict`.
+    pub(crate) fn counted(producer: &str, verdict: Verdict) -> Option<RecordState> {
+        let inferred = match verdict {
+            Verdict::Correct => Some("cat"),
+            Verdict::Incorrect => Some("dog"),
+            Verdict::Pending => None,
+        };
+        Some(RecordState::Counted(Observation::new(producer, "cat", inferred)))
     }
 
     fn totals<const N: usize>(entries: [(Option<RecordState>, isize); N]) -> Totals {
@@ -668,7 +749,10 @@ mod tests {
     #[test]
     fn a_state_packs_into_32_bits_and_back() {
         let mut records = Records::default();
-        for state in [counted("p", Verdict::Correct), counted("q", Verdict::Pending), Some(RecordState::Malformed)] {
+        let windowed = Some(RecordState::Counted(Observation::new("p", "a,\"b\"", Some("c")).in_window(-7)));
+        for state in
+            [counted("p", Verdict::Correct), counted("q", Verdict::Pending), windowed, Some(RecordState::Malformed)]
+        {
             let state = state.unwrap();
             let packed = records.pack(&state);
             assert_eq!(records.unpack(packed), state);

@@ -27,15 +27,26 @@ impl<'a> Reading<'a> {
         Reading::Counted { producer_id, ground_truth, inferred, inferred_at: Stamp::Absent }
     }
 
-    /// The observation to count, for a counted record, with no window.
-    pub fn observation(&self) -> Option<Observation> {
+    /// The observation to count, for a counted record; in its window when `windowing` is given
+    /// and the record is inferred at a readable time.
+    pub fn observation(&self, windowing: Option<Windowing>) -> Option<Observation> {
         match self {
-            Reading::Counted { producer_id, ground_truth, inferred, .. } => {
-                Some(Observation::new(producer_id, ground_truth, *inferred))
+            Reading::Counted { producer_id, ground_truth, inferred, inferred_at } => {
+                let observation = Observation::new(producer_id, ground_truth, *inferred);
+                Some(match window_of(windowing, *inferred, inferred_at) {
+                    Some(window) => observation.in_window(window),
+                    None => observation,
+                })
             }
             Reading::Tombstone | Reading::Malformed(_) => None,
         }
     }
+}
+
+/// The window of an inferred record at a readable time.
+fn window_of(windowing: Option<Windowing>, inferred: Option<&str>, inferred_at: &Stamp<'_>) -> Option<i64> {
+    inferred?;
+    Some(windowing?.start_of(inferred_at.millis()?))
 }
 
 impl LoadStats {
@@ -80,10 +91,8 @@ impl Loader {
     /// The window of an inferred record, when windows are asked for; a record whose time
     /// cannot be read is still counted, in no window, and the statistics say how many.
     fn window(&mut self, inferred: Option<&str>, inferred_at: &Stamp<'_>) -> Option<i64> {
-        let windowing = self.windowing?;
-        inferred?;
-        let window = inferred_at.millis().map(|at| windowing.start_of(at));
-        self.stats.untimed += u64::from(window.is_none());
+        let window = window_of(self.windowing, inferred, inferred_at);
+        self.stats.untimed += u64::from(self.windowing.is_some() && inferred.is_some() && window.is_none());
         window
     }
 

@@ -25,7 +25,7 @@ use super::bounded;
 use super::mongo::{counted_fields, describe_id, read_document, MongoSource};
 use crate::checkpoint::Unusable;
 use crate::load::Reading;
-use crate::record::Observation;
+use crate::record::{Observation, Windowing};
 
 /// A changed record's `_id` and new state: its observation, or `None` once deleted (or no
 /// longer countable).
@@ -56,6 +56,8 @@ pub struct ChangePoller {
     seen: HashMap<String, i64>,
     last_poll: Instant,
     last_prune: Option<Instant>,
+    /// With views: the windows changed records fall into.
+    pub windowing: Option<Windowing>,
 }
 
 /// How far a follower had read the change log; saved in a checkpoint.
@@ -107,6 +109,7 @@ impl ChangePoller {
             seen: HashMap::new(),
             last_poll: Instant::now(),
             last_prune: None,
+            windowing: None,
         };
         poller.prune_now();
         Ok(poller)
@@ -258,7 +261,7 @@ impl ChangePoller {
         let document =
             bounded::call(self.op_timeout, lookup).with_context(|| format!("fetching changed record {id} failed"))?;
         let reading = document.as_deref().map(read_document);
-        let observation = reading.as_ref().and_then(Reading::observation);
+        let observation = reading.as_ref().and_then(|reading| reading.observation(self.windowing));
         let problem = match reading {
             Some(Reading::Malformed(reason)) => Some(reason.into_owned()),
             _ => None,

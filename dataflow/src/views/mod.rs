@@ -117,7 +117,7 @@ pub(crate) mod testing {
         rounds: Vec<Vec<(Observation, isize)>>,
     ) -> Vec<BTreeMap<D, isize>>
     where
-        D: differential_dataflow::Data + Ord + Clone + Send,
+        D: differential_dataflow::Data + Ord + Clone + Send + std::fmt::Debug,
     {
         timely::execute_directly(move |worker| {
             let output: WorkerCell<BTreeMap<D, isize>> = Default::default();
@@ -143,9 +143,7 @@ pub(crate) mod testing {
                     .filter(|(_, diff)| **diff != 0)
                     .map(|(row, diff)| (row.clone(), *diff))
                     .collect();
-                for (_, diff) in &current {
-                    assert_eq!(*diff, 1, "every row of a view holds once");
-                }
+                assert!(current.values().all(|diff| *diff == 1), "every row of a view holds once: {current:?}");
                 snapshots.push(current);
             }
             snapshots
