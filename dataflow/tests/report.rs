@@ -281,3 +281,17 @@ fn a_missing_input_is_a_usage_error_and_writes_nothing() {
     assert!(stderr(&result).contains("does not exist"), "{}", stderr(&result));
     assert!(!output.exists());
 }
+
+#[test]
+fn a_failed_read_keeps_the_last_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("report.html");
+    std::fs::write(&output, "the last page").unwrap();
+    let broken = dir.path().join("broken.json");
+    std::fs::write(&broken, r#"[{"_id": "a/1", "ProducerID": "a", "GroundTruth": "cat"}, {"_id": "#).unwrap();
+    let result = dataflow().args(["report", "--input", broken.to_str().unwrap(), "-o"]).arg(&output).output().unwrap();
+    assert_eq!(result.status.code(), Some(1), "{}", stderr(&result));
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), "the last page");
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 2, "no temporary file left: {names:?}");
+}
