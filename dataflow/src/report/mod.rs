@@ -102,7 +102,7 @@ fn header(outcome: &Outcome, context: &ReportContext) -> Markup {
         header {
             h1 { "Inference errors" }
             p.meta {
-                "Source " code { (context.source) } " · as of " time { (context.as_of) }
+                "Source " code { (context.source) } " · as of " time datetime=(context.as_of) { (context.as_of) }
                 " · windows of " (humantime::format_duration(std::time::Duration::from_millis(context.window_ms.max(0) as u64)))
             }
             dl.figures {
