@@ -155,6 +155,15 @@ impl Matrix {
         Matrix { classes, counts, others }
     }
 
+    /// Row `truth`, column `inferred`: right on the diagonal, except where both are "others".
+    pub fn hue(&self, truth: usize, inferred: usize) -> Hue {
+        match (truth == inferred, &self.classes[truth]) {
+            (false, _) => Hue::Wrong,
+            (true, Some(_)) => Hue::Right,
+            (true, None) => Hue::Mixed,
+        }
+    }
+
     /// The `i`-th row's name; the classes beyond the cap in parentheses, to tell them from a class.
     pub fn label(&self, i: usize) -> String {
         match &self.classes[i] {
@@ -193,7 +202,7 @@ pub fn heatmap(matrix: &Matrix) -> Markup {
                 @for (j, count) in row.iter().enumerate().filter(|(_, count)| **count > 0) {
                     @let share = *count as f64 / row_total as f64;
                     @let (x, y) = (margin + j as f64 * CELL, margin + i as f64 * CELL);
-                    rect x=(px(x)) y=(px(y)) width=(CELL) height=(CELL) fill=(shade(share, i == j)) {
+                    rect x=(px(x)) y=(px(y)) width=(CELL) height=(CELL) fill=(shade(share, matrix.hue(i, j))) {
                         title {
                             "truth " (labels[i].0) ", labelled " (labels[j].0) ": " (count)
                             " (" (percent(share, 1)) " of the row)"
@@ -215,9 +224,22 @@ fn short(name: &str) -> String {
     name.chars().take(LABEL_CHARS - 1).chain(['…']).collect()
 }
 
-/// White to blue (right) or to red (wrong) by share.
-fn shade(share: f64, diagonal: bool) -> String {
-    let (r, g, b) = if diagonal { (33.0, 102.0, 172.0) } else { (178.0, 24.0, 43.0) };
+/// What a cell's records are, which its colour says.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Hue {
+    Right,
+    Wrong,
+    /// The other classes labelled as other classes: some right, some wrong.
+    Mixed,
+}
+
+/// White to blue (right), red (wrong) or grey (mixed) by share.
+fn shade(share: f64, hue: Hue) -> String {
+    let (r, g, b) = match hue {
+        Hue::Right => (33.0, 102.0, 172.0),
+        Hue::Wrong => (178.0, 24.0, 43.0),
+        Hue::Mixed => (110.0, 110.0, 110.0),
+    };
     let mix = |c: f64| (255.0 - (255.0 - c) * share).round() as u8;
     format!("rgb({},{},{})", mix(r), mix(g), mix(b))
 }
@@ -315,6 +337,10 @@ mod tests {
         let total: u64 = matrix.counts.iter().flatten().sum();
         assert_eq!(total, 92, "nothing is lost to the cap");
         assert_eq!(matrix.label(2), "(3 others)");
+        assert_eq!(
+            [matrix.hue(0, 0), matrix.hue(0, 1), matrix.hue(2, 0), matrix.hue(2, 2)],
+            [Hue::Right, Hue::Wrong, Hue::Wrong, Hue::Mixed]
+        );
         let svg = heatmap(&matrix).into_string();
         assert!(svg.contains("<title>truth (3 others), labelled cat: 4 (57.1% of the row)</title>"), "{svg}");
         assert_eq!(svg.matches("<rect").count(), 1 + 5, "the background and the five cells with records: {svg}");

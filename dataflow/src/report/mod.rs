@@ -289,10 +289,10 @@ fn confusion_and_classes(snapshot: &Snapshot, scope: &Scope, top: usize) -> Mark
         div.pair {
             figure {
                 figcaption {
-                    "Rows: true class; columns: label given; shade: share of the row."
+                    "Rows: true class; columns: label given; shade: share of the row, blue right, red wrong."
                     @if matrix.others > 0 {
                         " The " (matrix.classes.len() - 1) " classes with the most support are shown; the other "
-                        (matrix.others) " are summed as “other”."
+                        (matrix.others) " are summed as “(" (matrix.others) " others)”, grey where labelled as one another."
                     }
                 }
                 (heatmap(&matrix))
