@@ -1,5 +1,6 @@
 //! The `dataflow` command line.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,8 +16,9 @@ use crate::follow_checkpoint::CheckpointOptions;
 use crate::job::{self, CountJob, Outcome};
 use crate::progress::Progress;
 use crate::record::Windowing;
+use crate::report::{self, ReportContext};
 use crate::serve::{Board, ServeOptions, Server};
-use crate::sink::{AsOf, Output};
+use crate::sink::{rfc3339, write_atomically, AsOf, Output};
 use crate::source::mongo::MongoSource;
 use crate::source::Source;
 use crate::views::drift::Reference;
@@ -44,32 +46,16 @@ pub enum Command {
     /// Count errors per producer and write `ProducerID,total_errors` as CSV.
     #[command(disable_help_flag = true)]
     Count(CountArgs),
+    /// Write the monitoring views (error rates, their windows, confusion, per-class scores,
+    /// drift) as one self-contained HTML page that opens in a browser with no server.
+    #[command(disable_help_flag = true)]
+    Report(ReportArgs),
 }
 
 #[derive(Clone, Debug, Args)]
 pub struct CountArgs {
-    /// Read records from this file: a JSON array (as mongoexport writes) or JSON Lines.
-    /// Takes precedence over --mongo-uri, so a stack's IOT_MONGO_URI does not get in the way.
-    #[arg(long, value_name = "FILE")]
-    pub input: Option<PathBuf>,
-    /// Read records from MongoDB at this URI instead of a file.
-    #[arg(long, value_name = "URI", env = "IOT_MONGO_URI")]
-    pub mongo_uri: Option<String>,
-    #[arg(long, default_value = iot_schema::DEFAULT_DB)]
-    pub db: String,
-    #[arg(long, default_value = iot_schema::DEFAULT_COLLECTION)]
-    pub collection: String,
-    /// Documents per MongoDB cursor batch.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
-    pub batch_size: u32,
-    /// Seconds to wait for MongoDB to be reachable before giving up.
-    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
-    pub mongo_timeout: u64,
-    /// Seconds one MongoDB round trip (a query, a batch of results, a lookup) may go unanswered
-    /// before the server counts as stalled: the batch job fails, --follow logs the stall and
-    /// polls again.
-    #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
-    pub mongo_op_timeout: u64,
+    #[command(flatten)]
+    pub source: SourceArgs,
     /// Where process 0 writes the CSV; `<output>.meta.json` says how current it is.
     #[arg(long, default_value = "data/output/error_counts_per_producer.csv")]
     pub output: PathBuf,
@@ -122,6 +108,54 @@ pub struct CountArgs {
     /// With --checkpoint-dir: how often to write a checkpoint.
     #[arg(long, default_value_t = 300, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub checkpoint_every: u64,
+}
+
+/// Where the records come from: shared by `count` and `report`.
+#[derive(Clone, Debug, Args)]
+pub struct SourceArgs {
+    /// Read records from this file: a JSON array (as mongoexport writes) or JSON Lines.
+    /// Takes precedence over --mongo-uri, so a stack's IOT_MONGO_URI does not get in the way.
+    #[arg(long, value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// Read records from MongoDB at this URI instead of a file.
+    #[arg(long, value_name = "URI", env = "IOT_MONGO_URI")]
+    pub mongo_uri: Option<String>,
+    #[arg(long, default_value = iot_schema::DEFAULT_DB)]
+    pub db: String,
+    #[arg(long, default_value = iot_schema::DEFAULT_COLLECTION)]
+    pub collection: String,
+    /// Documents per MongoDB cursor batch.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+    /// Seconds to wait for MongoDB to be reachable before giving up.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    pub mongo_timeout: u64,
+    /// Seconds one MongoDB round trip (a query, a batch of results, a lookup) may go unanswered
+    /// before the server counts as stalled: the batch job fails, --follow logs the stall and
+    /// polls again.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub mongo_op_timeout: u64,
+}
+
+/// Write the monitoring views as one self-contained HTML page (docs/monitoring.md).
+#[derive(Clone, Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Where process 0 writes the page.
+    #[arg(short = 'o', long, default_value = "data/output/report.html", value_name = "FILE")]
+    pub output: PathBuf,
+    /// Permission bits of the page (and of any view CSV), in octal.
+    #[arg(long, default_value = "644", value_name = "OCTAL", value_parser = parse_mode)]
+    pub output_mode: u32,
+    /// Classes each confusion heatmap shows, by support; the others are summed as one, "(N others)".
+    #[arg(long, default_value_t = 12, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub top_classes: u16,
+    /// The view options; any view file named here is written as well.
+    #[command(flatten)]
+    pub views: ViewArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 /// The monitoring views (docs/monitoring.md): any of the files turns them on.
@@ -198,7 +232,7 @@ fn parse_probability(text: &str) -> Result<f64, String> {
 /// The sample the README's first command counts when no services run.
 pub const SAMPLE_INPUT: &str = "data/mongo_entries.json";
 
-impl CountArgs {
+impl SourceArgs {
     pub fn source(&self) -> Result<Source> {
         if let Some(uri) = &self.mongo_uri {
             if self.input.is_none() {
@@ -221,7 +255,9 @@ impl CountArgs {
         }
         Ok(Source::File(path))
     }
+}
 
+impl CountArgs {
     pub fn output(&self) -> Output {
         Output {
             path: self.output.clone(),
@@ -264,6 +300,19 @@ fn parse_mode(text: &str) -> Result<u32, String> {
 pub enum Plan {
     Batch { job: CountJob, output: Output },
     Follow { source: Source, cluster: ClusterArgs, options: FollowOptions },
+    Report { job: CountJob, output: ReportOutput },
+}
+
+/// Where and how `report` writes.
+#[derive(Debug)]
+pub struct ReportOutput {
+    pub path: PathBuf,
+    pub mode: u32,
+    pub top_classes: usize,
+    pub window_ms: i64,
+    pub drift_alpha: f64,
+    /// View CSVs to write as well, if any.
+    pub views: ViewFiles,
 }
 
 impl Cli {
@@ -271,11 +320,12 @@ impl Cli {
     /// without `host:port` lines, an input file that does not exist, `-p` outside `-n`) are
     /// usage errors, as clap's own are: exit code 2 and the usage line.
     pub fn plan(self) -> Result<Plan, clap::Error> {
-        let args = match self.command {
-            Some(Command::Count(args)) => args,
-            None => self.count,
+        let plan = match self.command {
+            Some(Command::Count(args)) => args.plan(),
+            Some(Command::Report(args)) => args.plan(),
+            None => self.count.plan(),
         };
-        args.plan().map_err(|err| Cli::command().error(clap::error::ErrorKind::ValueValidation, format!("{err:#}")))
+        plan.map_err(|err| Cli::command().error(clap::error::ErrorKind::ValueValidation, format!("{err:#}")))
     }
 }
 
@@ -283,7 +333,7 @@ impl CountArgs {
     fn plan(&self) -> Result<Plan> {
         self.cluster.timely_config()?; // flags first: a usage error needs no input
         let views = self.views()?;
-        let source = self.source()?;
+        let source = self.source.source()?;
         let cluster = self.cluster.clone();
         if !self.follow {
             return Ok(Plan::Batch { job: CountJob { source, cluster, views }, output: self.output() });
@@ -305,11 +355,29 @@ impl CountArgs {
     }
 }
 
+impl ReportArgs {
+    fn plan(&self) -> Result<Plan> {
+        self.cluster.timely_config()?;
+        let options = self.views.options()?;
+        let output = ReportOutput {
+            path: self.output.clone(),
+            mode: self.output_mode,
+            top_classes: usize::from(self.top_classes),
+            window_ms: options.windowing.width_ms,
+            drift_alpha: options.drift_alpha,
+            views: self.views.files(self.output_mode),
+        };
+        let job = CountJob { source: self.source.source()?, cluster: self.cluster.clone(), views: Some(options) };
+        Ok(Plan::Report { job, output })
+    }
+}
+
 /// Runs the plan: one function per mode.
 pub fn run(plan: Plan) -> Result<()> {
     match plan {
         Plan::Batch { job, output } => count_once(job, &output),
         Plan::Follow { source, cluster, options } => count_and_follow(source, cluster, options),
+        Plan::Report { job, output } => write_report(job, &output),
     }
 }
 
@@ -337,6 +405,42 @@ fn count_once(job: CountJob, output: &Output) -> Result<()> {
         }
         eprintln!("{}", summary(&outcome, started.elapsed(), output, &as_of));
     }
+    Ok(())
+}
+
+/// The batch count with every view; process 0 writes the page (and any view CSV asked for).
+fn write_report(job: CountJob, output: &ReportOutput) -> Result<()> {
+    let started = Instant::now();
+    let context = ReportContext {
+        source: job.source.describe(),
+        as_of: rfc3339(SystemTime::now()),
+        window_ms: output.window_ms,
+        drift_alpha: output.drift_alpha,
+        top_classes: output.top_classes,
+    };
+    let progress = reading(&job.source);
+    let outcome = job::run(job, progress.clone());
+    progress.finish();
+    let Some(outcome) = outcome? else { return Ok(()) };
+    let page = report::render(&outcome, &context);
+    write_atomically(&output.path, output.mode, |file| Ok(file.write_all(page.as_bytes())?))?;
+    if let Some(snapshot) = &outcome.views {
+        output.views.write(snapshot, output.drift_alpha)?;
+    }
+    let total = outcome.total();
+    eprintln!(
+        "reported {} records from {} producers in {:.2}s: {} judged, {} wrong, {} pending, {} malformed, {} untimed\nwrote {} (as of {})",
+        outcome.stats.records,
+        outcome.table.len(),
+        started.elapsed().as_secs_f64(),
+        total.judged(),
+        total.incorrect,
+        total.pending,
+        outcome.stats.skipped,
+        outcome.stats.untimed,
+        output.path.display(),
+        context.as_of,
+    );
     Ok(())
 }
 

@@ -18,6 +18,7 @@ pub mod job;
 pub mod load;
 pub mod progress;
 pub mod record;
+pub mod report;
 pub mod serve;
 pub mod sink;
 pub mod source;
