@@ -35,11 +35,25 @@ pub struct Spec {
     pub seed: u64,
     /// Give some producers names that need CSV quoting (commas, quotes).
     pub awkward_names: bool,
+    /// Give inferred records an `InferredAt`, spread evenly in record order over this many ms
+    /// from [`INFERRED_FROM`], as mongoexport writes dates (`{"$date": "…Z"}`).
+    pub inferred_span_ms: Option<i64>,
 }
+
+/// 2026-11-01T00:00:00Z: where generated `InferredAt`s start.
+pub const INFERRED_FROM: i64 = 1_793_491_200_000;
 
 impl Default for Spec {
     fn default() -> Self {
-        Spec { records: 1000, producers: 10, error_rate: 0.3, pending_rate: 0.05, seed: 1, awkward_names: false }
+        Spec {
+            records: 1000,
+            producers: 10,
+            error_rate: 0.3,
+            pending_rate: 0.05,
+            seed: 1,
+            awkward_names: false,
+            inferred_span_ms: None,
+        }
     }
 }
 
@@ -53,7 +67,19 @@ iot_schema::record_struct! {
         pub ground_truth: &'static str,
         #[serde(skip_serializing_if = "Option::is_none")]
         pub inferred: Option<&'static str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub inferred_at: Option<ExtendedDate>,
     }
+}
+
+/// A date as mongoexport writes it in relaxed extended JSON.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExtendedDate {
+    #[serde(rename = "$date")]
+    pub date: String,
+    /// The same time in ms, for writers of BSON dates.
+    #[serde(skip)]
+    pub ms: i64,
 }
 
 /// What a producer's records add up to.
@@ -82,7 +108,7 @@ pub fn generate(spec: &Spec, mut each: impl FnMut(&Record)) -> Answer {
     let mut next_id = vec![0i64; names.len()];
     let mut truth = vec![Truth::default(); names.len()];
     let mut rng = SmallRng::seed_from_u64(spec.seed);
-    for _ in 0..spec.records {
+    for n in 0..spec.records {
         let p = rng.random_range(0..names.len());
         let id = next_id[p];
         next_id[p] += 1;
@@ -100,7 +126,18 @@ pub fn generate(spec: &Spec, mut each: impl FnMut(&Record)) -> Answer {
             truth[p].judged += 1;
             Some(ground_truth)
         };
-        each(&Record { doc_id: iot_schema::doc_id(&names[p], id), id, producer_id: &names[p], ground_truth, inferred });
+        let inferred_at = spec.inferred_span_ms.filter(|_| inferred.is_some()).map(|span| {
+            let at = INFERRED_FROM + (span as i128 * n as i128 / spec.records.max(1) as i128) as i64;
+            ExtendedDate { date: bson::DateTime::from_millis(at).try_to_rfc3339_string().unwrap_or_default(), ms: at }
+        });
+        each(&Record {
+            doc_id: iot_schema::doc_id(&names[p], id),
+            id,
+            producer_id: &names[p],
+            ground_truth,
+            inferred,
+            inferred_at,
+        });
     }
     names.into_iter().zip(truth).filter(|(_, t)| t.judged + t.pending > 0).collect()
 }

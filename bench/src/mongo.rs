@@ -29,6 +29,9 @@ pub fn load(uri: &str, db: &str, collection: &str, spec: &Spec, progress: impl F
         if let Some(label) = record.inferred {
             document.insert(field::INFERRED, label);
         }
+        if let Some(at) = &record.inferred_at {
+            document.insert(field::INFERRED_AT, bson::DateTime::from_millis(at.ms));
+        }
         batch.push(document);
         if batch.len() == BATCH {
             let n = batch.len() as u64;

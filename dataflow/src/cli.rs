@@ -444,12 +444,18 @@ fn write_report(job: CountJob, output: &ReportOutput) -> Result<()> {
     Ok(())
 }
 
-/// `--follow`: count, then keep the CSV current until Ctrl-C or SIGTERM; with `--serve`,
-/// process 0 serves them from the start (a page that says it is loading until the load is done).
+/// `--follow`: count, then keep the CSV current until Ctrl-C or SIGTERM. With `--serve`, every
+/// process serves from the start, so that one flag fits every pod of a cluster: process 0 the
+/// counts (a page that says it is loading until the load is done), the others an empty board
+/// that says where the counts are.
 fn count_and_follow(source: Source, cluster: ClusterArgs, mut options: FollowOptions) -> Result<()> {
-    if let (Some(serve), 0) = (&options.serve, cluster.process) {
-        let loading = Board { as_of: "loading…".into(), source: source.describe(), ..Board::default() };
-        options.server = Some(Arc::new(Server::start(serve, loading)?));
+    if let Some(serve) = &options.serve {
+        let as_of = match cluster.process {
+            0 => "loading…".to_owned(),
+            process => format!("nothing here: this is process {process}, the counts are served by process 0"),
+        };
+        let board = Board { as_of, source: source.describe(), ..Board::default() };
+        options.server = Some(Arc::new(Server::start(serve, board)?));
     }
     let progress = reading(&source);
     let stop = options.stop.clone();

@@ -52,19 +52,18 @@ impl Consolidator {
 
     /// The consolidated observations with their multiplicities; the consolidator is left empty.
     pub fn drain(&mut self) -> Vec<(Observation, isize)> {
+        self.drain_lazily().collect()
+    }
+
+    /// The same, one at a time: a caller that feeds them on need not hold them all at once.
+    pub fn drain_lazily(&mut self) -> impl Iterator<Item = (Observation, isize)> + '_ {
         let names = &self.names;
-        let name = |id: u32| names[id as usize].clone();
-        let out = self
-            .counts
-            .drain()
-            .filter(|(_, diff)| *diff != 0)
-            .map(|((producer, truth, inferred, window), diff)| {
-                let inferred = (inferred != NONE).then(|| name(inferred));
-                let window = (window != NO_WINDOW).then_some(window);
-                (Observation { producer_id: name(producer), ground_truth: name(truth), inferred, window }, diff)
-            })
-            .collect();
-        out
+        let name = move |id: u32| names[id as usize].clone();
+        self.counts.drain().filter(|(_, diff)| *diff != 0).map(move |((producer, truth, inferred, window), diff)| {
+            let inferred = (inferred != NONE).then(|| name(inferred));
+            let window = (window != NO_WINDOW).then_some(window);
+            (Observation { producer_id: name(producer), ground_truth: name(truth), inferred, window }, diff)
+        })
     }
 }
 
@@ -94,4 +93,57 @@ mod tests {
         );
         assert!(c.is_empty());
     }
+}
+
+/// Adds up equal updates of each time on this worker with a hash map, before they reach an
+/// operator that sorts them.
+///
+/// A view's first step projects the observations (say, onto `(producer, truth, label)`), which
+/// makes many of them equal; the arrangement behind `reduce` and `count` would sort every one
+/// of them, comparing strings, before adding them up. Summing them here first leaves it only the
+/// distinct ones. Updates of a time are held until the input has passed it, as any consolidation
+/// must; they stay on the worker that made them.
+pub fn sum_by_hash<'scope, T, D>(
+    collection: differential_dataflow::VecCollection<'scope, T, D, isize>,
+) -> differential_dataflow::VecCollection<'scope, T, D, isize>
+where
+    T: timely::progress::Timestamp + Ord,
+    D: differential_dataflow::Data + std::hash::Hash,
+{
+    use std::collections::BTreeMap;
+
+    use differential_dataflow::AsCollection;
+    use timely::container::CapacityContainerBuilder;
+    use timely::dataflow::channels::pact::Pipeline;
+    use timely::dataflow::operators::generic::Operator;
+    use timely::dataflow::operators::Capability;
+
+    collection
+        .inner
+        .unary_frontier::<CapacityContainerBuilder<Vec<(D, T, isize)>>, _, _, _>(
+            Pipeline,
+            "SumByHash",
+            |_capability, _info| {
+                let mut held: BTreeMap<T, (Capability<T>, FxHashMap<D, isize>)> = BTreeMap::new();
+                move |(input, frontier), output| {
+                    input.for_each(|capability, data| {
+                        for (datum, time, diff) in data.drain(..) {
+                            let (_, sums) = held.entry(time.clone()).or_insert_with(|| {
+                                (capability.delayed(&time, output.output_index()), FxHashMap::default())
+                            });
+                            *sums.entry(datum).or_default() += diff;
+                        }
+                    });
+                    let frontier = frontier.frontier();
+                    while let Some(entry) = held.first_entry().filter(|entry| !frontier.less_equal(entry.key())) {
+                        let (time, (capability, sums)) = entry.remove_entry();
+                        let mut session = output.session(&capability);
+                        for (datum, diff) in sums.into_iter().filter(|(_, diff)| *diff != 0) {
+                            session.give((datum, time.clone(), diff));
+                        }
+                    }
+                }
+            },
+        )
+        .as_collection()
 }

@@ -7,6 +7,7 @@ use differential_dataflow::lattice::Lattice;
 use differential_dataflow::VecCollection;
 use timely::progress::Timestamp;
 
+use crate::consolidate::sum_by_hash;
 use crate::record::{Observation, Tally, Verdict};
 
 /// Per-producer tallies of correct, incorrect and pending records.
@@ -40,9 +41,9 @@ pub fn tally_by<'scope, T, K>(
 ) -> VecCollection<'scope, T, (K, Tally), isize>
 where
     T: Timestamp + Lattice + Ord,
-    K: differential_dataflow::ExchangeData + differential_dataflow::Hashable,
+    K: differential_dataflow::ExchangeData + differential_dataflow::Hashable + std::hash::Hash,
 {
-    verdicts.reduce_named(name, |_key, verdicts, tally| {
+    sum_by_hash(verdicts).reduce_named(name, |_key, verdicts, tally| {
         tally.push((Tally::from_counts(verdicts.iter().map(|(v, n)| (*v, *n))), 1))
     })
 }

@@ -611,7 +611,7 @@ fn publish(options: &FollowOptions, state: &State, table: &BTreeMap<String, Tall
     server.publish(Board::new(Tables {
         counts: table,
         views,
-        as_of: rfc3339(state.as_of),
+        as_of: bson::DateTime::from_system_time(state.as_of).timestamp_millis(),
         source: state.source.clone(),
         window_ms: options.windowing().map(|windowing| windowing.width_ms),
         drift_alpha: options.views.as_ref().map_or(0.01, |views| views.drift_alpha),

@@ -18,6 +18,9 @@ use crate::stats::LoadStats;
 use crate::views::{monitor, Snapshot, ViewCells, ViewOptions};
 use crate::worker_zero::{collect_at_worker_zero, current_table, distribute_plan, Rows, StatsInput, WorkerCell};
 
+/// Observations sent between two steps of the dataflow.
+const FEED_STEP: usize = 1 << 16;
+
 #[derive(Clone, Debug)]
 pub struct CountJob {
     pub source: Source,
@@ -72,11 +75,16 @@ fn count_on_worker(worker: &mut Worker, job: &CountJob, progress: &Progress) -> 
         // Still take part in the dataflow, so that the failure reaches process 0 and no worker waits forever.
         loader.stats.failure = Some(format!("{err:#}"));
     }
-    let (counts, stats) = loader.take();
-    for (observation, diff) in counts {
+    // Fed in steps: every view gets its own copy of what is sent, and stepping lets them sum
+    // each step up before the next, so that memory holds the sums rather than all the copies.
+    for (sent, (observation, diff)) in loader.counts.drain_lazily().enumerate() {
         observations.update(observation, diff);
+        if sent % FEED_STEP == FEED_STEP - 1 {
+            observations.flush();
+            worker.step();
+        }
     }
-    stats_input.send(stats);
+    stats_input.send(std::mem::take(&mut loader.stats));
     observations.advance_to(1);
     observations.flush();
     stats_input.advance_to(1);

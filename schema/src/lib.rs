@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod exit;
 pub mod infer;
+pub mod monitor;
 pub mod record;
 pub mod redact;
 pub mod write;

@@ -41,6 +41,11 @@ struct Args {
     /// Skip the file benchmark.
     #[arg(long)]
     mongo_only: bool,
+    /// Instead: the plain count against the count with every view on (`--confusion --classes
+    /// --windows --drift`), run after run in turn on one file whose records carry `InferredAt`
+    /// (spread over 30 days: 720 one-hour windows per producer).
+    #[arg(long)]
+    views: bool,
     /// A Python with duckdb (`scripts/setup bench` makes .cache/bench-venv): runs DuckDB on the
     /// same files, paired run by run with `dataflow count` at its default flags.
     #[arg(long, value_name = "PYTHON")]
@@ -68,6 +73,51 @@ fn spec(records: u64) -> Spec {
     Spec { records, producers: 100, seed: 42, ..Spec::default() }
 }
 
+/// Records with an `InferredAt` over 30 days, for the views.
+fn timed_spec(records: u64) -> Spec {
+    Spec { inferred_span_ms: Some(30 * 86_400_000), ..spec(records) }
+}
+
+/// The plain count and the count with every view, paired run by run on the same timed file.
+fn views(args: &Args) -> Result<()> {
+    println!("| records | file MB | plain median s | peak MiB | all views median s | peak MiB | views / plain |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for &records in &args.sizes {
+        let (path, answer) = generated_file(&args.dir, &timed_spec(records), "timed-records")?;
+        let bytes = std::fs::metadata(&path)?.len();
+        let output = args.dir.join("bench-out.csv");
+        let count = |with_views: bool| -> Result<Measured> {
+            let mut command = Command::new(&args.dataflow);
+            command.arg("count").arg("--input").arg(&path).arg("--output").arg(&output).stderr(Stdio::null());
+            if with_views {
+                for view in ["confusion", "classes", "windows", "drift"] {
+                    command.arg(format!("--{view}")).arg(args.dir.join(format!("bench-{view}.csv")));
+                }
+            }
+            let measured = measure(&mut command)?;
+            ensure!(read_error_counts(&output)? == error_counts(&answer), "wrong counts for {records} records");
+            Ok(measured)
+        };
+        let (mut plain, mut all) = (Vec::new(), Vec::new());
+        for _ in 0..args.runs {
+            plain.push(count(false)?);
+            all.push(count(true)?);
+        }
+        let wall = |runs: &[Measured]| median(runs.iter().map(|m| m.wall).collect()).as_secs_f64();
+        let peak = |runs: &[Measured]| runs.iter().map(|m| m.max_rss).max().unwrap_or(0) as f64 / (1 << 20) as f64;
+        println!(
+            "| {records} | {:.0} | {:.3} | {:.1} | {:.3} | {:.1} | {:.2} |",
+            bytes as f64 / 1e6,
+            wall(&plain),
+            peak(&plain),
+            wall(&all),
+            peak(&all),
+            wall(&all) / wall(&plain)
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     ensure!(
@@ -76,6 +126,9 @@ fn main() -> Result<()> {
         args.dataflow.display()
     );
     std::fs::create_dir_all(&args.dir)?;
+    if args.views {
+        return views(&args);
+    }
     if !args.mongo_only {
         files(&args)?;
     }
@@ -92,7 +145,7 @@ fn files(args: &Args) -> Result<()> {
     println!("| records | file MB | workers | median s | min s | MB/s | records/s | peak RSS MiB |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &records in &args.sizes {
-        let (path, answer) = generated_file(&args.dir, records)?;
+        let (path, answer) = generated_file(&args.dir, &spec(records), "records")?;
         let bytes = std::fs::metadata(&path)?.len();
         for &workers in &args.workers {
             let output = args.dir.join("bench-out.csv");
@@ -126,7 +179,7 @@ fn against_duckdb(args: &Args, python: &Path) -> Result<()> {
     );
     println!("|---:|---:|---:|---:|---:|---:|");
     for &records in &args.sizes {
-        let (path, answer) = generated_file(&args.dir, records)?;
+        let (path, answer) = generated_file(&args.dir, &spec(records), "records")?;
         let (ours, theirs) = (args.dir.join("bench-out.csv"), args.dir.join("bench-duckdb.csv"));
         let mut pairs = Vec::new();
         for _ in 0..args.runs {
@@ -175,9 +228,10 @@ fn report_file_row(records: u64, bytes: u64, workers: u16, runs: &[Measured]) {
 }
 
 /// A JSON Lines file of `records` records and its answer, generated once and kept.
-fn generated_file(dir: &Path, records: u64) -> Result<(PathBuf, Answer)> {
-    let path = dir.join(format!("records-{records}.jsonl"));
-    let answer_path = dir.join(format!("records-{records}.answer.csv"));
+fn generated_file(dir: &Path, spec: &Spec, name: &str) -> Result<(PathBuf, Answer)> {
+    let records = spec.records;
+    let path = dir.join(format!("{name}-{records}.jsonl"));
+    let answer_path = dir.join(format!("{name}-{records}.answer.csv"));
     if path.is_file() && answer_path.is_file() {
         let answer = read_error_counts(&answer_path)?
             .into_iter()
@@ -186,7 +240,7 @@ fn generated_file(dir: &Path, records: u64) -> Result<(PathBuf, Answer)> {
         return Ok((path, answer));
     }
     eprintln!("generating {records} records into {}", path.display());
-    let answer = write_records(&spec(records), std::fs::File::create(&path)?, false)?;
+    let answer = write_records(spec, std::fs::File::create(&path)?, false)?;
     let mut csv = csv::Writer::from_path(&answer_path)?;
     csv.write_record(["ProducerID", "total_errors"])?;
     for (producer, truth) in &answer {

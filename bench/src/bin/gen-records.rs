@@ -22,6 +22,10 @@ struct Args {
     /// Give some producers names that need CSV quoting.
     #[arg(long)]
     awkward_names: bool,
+    /// Give inferred records an `InferredAt` (extended JSON), spread evenly over this long from
+    /// 2026-11-01, e.g. 30d; without it they have none.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    inferred_over: Option<std::time::Duration>,
     /// Write one JSON array instead of JSON Lines.
     #[arg(long)]
     json_array: bool,
@@ -41,6 +45,7 @@ fn main() -> Result<()> {
         pending_rate: args.pending_rate,
         seed: args.seed,
         awkward_names: args.awkward_names,
+        inferred_span_ms: args.inferred_over.map(|span| span.as_millis() as i64),
     };
     let file =
         std::fs::File::create(&args.output).with_context(|| format!("cannot create {}", args.output.display()))?;

@@ -16,6 +16,8 @@ use crate::views::Snapshot;
 pub struct Board {
     /// RFC 3339 UTC: every write made before this time is counted.
     pub as_of: String,
+    /// The same in ms since the epoch; `None` before the first load is done.
+    pub as_of_ms: Option<i64>,
     /// Where the records come from, without a password.
     pub source: String,
     /// The views' window width in ms; `None` without views.
@@ -92,7 +94,8 @@ pub struct DriftRow {
 pub struct Tables<'a> {
     pub counts: &'a BTreeMap<String, Tally>,
     pub views: Option<&'a Snapshot>,
-    pub as_of: String,
+    /// Ms since the epoch.
+    pub as_of: i64,
     pub source: String,
     pub window_ms: Option<i64>,
     pub drift_alpha: f64,
@@ -123,7 +126,8 @@ impl Board {
             .collect();
         producers.sort_by(|a, b| worst_first(a.error_rate, b.error_rate).then_with(|| a.producer.cmp(&b.producer)));
         Board {
-            as_of: tables.as_of,
+            as_of: timestamp(tables.as_of),
+            as_of_ms: Some(tables.as_of),
             source: tables.source,
             window_ms: tables.window_ms,
             producers,
@@ -244,7 +248,7 @@ mod tests {
         let board = Board::new(Tables {
             counts: &counts,
             views: Some(&views),
-            as_of: "2026-11-30T12:00:00Z".into(),
+            as_of: 1_764_504_000_000,
             source: "x".into(),
             window_ms: Some(3_600_000),
             drift_alpha: 0.01,

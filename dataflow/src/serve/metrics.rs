@@ -2,29 +2,30 @@
 //! `max_series` producers with the most errors get their own series, and the rest are summed
 //! under `producer="_other"`, so a fleet of any size costs a scraper at most that many.
 
+use iot_schema::monitor::*;
 use prometheus::{Encoder, GaugeVec, Opts, Registry, TextEncoder};
 
 use super::board::{Board, ProducerRow};
 
 /// The label under which the producers past `max_series` are summed.
-pub const OTHER: &str = "_other";
+pub const OTHER: &str = OTHER_PRODUCERS;
 
 pub fn render(board: &Board, max_series: usize) -> String {
     let registry = Registry::new();
     let gauge = |name: &str, help: &str| {
-        let gauge = GaugeVec::new(Opts::new(name, help), &["producer"]).expect("a valid metric name");
+        let gauge = GaugeVec::new(Opts::new(name, help), &[LABEL_PRODUCER]).expect("a valid metric name");
         registry.register(Box::new(gauge.clone())).expect("each metric is registered once");
         gauge
     };
-    let errors = gauge("iot_producer_errors", "Judged records the model labelled wrong.");
-    let judged = gauge("iot_producer_judged", "Records with a ground truth and an inferred label.");
-    let pending = gauge("iot_producer_pending", "Records waiting for an inference.");
-    let rate = gauge("iot_producer_error_rate", "Errors over judged records (absent while none is judged).");
-    let window_rate = gauge("iot_producer_window_error_rate", "The error rate of the producer's latest window.");
+    let errors = gauge(METRIC_PRODUCER_ERRORS, "Judged records the model labelled wrong.");
+    let judged = gauge(METRIC_PRODUCER_JUDGED, "Records with a ground truth and an inferred label.");
+    let pending = gauge(METRIC_PRODUCER_PENDING, "Records waiting for an inference.");
+    let rate = gauge(METRIC_PRODUCER_ERROR_RATE, "Errors over judged records (absent while none is judged).");
+    let window_rate = gauge(METRIC_PRODUCER_WINDOW_ERROR_RATE, "The error rate of the producer's latest window.");
     let hellinger =
-        gauge("iot_producer_drift_hellinger", "Hellinger distance of the latest window's labels from the reference.");
+        gauge(METRIC_PRODUCER_DRIFT_HELLINGER, "Hellinger distance of the latest window's labels from the reference.");
     let p_value =
-        gauge("iot_producer_drift_p_value", "Chi-square p-value of the latest window's labels against the reference.");
+        gauge(METRIC_PRODUCER_DRIFT_P_VALUE, "Chi-square p-value of the latest window's labels against the reference.");
 
     let (shown, rest) = by_errors(&board.producers, max_series);
     for row in shown {
@@ -53,9 +54,15 @@ pub fn render(board: &Board, max_series: usize) -> String {
             rate.with_label_values(&[OTHER]).set(other_errors as f64 / other_judged as f64);
         }
     }
-    let producers = prometheus::Gauge::new("iot_producers", "Producers with at least one record.").expect("valid");
+    let producers = prometheus::Gauge::new(METRIC_PRODUCERS, "Producers with at least one record.").expect("valid");
     producers.set(board.producers.len() as f64);
     registry.register(Box::new(producers)).expect("registered once");
+    if let Some(ms) = board.as_of_ms {
+        let as_of = prometheus::Gauge::new(METRIC_AS_OF, "When the counts were current, in seconds since the epoch.")
+            .expect("valid");
+        as_of.set(ms as f64 / 1000.0);
+        registry.register(Box::new(as_of)).expect("registered once");
+    }
 
     let mut text = Vec::new();
     TextEncoder::new().encode(&registry.gather(), &mut text).expect("text encoding does not fail");

@@ -24,6 +24,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures_util::Stream;
+use iot_schema::monitor;
 use tokio::sync::watch;
 
 pub use board::Board;
@@ -48,10 +49,10 @@ pub struct AppState {
 /// The routes, with no socket: tests call it directly.
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .route("/", get(page))
-        .route("/events", get(events))
-        .route("/metrics", get(prometheus_text))
-        .route("/api/board", get(whole_board))
+        .route(monitor::ROUTE_PAGE, get(page))
+        .route(monitor::ROUTE_EVENTS, get(events))
+        .route(monitor::ROUTE_METRICS, get(prometheus_text))
+        .route(monitor::ROUTE_API_BOARD, get(whole_board))
         .route("/api/{part}", get(board_part))
         .fallback(not_found)
         .with_state(state)

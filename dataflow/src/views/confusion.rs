@@ -8,6 +8,7 @@ use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 use timely::progress::Timestamp;
 
+use crate::consolidate::sum_by_hash;
 use crate::record::Observation;
 
 /// Which records a row covers. `All` sorts before every producer.
@@ -32,20 +33,18 @@ pub fn confusion_counts<'scope, T>(
 where
     T: Timestamp + Lattice + Ord,
 {
-    observations
-        .flat_map(|observation| {
-            let Observation { producer_id, ground_truth, inferred, .. } = observation;
-            inferred
-                .map(|inferred| {
-                    let overall =
-                        Cell { scope: Scope::All, ground_truth: ground_truth.clone(), inferred: inferred.clone() };
-                    [Cell { scope: Scope::Producer(producer_id), ground_truth, inferred }, overall]
-                })
-                .into_iter()
-                .flatten()
-        })
-        .count()
-        .map(|(cell, count)| (cell, count.max(0) as u64))
+    let cells = observations.flat_map(|observation| {
+        let Observation { producer_id, ground_truth, inferred, .. } = observation;
+        inferred
+            .map(|inferred| {
+                let overall =
+                    Cell { scope: Scope::All, ground_truth: ground_truth.clone(), inferred: inferred.clone() };
+                [Cell { scope: Scope::Producer(producer_id), ground_truth, inferred }, overall]
+            })
+            .into_iter()
+            .flatten()
+    });
+    sum_by_hash(cells).count().map(|(cell, count)| (cell, count.max(0) as u64))
 }
 
 /// Precision, recall and F1 of one class, from one scope's confusion counts.

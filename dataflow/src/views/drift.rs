@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use statrs::distribution::{ChiSquared, ContinuousCDF};
 use timely::progress::Timestamp;
 
+use crate::consolidate::sum_by_hash;
 use crate::record::Observation;
 
 /// Label counts, by label.
@@ -60,18 +61,17 @@ pub fn label_drift<'scope, T>(
 where
     T: Timestamp + Lattice + Ord,
 {
-    observations
-        .flat_map(|observation| {
-            let Observation { producer_id, inferred, window, .. } = observation;
-            Some((producer_id, (window?, inferred?)))
-        })
-        .reduce_named("LabelDrift", move |producer, labels, drift| {
-            // `labels` holds each `(window, label)` once with its count, sorted by window.
-            let counted = labels.iter().filter(|(_, n)| *n > 0).map(|((window, label), n)| (*window, label, *n as u64));
-            if let Some(found) = drift_of(producer, counted, &reference) {
-                drift.push((found, 1));
-            }
-        })
+    let labels = observations.flat_map(|observation| {
+        let Observation { producer_id, inferred, window, .. } = observation;
+        Some((producer_id, (window?, inferred?)))
+    });
+    sum_by_hash(labels).reduce_named("LabelDrift", move |producer, labels, drift| {
+        // `labels` holds each `(window, label)` once with its count, sorted by window.
+        let counted = labels.iter().filter(|(_, n)| *n > 0).map(|((window, label), n)| (*window, label, *n as u64));
+        if let Some(found) = drift_of(producer, counted, &reference) {
+            drift.push((found, 1));
+        }
+    })
 }
 
 fn drift_of<'a>(

@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use iot_schema::{exit, infer, write};
+use iot_schema::{exit, infer, monitor, write};
 use serde_json::json;
 
 fn contract() -> serde_json::Value {
@@ -23,7 +23,10 @@ fn contract() -> serde_json::Value {
             "infer-service": [infer::ROUTE_LEGACY, infer::ROUTE_INFER, infer::ROUTE_HEALTH, infer::ROUTE_METRICS],
             "db-consumer": metrics_only,
             "infer-consumer": metrics_only,
+            "dataflow": [monitor::ROUTE_PAGE, monitor::ROUTE_EVENTS, monitor::ROUTE_METRICS, monitor::ROUTE_API_BOARD],
         },
+        // What `dataflow count --follow --serve` exports; the Grafana dashboard may use only these.
+        "DATAFLOW_METRICS": monitor::METRICS,
         "EXIT_CODES": {
             "FAILED": exit::FAILED,
             "USAGE": exit::USAGE,
