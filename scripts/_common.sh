@@ -31,7 +31,7 @@ ORT_LIB=$ORT_LIB_DIR/libonnxruntime.so
 KAFKA_HOME=$CACHE_DIR/kafka
 KAFKA_LIBS=$KAFKA_HOME/libs
 FERRETDB_BIN=$CACHE_DIR/bin/ferretdb
-FERRETDB_PATCHES="sqlite-id-index update-atomic id-filter-pushdown id-range-pushdown"  # what scripts/setup fixes in the source before building
+FERRETDB_PATCHES="sqlite-id-index update-atomic id-filter-pushdown id-range-pushdown update-batch-txn"  # what scripts/setup fixes in the source before building
 
 # Stack addresses (overridable so two checkouts can run side by side).
 KAFKA_HOST=${IOT_KAFKA_HOST:-127.0.0.1}

@@ -192,3 +192,42 @@ async fn concurrent_multi_statement_updates_of_the_same_documents_finish_and_los
     assert_eq!(seen, STATEMENTS, "documents read back");
     assert_none_lost(&lost, STATEMENTS * WRITERS as i64);
 }
+
+/// The patched server runs a whole `update` command in one SQLite transaction
+/// (`update-batch-txn`), so it must hold the collection's lock until the commit: released after
+/// each statement, another client's single update reads the old version of a document the
+/// command changed and either writes it back over the change or waits for the write lock that
+/// the command holds while the command waits for the collection's lock (hung until SQLite's busy
+/// timeout, then failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_statement_update_and_single_updates_of_the_same_documents_lose_nothing() {
+    let db = unique_name("concurrent_mixed");
+    let (bulk, single) = (client().await.database(&db), client().await.database(&db));
+    let docs = bulk.collection::<Document>("docs");
+    docs.insert_many((0..STATEMENTS).map(|id| doc! { "_id": id })).await.expect("insert the documents");
+
+    let updates: Vec<Document> =
+        (0..STATEMENTS).map(|id| doc! { "q": { "_id": id }, "u": { "$set": { writer_field(0): id } } }).collect();
+    let command = bulk.run_command(doc! { "update": "docs", "updates": updates });
+    let singles = set_one_at_a_time(single.collection::<Document>("docs"), 1);
+    let Ok((reply, singles)) = tokio::time::timeout(DEADLINE, async { tokio::join!(command, singles) }).await else {
+        panic!("the updates did not finish within {DEADLINE:?} (a server-side deadlock?)")
+    };
+    let reply = reply.expect("update command");
+    singles.expect("single updates");
+    let (seen, lost) = lost_sets(&docs).await;
+    bulk.drop().await.expect("drop the test database");
+
+    assert_eq!(reply.get_i32("n"), Ok(STATEMENTS as i32), "documents matched: {reply}");
+    assert_eq!(seen, STATEMENTS, "documents read back");
+    assert_none_lost(&lost, STATEMENTS * WRITERS as i64);
+}
+
+/// Sets `writer`'s field on every document, one `update_one` at a time, in the order of `_id`.
+async fn set_one_at_a_time(docs: Collection<Document>, writer: usize) -> mongodb::error::Result<()> {
+    for id in 0..STATEMENTS {
+        let result = docs.update_one(doc! { "_id": id }, doc! { "$set": { writer_field(writer): id } }).await?;
+        assert_eq!(result.matched_count, 1, "every update targets an existing document");
+    }
+    Ok(())
+}
