@@ -3,6 +3,7 @@ binaries, paths, ports, probes, Services, and the connections between pods."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -120,6 +121,7 @@ def check_manifests(objects: list[dict], ctx: Context) -> tuple[Problems, int]:
                          f"EXPOSEs {sorted(stage.expose - walk.used_ports[target])}, which no container uses")
     check_images(objects, walk.used_targets, ctx, problems)
     check_services(objects, pods, problems)
+    check_dashboards(objects, ctx, problems)
     check_pipeline(objects, pods, ctx, problems)
     for pod in pods:
         for target_where, port in walk.connections.get(pod.where, set()):
@@ -304,6 +306,30 @@ def check_route_exists(where: str, target: str, route: str, ctx: Context, proble
     if not any(route in routes.get(binary, []) for binary in binaries):
         problems.add(where, f"HTTP path {route} is served by no binary of image {target} ({', '.join(binaries) or 'none'}; "
                             f"see `contract` in schema/src/bin)")
+
+
+def check_dashboards(objects: list[dict], ctx: Context, problems: Problems) -> None:
+    """Grafana dashboards (ConfigMaps labelled grafana_dashboard) are JSON whose queries name only
+    metrics the follower exports (`DATAFLOW_METRICS` from `contract`)."""
+    exported = set(ctx.contract["DATAFLOW_METRICS"])
+    for obj in objects:
+        labels = obj.get("metadata", {}).get("labels", {})
+        if obj.get("kind") != "ConfigMap" or "grafana_dashboard" not in labels:
+            continue
+        where = f"ConfigMap/{obj['metadata']['name']}"
+        for key, text in obj.get("data", {}).items():
+            try:
+                dashboard = json.loads(text)
+            except json.JSONDecodeError as err:
+                problems.add(where, f"{key} is not JSON: {err}")
+                continue
+            exprs = [t.get("expr", "") for p in dashboard.get("panels", []) for t in p.get("targets", [])]
+            if not exprs:
+                problems.add(where, f"{key} has no panel with a query")
+            for expr in exprs:
+                for metric in sorted(set(re.findall(r"\biot_[a-z_]+\b", expr)) - exported):
+                    problems.add(where, f"{key} queries {metric}, which dataflow --serve does not export "
+                                        f"(see iot_schema::monitor::METRICS)")
 
 
 def check_services(objects: list[dict], pods: list[Pod], problems: Problems) -> None:

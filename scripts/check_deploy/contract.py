@@ -18,6 +18,7 @@ REQUIRED = {
     "INDEXED_FIELDS": list,
     "CHANGE_LOG_INDEXED_FIELDS": list,
     "HTTP_ROUTES": dict,
+    "DATAFLOW_METRICS": list,
 }
 
 

@@ -91,6 +91,12 @@ def mutate_change_log_index(objs):
         init["data"][key] = script.replace("inferences_changes.createIndex", "inferences.createIndex")
 
 
+def mutate_dashboard_metric(objs):
+    dashboard = next(o for o in objs if o.get("kind") == "ConfigMap" and "grafana_dashboard" in o["metadata"].get("labels", {}))
+    key = next(iter(dashboard["data"]))
+    dashboard["data"][key] = dashboard["data"][key].replace("iot_producer_errors", "iot_producer_mistakes")
+
+
 MUTATIONS = [
     ("a dataflow flag renamed", mutate_flag),
     ("a producer flag given a bad value", mutate_flag_value),
@@ -106,6 +112,7 @@ MUTATIONS = [
     ("the batch job's subdomain changed", mutate_subdomain),
     ("an image name that no Dockerfile target builds", mutate_image),
     ("the change log's index put on the records", mutate_change_log_index),
+    ("a dashboard query of a metric the follower does not export", mutate_dashboard_metric),
 ]
 
 

@@ -15,7 +15,7 @@ from check_deploy.dockerfile import dockerignore_includes, parse_dockerfile
 
 COMPLETE = {"TOPIC_IMAGES": "t", "TOPIC_DEAD_LETTERS": "t.dlq", "DEFAULT_DB": "iot", "DEFAULT_COLLECTION": "c",
             "CHANGE_LOG_SUFFIX": "_changes", "INDEXED_FIELDS": ["A"], "CHANGE_LOG_INDEXED_FIELDS": ["B"],
-            "HTTP_ROUTES": {"infer-service": ["/healthz"]}}
+            "HTTP_ROUTES": {"infer-service": ["/healthz"]}, "DATAFLOW_METRICS": ["iot_producer_errors"]}
 
 
 class ContractTest(unittest.TestCase):
