@@ -67,34 +67,6 @@ impl Consolidator {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn identical_observations_become_one_update() {
-        let mut c = Consolidator::default();
-        for _ in 0..1000 {
-            c.add("p", "cat", Some("dog"), None, 1);
-        }
-        c.add("p", "cat", None, None, 1);
-        c.add("p", "cat", Some("dog"), Some(3_600_000), 2);
-        c.add("q", "cat", None, None, 1);
-        c.add("q", "cat", None, None, -1);
-        let mut out = c.drain();
-        out.sort();
-        assert_eq!(
-            out,
-            vec![
-                (Observation::new("p", "cat", None), 1),
-                (Observation::new("p", "cat", Some("dog")), 1000),
-                (Observation::new("p", "cat", Some("dog")).in_window(3_600_000), 2),
-            ]
-        );
-        assert!(c.is_empty());
-    }
-}
-
 /// Adds up equal updates of each time on this worker with a hash map, before they reach an
 /// operator that sorts them.
 ///
@@ -146,4 +118,32 @@ where
             },
         )
         .as_collection()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identical_observations_become_one_update() {
+        let mut c = Consolidator::default();
+        for _ in 0..1000 {
+            c.add("p", "cat", Some("dog"), None, 1);
+        }
+        c.add("p", "cat", None, None, 1);
+        c.add("p", "cat", Some("dog"), Some(3_600_000), 2);
+        c.add("q", "cat", None, None, 1);
+        c.add("q", "cat", None, None, -1);
+        let mut out = c.drain();
+        out.sort();
+        assert_eq!(
+            out,
+            vec![
+                (Observation::new("p", "cat", None), 1),
+                (Observation::new("p", "cat", Some("dog")), 1000),
+                (Observation::new("p", "cat", Some("dog")).in_window(3_600_000), 2),
+            ]
+        );
+        assert!(c.is_empty());
+    }
 }

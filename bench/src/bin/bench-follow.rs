@@ -49,6 +49,10 @@ struct Args {
     /// Use a base an earlier --load-only run loaded, if no run has changed it since.
     #[arg(long)]
     keep_base: bool,
+    /// Follow with every view on and the live page served (`--serve`, 1h windows), on a base
+    /// whose records carry an `InferredAt` over 30 days.
+    #[arg(long)]
+    views: bool,
 }
 
 fn main() -> Result<()> {
@@ -182,14 +186,16 @@ const CHANGED_MARK: &str = "bench_changed";
 /// flip), or keeps an unchanged one with --keep-base, and returns the records whose label is
 /// right: flipping one adds exactly one error.
 fn fresh_base(args: &Args, base: u64, database: &mongodb::sync::Database) -> Result<Flips> {
-    let spec = Spec { records: base, producers: 100, pending_rate: 0.0, seed: 5, ..Spec::default() };
+    let inferred_span_ms = args.views.then_some(30 * 86_400_000);
+    let spec = Spec { records: base, producers: 100, pending_rate: 0.0, seed: 5, inferred_span_ms, ..Spec::default() };
     let mark = |name: &str| database.collection::<bson::Document>(name);
-    let loaded = mark(LOADED_MARK).find_one(bson::doc! { "records": base as i64 }).run()?.is_some();
+    let base_mark = bson::doc! { "records": base as i64, "timed": args.views };
+    let loaded = mark(LOADED_MARK).find_one(base_mark.clone()).run()?.is_some();
     let kept = args.keep_base && loaded && mark(CHANGED_MARK).find_one(bson::doc! {}).run()?.is_none();
     if !kept {
         database.drop().run()?;
         iot_bench::mongo::load(&args.mongo_uri, database.name(), "inferences", &spec, |_| {})?;
-        mark(LOADED_MARK).insert_one(bson::doc! { "records": base as i64 }).run()?;
+        mark(LOADED_MARK).insert_one(base_mark).run()?;
     }
     if !args.load_only {
         mark(CHANGED_MARK).insert_one(bson::doc! { "by": "bench-follow" }).run()?;
@@ -220,6 +226,9 @@ fn start_follower(args: &Args, db: &str, output: &Path, checkpoints: &Path, name
         .stderr(log);
     if args.restart > 0 {
         command.arg("--checkpoint-dir").arg(checkpoints);
+    }
+    if args.views {
+        command.args(["--serve", "127.0.0.1:0", "--window", "1h", "--reference", "1d"]);
     }
     Ok(ChildGuard::new(command.spawn()?))
 }

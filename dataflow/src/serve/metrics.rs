@@ -40,8 +40,12 @@ pub fn render(board: &Board, max_series: usize) -> String {
             window_rate.with_label_values(&producer).set(value);
         }
         if let Some(drift) = board.drift.iter().find(|d| d.producer == row.producer) {
-            drift.hellinger.map(|value| hellinger.with_label_values(&producer).set(value));
-            drift.p_value.map(|value| p_value.with_label_values(&producer).set(value));
+            if let Some(value) = drift.hellinger {
+                hellinger.with_label_values(&producer).set(value);
+            }
+            if let Some(value) = drift.p_value {
+                p_value.with_label_values(&producer).set(value);
+            }
         }
     }
     if !rest.is_empty() {
