@@ -562,14 +562,15 @@ fn follow_changes(
             worker.step_while(|| probe.less_than(&next));
         }
         state.as_of = polled_at;
-        let updated_views = state.views();
-        let updated = state.table();
-        let as_of = state.as_of(&updated, &feed);
-        let views_changed = updated_views != views;
+        // The views change only in a round; reading them costs in proportion to their size.
+        let updated_views = if polled.changed > 0 { state.views() } else { None };
+        let views_changed = updated_views.is_some() && updated_views != views;
         if views_changed {
             write_views(options, updated_views.as_ref())?;
             views = updated_views;
         }
+        let updated = state.table();
+        let as_of = state.as_of(&updated, &feed);
         if updated != table {
             if options.print_changes {
                 print_changes(&table, &updated)?;

@@ -113,14 +113,18 @@ pub fn track_records<'scope>(
     records: WorkerCell<Records>,
 ) -> VecCollection<'scope, u64, RecordState, isize> {
     let by_owner = Exchange::new(|(digest, _): &Upsert| owner_bits(*digest));
+    let scope = upserts.scope();
     upserts
         .unary_frontier::<CapacityContainerBuilder<Vec<(RecordState, u64, isize)>>, _, _, _>(
             by_owner,
             "TrackRecords",
-            |capability, _info| {
+            |capability, info| {
+                let activator = scope.activator_for(info.address.clone());
                 let mut restored = Some(capability);
                 let mut rounds: BTreeMap<u64, Round> = BTreeMap::new();
                 let mut early: BTreeMap<u64, Vec<Upsert>> = BTreeMap::new();
+                // Completed rounds' changes not yet sent, oldest first.
+                let mut ready: std::collections::VecDeque<(Capability<u64>, Vec<(Packed, isize)>)> = Default::default();
                 move |(input, frontier), output| {
                     let mut records = records.borrow_mut();
                     if let Some(capability) = restored.take() {
@@ -147,17 +151,39 @@ pub fn track_records<'scope>(
                         batch.into_iter().for_each(|upsert| records.apply(upsert, changes));
                     }
                     while let Some(entry) = rounds.first_entry().filter(|entry| !frontier.less_equal(entry.key())) {
-                        let (time, round) = entry.remove_entry();
-                        let mut session = output.session(&round.capability);
-                        for (state, diff) in round.changes.into_iter().filter(|(_, diff)| *diff != 0) {
+                        let round = entry.remove();
+                        ready.push_back((
+                            round.capability,
+                            round.changes.into_iter().filter(|(_, d)| *d != 0).collect(),
+                        ));
+                    }
+                    // A bounded share per activation: a full load's round holds a state per distinct
+                    // observation, and sent at once every view downstream would hold its own copy of
+                    // all of them; sent in shares, each is summed before the next.
+                    let mut budget = EMIT_PER_ACTIVATION;
+                    while let Some((capability, changes)) = ready.front_mut() {
+                        let share = changes.len().min(budget);
+                        let mut session = output.session(&*capability);
+                        let time = *capability.time();
+                        for (state, diff) in changes.drain(changes.len() - share..) {
                             session.give((records.unpack(state), time, diff));
                         }
+                        drop(session);
+                        budget -= share;
+                        if !changes.is_empty() {
+                            activator.activate();
+                            break;
+                        }
+                        ready.pop_front();
                     }
                 }
             },
         )
         .as_collection()
 }
+
+/// Record-state changes one activation of [`track_records`] sends at most.
+const EMIT_PER_ACTIVATION: usize = 1 << 16;
 
 /// One round's changes of record states, with the capability to send them.
 struct Round {
@@ -744,6 +770,23 @@ mod tests {
         *expected.get_mut(&counted("p0", Verdict::Incorrect).unwrap()).unwrap() += 1;
         assert_eq!(snapshots[0], expected);
         assert_eq!(snapshots[1], Totals::new());
+    }
+
+    /// A round with more distinct states than one activation sends arrives whole, at its time.
+    #[test]
+    fn a_round_larger_than_one_share_arrives_whole() {
+        let n = EMIT_PER_ACTIVATION + 1_000;
+        let ids: Vec<&'static str> = (0..n).map(|i| &*format!("id/{i}").leak()).collect();
+        let state =
+            |i: usize| Some(RecordState::Counted(Observation::new("p", "cat", Some("dog")).in_window(i as i64)));
+        let insert = ids.iter().enumerate().map(|(i, id)| (*id, state(i))).collect();
+        let relabel = vec![(ids[0], counted("p", Verdict::Correct))];
+        let snapshots = states_after_each_round(1, vec![insert, relabel]);
+        assert_eq!(snapshots[0].len(), n);
+        assert!(snapshots[0].values().all(|count| *count == 1));
+        assert_eq!(snapshots[1].len(), n);
+        assert_eq!(snapshots[1].get(&counted("p", Verdict::Correct).unwrap()), Some(&1));
+        assert_eq!(snapshots[1].get(&state(0).unwrap()), None);
     }
 
     #[test]

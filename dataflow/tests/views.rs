@@ -358,12 +358,18 @@ fn views_from_files_and_a_cluster_equal_an_independent_computation() {
     check_views(dir.path(), "cluster", &records);
 }
 
-#[test]
-fn views_from_mongodb_dates_equal_an_independent_computation() {
-    let records = generate(13);
-    let db = TestDb::new(&mongo_uri(), "dataflow_views");
+/// Generated records stored with BSON dates in a fresh database.
+fn stored(seed: u64, prefix: &str) -> (Vec<Rec>, TestDb) {
+    let records = generate(seed);
+    let db = TestDb::new(&mongo_uri(), prefix);
     let collection = db.client.database(&db.name).collection::<bson::Document>("inferences");
     collection.insert_many(records.iter().map(bson_document)).run().unwrap();
+    (records, db)
+}
+
+#[test]
+fn views_from_mongodb_dates_equal_an_independent_computation() {
+    let (records, db) = stored(13, "dataflow_views");
     let dir = tempfile::tempdir().unwrap();
     let uri = mongo_uri();
     let mut args: Vec<String> = ["--mongo-uri", &uri, "--db", &db.name, "-w", "2"].map(String::from).to_vec();
@@ -448,10 +454,7 @@ fn change_records(db: &mongodb::sync::Database, records: &[Rec], round: i64) {
 
 #[test]
 fn a_follower_keeps_every_view_equal_to_a_batch_run_across_a_restart() {
-    let records = generate(14);
-    let db = TestDb::new(&mongo_uri(), "dataflow_views_follow");
-    let collection = db.client.database(&db.name).collection::<bson::Document>("inferences");
-    collection.insert_many(records.iter().map(bson_document)).run().unwrap();
+    let (records, db) = stored(14, "dataflow_views_follow");
     let dir = tempfile::tempdir().unwrap();
     let uri = mongo_uri();
     let checkpoints = dir.path().join("checkpoints");

@@ -26,6 +26,8 @@ pub struct Board {
     pub producers: Vec<ProducerRow>,
     pub confusion: Vec<ConfusionRow>,
     pub classes: Vec<ClassRow>,
+    /// Each producer's latest [`BOARD_WINDOWS`] windows: what a sparkline shows, and a bounded
+    /// event however long the follower runs (the files and the report hold every window).
     pub windows: Vec<WindowRow>,
     pub drift: Vec<DriftRow>,
 }
@@ -90,6 +92,9 @@ pub struct DriftRow {
     pub drifted: Option<bool>,
 }
 
+/// Windows per producer on the board.
+pub const BOARD_WINDOWS: usize = 48;
+
 /// What the board is built from.
 pub struct Tables<'a> {
     pub counts: &'a BTreeMap<String, Tally>,
@@ -142,9 +147,7 @@ impl Board {
                 })
                 .collect(),
             classes: class_rows(views),
-            windows: views
-                .windows
-                .iter()
+            windows: latest_windows(views)
                 .map(|((producer, window), tally)| WindowRow {
                     producer: producer.clone(),
                     window_start: timestamp(*window),
@@ -157,6 +160,18 @@ impl Board {
             drift,
         }
     }
+}
+
+/// The latest [`BOARD_WINDOWS`] windows of each producer, in order.
+fn latest_windows(views: &Snapshot) -> impl Iterator<Item = (&(String, i64), &Tally)> {
+    let mut per_producer = BTreeMap::<&str, usize>::new();
+    views.windows.keys().for_each(|(producer, _)| *per_producer.entry(producer).or_default() += 1);
+    let mut seen = BTreeMap::<&str, usize>::new();
+    views.windows.iter().filter(move |((producer, _), _)| {
+        let index = seen.entry(producer).or_default();
+        *index += 1;
+        *index + BOARD_WINDOWS > per_producer[producer.as_str()]
+    })
 }
 
 /// Higher rates first; no rate (nothing judged) last.
@@ -266,5 +281,27 @@ mod tests {
         assert_eq!(board.confusion[0].producer, None);
         assert_eq!(board.classes.iter().filter(|c| c.producer.is_none()).count(), 2, "cat and dog over all");
         assert!(board.drift[0].hellinger.unwrap() > 0.99);
+    }
+
+    #[test]
+    fn the_board_keeps_each_producers_latest_windows() {
+        let mut views = Snapshot::default();
+        for window in 0..100 {
+            views.windows.insert(("a".into(), window * 3_600_000), tally(1, 0, 0));
+        }
+        views.windows.insert(("b".into(), 0), tally(0, 1, 0));
+        let counts = BTreeMap::new();
+        let board = Board::new(Tables {
+            counts: &counts,
+            views: Some(&views),
+            as_of: 0,
+            source: String::new(),
+            window_ms: None,
+            drift_alpha: 0.01,
+        });
+        let of =
+            |p: &str| board.windows.iter().filter(|w| w.producer == p).map(|w| w.window_start_ms).collect::<Vec<_>>();
+        assert_eq!(of("a"), (52..100).map(|w| w * 3_600_000).collect::<Vec<_>>());
+        assert_eq!(of("b"), [0]);
     }
 }
