@@ -124,7 +124,7 @@ pub fn track_records<'scope>(
                 let mut rounds: BTreeMap<u64, Round> = BTreeMap::new();
                 let mut early: BTreeMap<u64, Vec<Upsert>> = BTreeMap::new();
                 // Completed rounds' changes not yet sent, oldest first.
-                let mut ready: std::collections::VecDeque<(Capability<u64>, Vec<(Packed, isize)>)> = Default::default();
+                let mut ready: Ready = Default::default();
                 move |(input, frontier), output| {
                     let mut records = records.borrow_mut();
                     if let Some(capability) = restored.take() {
@@ -181,6 +181,9 @@ pub fn track_records<'scope>(
         )
         .as_collection()
 }
+
+/// Completed rounds' changes of record states still to be sent, oldest first.
+type Ready = std::collections::VecDeque<(Capability<u64>, Vec<(Packed, isize)>)>;
 
 /// Record-state changes one activation of [`track_records`] sends at most.
 const EMIT_PER_ACTIVATION: usize = 1 << 16;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::record::Tally;
-use crate::views::confusion::{class_scores, Scope};
+use crate::views::confusion::Scope;
 use crate::views::drift::Distribution;
 use crate::views::sink::timestamp;
 use crate::views::Snapshot;
@@ -162,16 +162,16 @@ impl Board {
     }
 }
 
-/// The latest [`BOARD_WINDOWS`] windows of each producer, in order.
+/// The latest [`BOARD_WINDOWS`] windows of each producer, in order (the windows are sorted by
+/// producer, then start).
 fn latest_windows(views: &Snapshot) -> impl Iterator<Item = (&(String, i64), &Tally)> {
-    let mut per_producer = BTreeMap::<&str, usize>::new();
-    views.windows.keys().for_each(|(producer, _)| *per_producer.entry(producer).or_default() += 1);
-    let mut seen = BTreeMap::<&str, usize>::new();
-    views.windows.iter().filter(move |((producer, _), _)| {
-        let index = seen.entry(producer).or_default();
-        *index += 1;
-        *index + BOARD_WINDOWS > per_producer[producer.as_str()]
-    })
+    let windows: Vec<(&(String, i64), &Tally)> = views.windows.iter().collect();
+    let latest: Vec<_> = windows
+        .chunk_by(|((a, _), _), ((b, _), _)| a == b)
+        .flat_map(|producer| &producer[producer.len().saturating_sub(BOARD_WINDOWS)..])
+        .copied()
+        .collect();
+    latest.into_iter()
 }
 
 /// Higher rates first; no rate (nothing judged) last.
@@ -193,10 +193,10 @@ fn producer_of(scope: &Scope) -> Option<String> {
 
 fn class_rows(views: &Snapshot) -> Vec<ClassRow> {
     let mut rows = Vec::new();
-    for scope in views.scopes() {
-        for score in class_scores(views.confusion_of(&scope)) {
+    for (scope, scores) in views.class_scores() {
+        for score in scores {
             rows.push(ClassRow {
-                producer: producer_of(&scope),
+                producer: producer_of(scope),
                 precision: score.precision(),
                 recall: score.recall(),
                 f1: score.f1(),

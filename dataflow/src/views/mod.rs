@@ -95,6 +95,21 @@ impl Snapshot {
         scopes.dedup();
         scopes
     }
+
+    /// Each scope's per-class scores, in scope order: one pass over the confusion counts (which
+    /// are sorted by scope first), however many producers.
+    pub fn class_scores(&self) -> Vec<(&confusion::Scope, Vec<confusion::ClassScore>)> {
+        let cells: Vec<(&Cell, &u64)> = self.confusion.iter().collect();
+        cells
+            .chunk_by(|(a, _), (b, _)| a.scope == b.scope)
+            .map(|scope| {
+                let scores = confusion::class_scores(
+                    scope.iter().map(|(cell, n)| (cell.ground_truth.as_str(), cell.inferred.as_str(), **n)),
+                );
+                (&scope[0].0.scope, scores)
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::confusion::{class_scores, Scope};
+use super::confusion::Scope;
 use super::drift::LabelDrift;
 use super::Snapshot;
 use crate::sink::{rfc3339_ms, write_atomically};
@@ -80,10 +80,10 @@ pub fn write_confusion(out: &mut dyn Write, snapshot: &Snapshot) -> Result<()> {
 pub fn write_classes(out: &mut dyn Write, snapshot: &Snapshot) -> Result<()> {
     let mut csv = csv::Writer::from_writer(out);
     csv.write_record(["ProducerID", "class", "support", "predicted", "correct", "precision", "recall", "f1"])?;
-    for scope in snapshot.scopes() {
-        for score in class_scores(snapshot.confusion_of(&scope)) {
+    for (scope, scores) in snapshot.class_scores() {
+        for score in scores {
             csv.write_record([
-                producer_column(&scope),
+                producer_column(scope),
                 &score.class,
                 &score.support.to_string(),
                 &score.predicted.to_string(),
