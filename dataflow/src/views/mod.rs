@@ -83,17 +83,12 @@ impl Snapshot {
         &'a self,
         scope: &'a confusion::Scope,
     ) -> impl Iterator<Item = (&'a str, &'a str, u64)> + 'a {
+        // Cells sort by scope first: one scope's cells are one range, found without a scan.
+        let first = Cell { scope: scope.clone(), ground_truth: String::new(), inferred: String::new() };
         self.confusion
-            .iter()
-            .filter(move |(cell, _)| &cell.scope == scope)
+            .range(first..)
+            .take_while(move |(cell, _)| &cell.scope == scope)
             .map(|(cell, count)| (cell.ground_truth.as_str(), cell.inferred.as_str(), *count))
-    }
-
-    /// The scopes with judged records: over all producers first, then each producer.
-    pub fn scopes(&self) -> Vec<confusion::Scope> {
-        let mut scopes: Vec<_> = self.confusion.keys().map(|cell| cell.scope.clone()).collect();
-        scopes.dedup();
-        scopes
     }
 
     /// Each scope's per-class scores, in scope order: one pass over the confusion counts (which
