@@ -4,12 +4,13 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Result};
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand};
 
+use crate::alerts::{webhook, AlertOptions, Alerter, KafkaOptions, WebhookOptions};
 use crate::cluster::ClusterArgs;
 use crate::follow::{self, FollowOptions};
 use crate::follow_checkpoint::CheckpointOptions;
@@ -21,6 +22,7 @@ use crate::serve::{Board, ServeOptions, Server};
 use crate::sink::{rfc3339, write_atomically, AsOf, Output};
 use crate::source::mongo::MongoSource;
 use crate::source::Source;
+use crate::views::alerts::{AlertRules, Rule};
 use crate::views::drift::Reference;
 use crate::views::sink::ViewFiles;
 use crate::views::{reference_file, ViewOptions};
@@ -45,11 +47,11 @@ pub struct Cli {
 pub enum Command {
     /// Count errors per producer and write `ProducerID,total_errors` as CSV.
     #[command(disable_help_flag = true)]
-    Count(CountArgs),
+    Count(Box<CountArgs>),
     /// Write the monitoring views (error rates, their windows, confusion, per-class scores,
     /// drift) as one self-contained HTML page that opens in a browser with no server.
     #[command(disable_help_flag = true)]
-    Report(ReportArgs),
+    Report(Box<ReportArgs>),
 }
 
 #[derive(Clone, Debug, Args)]
@@ -67,6 +69,8 @@ pub struct CountArgs {
     pub detail: bool,
     #[command(flatten)]
     pub views: ViewArgs,
+    #[command(flatten)]
+    pub alerts: AlertArgs,
     #[command(flatten)]
     pub cluster: ClusterArgs,
     /// After the initial load, keep running and keep the CSV current as records change in
@@ -190,6 +194,73 @@ pub struct ViewArgs {
     pub drift_alpha: f64,
 }
 
+/// Alerts (docs/monitoring.md#alerts), with --follow.
+#[derive(Clone, Debug, Args)]
+pub struct AlertArgs {
+    /// With --follow: alert when a producer's error rate crosses a line, e.g.
+    /// 'error_rate > 0.3 over 1h min 50' or 'error_rate > reference + 3 sd over 1h min 50'
+    /// (optionally `clear LEVEL`, below which it resolves); repeatable. Events go to
+    /// --alert-topic. Turns the views on.
+    #[arg(long = "alert", value_name = "RULE", requires = "follow", value_parser = parse_rule)]
+    pub rules: Vec<Rule>,
+    /// Kafka bootstrap servers for alert events.
+    #[arg(long, env = "IOT_KAFKA_BROKERS", default_value = "127.0.0.1:9092", value_name = "HOST:PORT,...")]
+    pub alert_brokers: String,
+    /// The topic alert events go to; a restarted follower reads it back.
+    #[arg(long, env = "IOT_ALERT_TOPIC", default_value = iot_schema::alert::TOPIC_ALERTS, value_name = "TOPIC")]
+    pub alert_topic: String,
+    /// Extra librdkafka settings for the alert producer (e.g. `security.protocol=SASL_SSL`),
+    /// repeatable; in the environment, comma-separated.
+    #[arg(long = "kafka-opt", env = "IOT_KAFKA_OPTS", value_name = "KEY=VALUE", value_delimiter = ',', value_parser = iot_schema::redact::parse_key_value)]
+    pub kafka_settings: Vec<(String, String)>,
+    /// Also POST each alert event, as JSON, to this http(s) URL (never logged beyond its host).
+    #[arg(long, env = "IOT_ALERT_WEBHOOK", value_name = "URL", value_parser = webhook::parse_url, hide_env_values = true)]
+    pub alert_webhook: Option<reqwest::Url>,
+    /// Tries per event at the webhook, with a delay doubling from 0.5 s to 30 s.
+    #[arg(long, default_value_t = 5, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub alert_webhook_attempts: u32,
+}
+
+fn parse_rule(text: &str) -> Result<Rule, String> {
+    text.parse()
+}
+
+impl AlertArgs {
+    /// The rules' evidence, checked against the views' windows and reference.
+    fn evidence(&self, views: &ViewOptions) -> Result<Option<AlertRules>> {
+        if self.rules.is_empty() {
+            return Ok(None);
+        }
+        let window_ms = views.windowing.width_ms;
+        for rule in &self.rules {
+            rule.windows(window_ms).map_err(anyhow::Error::msg)?;
+        }
+        let reference_ms = match views.reference {
+            Reference::FirstPeriod { length_ms } => length_ms,
+            Reference::Fixed(_) if self.rules.iter().any(Rule::is_relative) => {
+                bail!("a rule relative to the reference compares with each producer's first --reference period, which --reference-file replaces; use --reference DURATION")
+            }
+            Reference::Fixed(_) => i64::MAX,
+        };
+        Ok(Some(AlertRules { rules: self.rules.clone().into(), window_ms, reference_ms }))
+    }
+
+    fn options(&self) -> Option<AlertOptions> {
+        (!self.rules.is_empty()).then(|| AlertOptions {
+            rules: self.rules.clone().into(),
+            kafka: KafkaOptions {
+                brokers: self.alert_brokers.clone(),
+                topic: self.alert_topic.clone(),
+                settings: self.kafka_settings.clone(),
+            },
+            webhook: self
+                .alert_webhook
+                .clone()
+                .map(|url| WebhookOptions { url, attempts: self.alert_webhook_attempts }),
+        })
+    }
+}
+
 impl ViewArgs {
     pub fn files(&self, mode: u32) -> ViewFiles {
         ViewFiles {
@@ -217,7 +288,7 @@ impl ViewArgs {
             }
             None => Reference::FirstPeriod { length_ms: i64::try_from(self.reference.as_millis()).unwrap_or(i64::MAX) },
         };
-        Ok(ViewOptions { windowing, reference, drift_alpha: self.drift_alpha })
+        Ok(ViewOptions { windowing, reference, drift_alpha: self.drift_alpha, alerts: None })
     }
 }
 
@@ -267,12 +338,14 @@ impl CountArgs {
         }
     }
 
-    /// The views' options when a view file or the live page is asked for.
+    /// The views' options when a view file, the live page or an alert is asked for.
     fn views(&self) -> Result<Option<ViewOptions>> {
-        if !self.views.files(self.output_mode).any() && self.serve.is_none() {
+        if !self.views.files(self.output_mode).any() && self.serve.is_none() && self.alerts.rules.is_empty() {
             return Ok(None);
         }
-        self.views.options().map(Some)
+        let mut options = self.views.options()?;
+        options.alerts = self.alerts.evidence(&options)?;
+        Ok(Some(options))
     }
 }
 
@@ -299,7 +372,7 @@ fn parse_mode(text: &str) -> Result<u32, String> {
 #[derive(Debug)]
 pub enum Plan {
     Batch { job: CountJob, output: Output },
-    Follow { source: Source, cluster: ClusterArgs, options: FollowOptions },
+    Follow { source: Source, cluster: ClusterArgs, options: Box<FollowOptions> },
     Report { job: CountJob, output: ReportOutput },
 }
 
@@ -350,8 +423,10 @@ impl CountArgs {
             views,
             serve: self.serve.map(|addr| ServeOptions { addr, max_series: self.max_series }),
             server: None,
+            alerts: self.alerts.options(),
+            alerter: None,
         };
-        Ok(Plan::Follow { source, cluster, options })
+        Ok(Plan::Follow { source, cluster, options: Box::new(options) })
     }
 }
 
@@ -376,7 +451,7 @@ impl ReportArgs {
 pub fn run(plan: Plan) -> Result<()> {
     match plan {
         Plan::Batch { job, output } => count_once(job, &output),
-        Plan::Follow { source, cluster, options } => count_and_follow(source, cluster, options),
+        Plan::Follow { source, cluster, options } => count_and_follow(source, cluster, *options),
         Plan::Report { job, output } => write_report(job, &output),
     }
 }
@@ -456,6 +531,11 @@ fn count_and_follow(source: Source, cluster: ClusterArgs, mut options: FollowOpt
         };
         let board = Board { as_of, source: source.describe(), ..Board::default() };
         options.server = Some(Arc::new(Server::start(serve, board)?));
+    }
+    // Process 0 announces alerts; it learns what was announced before it loads anything, so
+    // that a broker or topic that is not there stops it at once.
+    if let (Some(alerts), 0) = (&options.alerts, cluster.process) {
+        options.alerter = Some(Arc::new(Mutex::new(Alerter::start(alerts, source.describe())?)));
     }
     let progress = reading(&source);
     let stop = options.stop.clone();

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Result};
@@ -23,6 +23,7 @@ use timely::dataflow::operators::{Exchange, Inspect, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 use timely::worker::Worker;
 
+use crate::alerts::{AlertOptions, Alerter, FiringAlert};
 use crate::cluster::ClusterArgs;
 use crate::count::error_counts;
 use crate::follow_checkpoint::{self, CheckpointOptions, Checkpointer, Restored};
@@ -74,6 +75,10 @@ pub struct FollowOptions {
     pub serve: Option<ServeOptions>,
     /// The running server, in process 0 with `--serve`.
     pub server: Option<Arc<Server>>,
+    /// `--alert`: the rules and where their events go.
+    pub alerts: Option<AlertOptions>,
+    /// The running alerter, in process 0 with `--alert`.
+    pub alerter: Option<Arc<Mutex<Alerter>>>,
 }
 
 impl FollowOptions {
@@ -536,9 +541,11 @@ fn follow_changes(
     }
     let mut table = state.table();
     let mut sidecar = state.as_of(&table, &feed);
-    output.write(&table, &sidecar)?;
+    // The views and alerts before the CSV, as after every round.
     let mut views = state.views();
     write_views(options, views.as_ref())?;
+    update_alerts(options, views.as_ref(), state.as_of);
+    output.write(&table, &sidecar)?;
     publish(options, &state, &table, views.as_ref());
     let mut sidecar_written = Instant::now();
     let mut next_status = Instant::now() + options.status_every;
@@ -569,6 +576,8 @@ fn follow_changes(
             write_views(options, updated_views.as_ref())?;
             views = updated_views;
         }
+        let alerts_changed =
+            (views_changed || alerts_behind(options)) && update_alerts(options, views.as_ref(), state.as_of);
         let updated = state.table();
         let as_of = state.as_of(&updated, &feed);
         if updated != table {
@@ -582,7 +591,7 @@ fn follow_changes(
             output.write_sidecar(&as_of)?;
             (sidecar, sidecar_written) = (as_of, Instant::now());
             publish(options, &state, &table, views.as_ref());
-        } else if views_changed {
+        } else if views_changed || alerts_changed {
             publish(options, &state, &table, views.as_ref());
         }
         if !options.status_every.is_zero() && Instant::now() >= next_status {
@@ -599,11 +608,29 @@ fn follow_changes(
     if let Some(checkpoints) = checkpoints.as_mut() {
         checkpoints.write_if(true, worker, &feed);
     }
+    if let Some(alerter) = &options.alerter {
+        alerter.lock().expect("the alerter is only used by worker 0").finish();
+    }
     if let Some(process) = votes.asked_by().filter(|_| !options.stop.load(Ordering::SeqCst)) {
         eprintln!("process {process} was asked to stop; stopping every process of the cluster");
     }
     eprintln!("stopped; {} is up to date as of {}", output.path.display(), rfc3339(state.as_of));
     Ok(())
+}
+
+/// Announces what the alert evidence calls for; whether any alert changed.
+fn update_alerts(options: &FollowOptions, views: Option<&Snapshot>, as_of: SystemTime) -> bool {
+    let (Some(alerter), Some(views)) = (&options.alerter, views) else { return false };
+    alerter.lock().expect("the alerter is only used by worker 0").update(&views.alerts, as_of)
+}
+
+/// Whether an alert event could not be sent (and is due again, changes or not).
+fn alerts_behind(options: &FollowOptions) -> bool {
+    options.alerter.as_ref().is_some_and(|alerter| alerter.lock().expect("worker 0 only").is_behind())
+}
+
+fn firing_alerts(options: &FollowOptions) -> Vec<FiringAlert> {
+    options.alerter.as_ref().map(|alerter| alerter.lock().expect("worker 0 only").firing()).unwrap_or_default()
 }
 
 /// The board of the live page and API, with `--serve`.
@@ -616,6 +643,7 @@ fn publish(options: &FollowOptions, state: &State, table: &BTreeMap<String, Tall
         source: state.source.clone(),
         window_ms: options.windowing().map(|windowing| windowing.width_ms),
         drift_alpha: options.views.as_ref().map_or(0.01, |views| views.drift_alpha),
+        alerts: firing_alerts(options),
     }));
 }
 

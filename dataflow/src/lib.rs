@@ -5,6 +5,7 @@
 //! [`job`] runs the batch count across the cluster described by [`cluster`], [`follow`] keeps
 //! it current, both through the [`worker_zero`] plumbing; [`sink`] writes the result.
 
+pub mod alerts;
 pub mod checkpoint;
 pub mod cli;
 pub mod cluster;

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use clap::Args;
+use iot_schema::redact::parse_key_value;
 
 use crate::message::ImageLimits;
 
@@ -110,31 +111,5 @@ impl ConsumerArgs {
             Duration::from_millis(self.retry_initial_ms.max(1)),
             Duration::from_millis(self.retry_max_ms),
         )
-    }
-}
-
-pub fn parse_key_value(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
-        _ => {
-            // Only the part that looks like a key is echoed: a mistyped `sasl.password:secret`
-            // must not reach the terminal.
-            let key: String = text.chars().take_while(|c| c.is_ascii_alphanumeric() || "._-".contains(*c)).collect();
-            Err(format!("expected KEY=VALUE, got a setting without `=` starting {key:?}"))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_value_pairs() {
-        assert_eq!(parse_key_value("a.b=c=d"), Ok(("a.b".into(), "c=d".into())));
-        assert!(parse_key_value("novalue").is_err());
-        assert!(parse_key_value("=x").is_err());
-        let err = parse_key_value("sasl.password:hunter2").unwrap_err();
-        assert!(!err.contains("hunter2"), "{err}");
     }
 }

@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod alert;
 pub mod exit;
 pub mod infer;
 pub mod monitor;

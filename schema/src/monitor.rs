@@ -7,7 +7,7 @@ pub const ROUTE_PAGE: &str = "/";
 pub const ROUTE_EVENTS: &str = "/events";
 /// Prometheus text.
 pub const ROUTE_METRICS: &str = "/metrics";
-/// Every view as JSON; `/api/{producers,confusion,classes,windows,drift}` for one of them.
+/// Every view as JSON; `/api/{producers,confusion,classes,windows,drift,alerts}` for one of them.
 pub const ROUTE_API_BOARD: &str = "/api/board";
 
 /// The label that names a producer, and its value for the producers summed past `--max-series`.
@@ -22,11 +22,15 @@ pub const METRIC_PRODUCER_WINDOW_ERROR_RATE: &str = "iot_producer_window_error_r
 pub const METRIC_PRODUCER_DRIFT_HELLINGER: &str = "iot_producer_drift_hellinger";
 pub const METRIC_PRODUCER_DRIFT_P_VALUE: &str = "iot_producer_drift_p_value";
 pub const METRIC_PRODUCERS: &str = "iot_producers";
+/// 1 per firing alert, labelled with its producer and [`LABEL_RULE`].
+pub const METRIC_ALERT_FIRING: &str = "iot_alert_firing";
+/// The label that names an alert rule (normalised, as on its events).
+pub const LABEL_RULE: &str = "rule";
 /// When the served counts were current (seconds since the epoch): how stale the page is.
 pub const METRIC_AS_OF: &str = "iot_follower_as_of_seconds";
 
 /// Every metric `/metrics` exports.
-pub const METRICS: [&str; 9] = [
+pub const METRICS: [&str; 10] = [
     METRIC_PRODUCER_ERRORS,
     METRIC_PRODUCER_JUDGED,
     METRIC_PRODUCER_PENDING,
@@ -35,5 +39,6 @@ pub const METRICS: [&str; 9] = [
     METRIC_PRODUCER_DRIFT_HELLINGER,
     METRIC_PRODUCER_DRIFT_P_VALUE,
     METRIC_PRODUCERS,
+    METRIC_ALERT_FIRING,
     METRIC_AS_OF,
 ];

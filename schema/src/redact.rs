@@ -38,6 +38,18 @@ pub fn setting(key: &str, value: &str) -> String {
     }
 }
 
+/// A `KEY=VALUE` client setting from a flag (`--kafka-opt`). A malformed one is refused without
+/// echoing it whole: a mistyped `sasl.password:secret` must not reach the terminal.
+pub fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
+        _ => {
+            let key: String = text.chars().take_while(|c| c.is_ascii_alphanumeric() || "._-".contains(*c)).collect();
+            Err(format!("expected KEY=VALUE, got a setting without `=` starting {key:?}"))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,5 +75,14 @@ mod tests {
     fn secret_settings_are_hidden() {
         assert_eq!(setting("sasl.password", "x"), "sasl.password=****");
         assert_eq!(setting("security.protocol", "SASL_SSL"), "security.protocol=SASL_SSL");
+    }
+
+    #[test]
+    fn settings_parse_without_echoing_a_malformed_one() {
+        assert_eq!(parse_key_value("a.b=c=d"), Ok(("a.b".into(), "c=d".into())));
+        assert!(parse_key_value("novalue").is_err());
+        assert!(parse_key_value("=x").is_err());
+        let err = parse_key_value("sasl.password:hunter2").unwrap_err();
+        assert!(!err.contains("hunter2"), "{err}");
     }
 }

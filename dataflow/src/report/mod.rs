@@ -430,7 +430,7 @@ mod tests {
             },
         )]);
         let stats = LoadStats { records: 14, skipped: 1, untimed: 0, ..LoadStats::default() };
-        Outcome { table, views: Some(Snapshot { confusion, windows, drift }), stats }
+        Outcome { table, views: Some(Snapshot { confusion, windows, drift, ..Snapshot::default() }), stats }
     }
 
     #[test]

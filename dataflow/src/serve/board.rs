@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::alerts::FiringAlert;
 use crate::record::Tally;
 use crate::views::confusion::Scope;
 use crate::views::drift::Distribution;
@@ -30,6 +31,8 @@ pub struct Board {
     /// event however long the follower runs (the files and the report hold every window).
     pub windows: Vec<WindowRow>,
     pub drift: Vec<DriftRow>,
+    /// The `--alert` rules firing now, by rule then producer.
+    pub alerts: Vec<FiringAlert>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -43,6 +46,8 @@ pub struct ProducerRow {
     pub latest_window_error_rate: Option<f64>,
     /// Whether its predicted labels drifted, with views and a comparable window.
     pub drifted: Option<bool>,
+    /// Whether an `--alert` rule fires for it.
+    pub alerting: bool,
 }
 
 /// One confusion cell; `producer` is `None` for the cells over all producers.
@@ -104,6 +109,7 @@ pub struct Tables<'a> {
     pub source: String,
     pub window_ms: Option<i64>,
     pub drift_alpha: f64,
+    pub alerts: Vec<FiringAlert>,
 }
 
 impl Board {
@@ -127,6 +133,7 @@ impl Board {
                 error_rate: tally.error_rate(),
                 latest_window_error_rate: latest.get(producer.as_str()).copied().flatten(),
                 drifted: drifted.get(producer.as_str()).copied(),
+                alerting: tables.alerts.iter().any(|alert| &alert.producer == producer),
             })
             .collect();
         producers.sort_by(|a, b| worst_first(a.error_rate, b.error_rate).then_with(|| a.producer.cmp(&b.producer)));
@@ -158,6 +165,7 @@ impl Board {
                 })
                 .collect(),
             drift,
+            alerts: tables.alerts,
         }
     }
 }
@@ -267,15 +275,20 @@ mod tests {
             source: "x".into(),
             window_ms: Some(3_600_000),
             drift_alpha: 0.01,
+            alerts: vec![FiringAlert { rule: "r".into(), producer: "b".into(), fired_at: "t".into() }],
         });
         let order: Vec<_> = board
             .producers
             .iter()
-            .map(|p| (p.producer.as_str(), p.error_rate, p.latest_window_error_rate, p.drifted))
+            .map(|p| (p.producer.as_str(), p.error_rate, p.latest_window_error_rate, p.drifted, p.alerting))
             .collect();
         assert_eq!(
             order,
-            [("b", Some(0.75), Some(1.0), Some(true)), ("a", Some(0.1), None, None), ("idle", None, None, None)]
+            [
+                ("b", Some(0.75), Some(1.0), Some(true), true),
+                ("a", Some(0.1), None, None, false),
+                ("idle", None, None, None, false)
+            ]
         );
         assert_eq!(board.windows[1].window_start, "2026-11-30T12:00:00Z".replace("2026-11-30T12", "1970-01-01T01"));
         assert_eq!(board.confusion[0].producer, None);
@@ -298,6 +311,7 @@ mod tests {
             source: String::new(),
             window_ms: None,
             drift_alpha: 0.01,
+            alerts: Vec::new(),
         });
         let of =
             |p: &str| board.windows.iter().filter(|w| w.producer == p).map(|w| w.window_start_ms).collect::<Vec<_>>();

@@ -58,6 +58,16 @@ pub fn render(board: &Board, max_series: usize) -> String {
             rate.with_label_values(&[OTHER]).set(other_errors as f64 / other_judged as f64);
         }
     }
+    // Firing alerts are few (and bounded by rules times producers): each has its own series.
+    let firing = GaugeVec::new(
+        Opts::new(METRIC_ALERT_FIRING, "1 while an --alert rule fires for a producer."),
+        &[LABEL_PRODUCER, LABEL_RULE],
+    )
+    .expect("a valid metric name");
+    for alert in &board.alerts {
+        firing.with_label_values(&[alert.producer.as_str(), alert.rule.as_str()]).set(1.0);
+    }
+    registry.register(Box::new(firing)).expect("registered once");
     let producers = prometheus::Gauge::new(METRIC_PRODUCERS, "Producers with at least one record.").expect("valid");
     producers.set(board.producers.len() as f64);
     registry.register(Box::new(producers)).expect("registered once");
@@ -84,6 +94,7 @@ fn by_errors(producers: &[ProducerRow], max_series: usize) -> (Vec<&ProducerRow>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alerts::FiringAlert;
 
     fn row(producer: &str, errors: u64, judged: u64, pending: u64) -> ProducerRow {
         ProducerRow {
@@ -94,6 +105,7 @@ mod tests {
             error_rate: (judged > 0).then(|| errors as f64 / judged as f64),
             latest_window_error_rate: None,
             drifted: None,
+            alerting: false,
         }
     }
 
@@ -101,6 +113,11 @@ mod tests {
     fn the_worst_producers_get_series_and_the_rest_are_summed() {
         let board = Board {
             producers: vec![row("a \"x\"", 1, 10, 0), row("b", 5, 10, 1), row("c", 2, 4, 2), row("idle", 0, 0, 3)],
+            alerts: vec![FiringAlert {
+                rule: "error_rate > 0.3 min 30 clear 0.24".into(),
+                producer: "b".into(),
+                fired_at: "2026-11-30T12:00:00Z".into(),
+            }],
             ..Board::default()
         };
         let text = render(&board, 2);
@@ -113,6 +130,7 @@ mod tests {
         assert_eq!(sample(r#"iot_producer_error_rate{producer="_other"}"#), Some(0.1));
         assert_eq!(sample(r#"iot_producer_error_rate{producer="b"}"#), Some(0.5));
         assert_eq!(sample("iot_producers"), Some(4.0));
+        assert_eq!(sample(r#"iot_alert_firing{producer="b",rule="error_rate > 0.3 min 30 clear 0.24"}"#), Some(1.0));
         assert!(!text.contains(r#"producer="a"#), "{text}");
         let all = render(&board, 10);
         assert_eq!(iot_bench_free_sample(&all, r#"iot_producer_errors{producer="a \"x\""}"#), Some(1.0), "{all}");

@@ -3,7 +3,7 @@
 //! - `/`: a live page that redraws as counts change, fed by server-sent events;
 //! - `/events`: those events, one `board` event with the whole [`Board`] per change;
 //! - `/metrics`: Prometheus text, with label cardinality bounded by `--max-series`;
-//! - `/api/board`, and `/api/{producers,confusion,classes,windows,drift}` for one part of it.
+//! - `/api/board`, and `/api/{producers,confusion,classes,windows,drift,alerts}` for one part of it.
 //!
 //! Worker 0 publishes a new board after every round that changed something; the server runs on
 //! its own thread and only ever reads the latest one.
@@ -80,6 +80,7 @@ async fn board_part(State(state): State<AppState>, Path(part): Path<String>) -> 
         "classes" => Json(&board.classes).into_response(),
         "windows" => Json(&board.windows).into_response(),
         "drift" => Json(&board.drift).into_response(),
+        "alerts" => Json(&board.alerts).into_response(),
         _ => return Err(ApiError::NotFound(format!("/api/{part}"))),
     })
 }
@@ -113,7 +114,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(path) => {
                 let error = format!(
                     "{path} is not served here; try /, /metrics, /events, /api/board or \
-                     /api/{{producers,confusion,classes,windows,drift}}"
+                     /api/{{producers,confusion,classes,windows,drift,alerts}}"
                 );
                 (StatusCode::NOT_FOUND, Json(serde_json::json!({ "error": error }))).into_response()
             }
@@ -217,6 +218,7 @@ mod tests {
                 error_rate: Some(0.25),
                 latest_window_error_rate: None,
                 drifted: None,
+                alerting: false,
             }],
             ..Board::default()
         };

@@ -6,10 +6,12 @@
 //! - [`windows::error_windows`]: judged and wrong records per producer per window of `InferredAt`.
 //! - [`drift::label_drift`]: each producer's predicted labels in its latest window against its
 //!   reference, from which [`drift::LabelDrift::statistics`] computes chi-square and Hellinger.
+//! - [`alerts::alert_evidence`]: per `--alert` rule and producer, what the rule judges.
 //!
 //! Every view's state is proportional to distinct (producer, class, class) triples and windows,
 //! never to records: sources consolidate records into observations first.
 
+pub mod alerts;
 pub mod confusion;
 pub mod drift;
 pub mod reference_file;
@@ -23,6 +25,7 @@ use timely::dataflow::ProbeHandle;
 
 use crate::record::{Observation, Tally, Windowing};
 use crate::worker_zero::{collect_rows_at_worker_zero, current_table, Rows, WorkerCell};
+use alerts::{alert_evidence, AlertRules, Evidence};
 use confusion::{confusion_counts, Cell};
 use drift::{label_drift, LabelDrift, Reference};
 use windows::error_windows;
@@ -36,6 +39,8 @@ pub struct ViewOptions {
     pub reference: Reference,
     /// A drift is flagged when its p-value is below this.
     pub drift_alpha: f64,
+    /// The `--alert` rules to gather evidence for, if any.
+    pub alerts: Option<AlertRules>,
 }
 
 /// Every view's rows as worker 0 collects them, one cell per view.
@@ -44,6 +49,7 @@ pub struct ViewCells {
     confusion: WorkerCell<Rows<Cell, u64>>,
     windows: WorkerCell<Rows<(String, i64), Tally>>,
     drift: WorkerCell<Rows<String, LabelDrift>>,
+    alerts: WorkerCell<Rows<(usize, String), Evidence>>,
 }
 
 /// Every view, built from one collection of observations; worker 0 collects their rows.
@@ -54,7 +60,11 @@ pub fn monitor<'scope>(
     probe: &ProbeHandle<u64>,
 ) {
     collect_rows_at_worker_zero(confusion_counts(observations.clone()), &cells.confusion, probe);
-    collect_rows_at_worker_zero(error_windows(observations.clone()), &cells.windows, probe);
+    let windows = error_windows(observations.clone());
+    if let Some(rules) = &options.alerts {
+        collect_rows_at_worker_zero(alert_evidence(windows.clone(), rules.clone()), &cells.alerts, probe);
+    }
+    collect_rows_at_worker_zero(windows, &cells.windows, probe);
     collect_rows_at_worker_zero(label_drift(observations, options.reference.clone()), &cells.drift, probe);
 }
 
@@ -64,6 +74,8 @@ pub struct Snapshot {
     pub confusion: BTreeMap<Cell, u64>,
     pub windows: BTreeMap<(String, i64), Tally>,
     pub drift: BTreeMap<String, LabelDrift>,
+    /// Per `(rule index, producer)`; empty without `--alert`.
+    pub alerts: BTreeMap<(usize, String), Evidence>,
 }
 
 impl ViewCells {
@@ -73,6 +85,7 @@ impl ViewCells {
             confusion: current_table(&self.confusion.borrow()),
             windows: current_table(&self.windows.borrow()),
             drift: current_table(&self.drift.borrow()),
+            alerts: current_table(&self.alerts.borrow()),
         }
     }
 }
