@@ -1,6 +1,6 @@
 //! `dataflow count --follow --serve`: the live page in a real headless browser (Debian's chromium
 //! driven through its chromedriver), and the API and metrics beside it. A write through the
-//! write contract shows on the open page, without a reload, within 2 s; the test saves a
+//! write contract shows on the open page, without a reload, within 2 s, beside the firing alerts; the test saves a
 //! screenshot of the page (`target/live-page.png`; with `IOT_UPDATE_SCREENSHOT=1` also the one
 //! docs/monitoring.md shows).
 
@@ -65,6 +65,15 @@ async fn errors_on_page(page: &Client, producer: &str) -> Option<u64> {
     value.as_str().and_then(|text| text.parse().ok())
 }
 
+/// What the producer's alert cell says.
+async fn alert_on_page(page: &Client, producer: &str) -> Option<String> {
+    let script = "const row = [...document.querySelectorAll('#producers tbody tr')]
+                    .find((tr) => tr.dataset.producer === arguments[0]);
+                  return row ? row.querySelector('td.alert').textContent : null;";
+    let value = page.execute(script, vec![producer.into()]).await.unwrap();
+    value.as_str().map(str::to_owned)
+}
+
 async fn wait_until(limit: Duration, mut ready: impl AsyncFnMut() -> bool) -> Duration {
     let started = Instant::now();
     while !ready().await {
@@ -105,8 +114,12 @@ fn a_write_shows_on_the_open_page_within_two_seconds() {
     let address = format!("127.0.0.1:{port}");
     let uri = mongo_uri();
     let log = dir.path().join("follow.log");
-    let args =
-        ["--mongo-uri", &uri, "--db", &db.name, "-w", "2", "--serve", &address, "--window", "1h", "--reference", "2h"];
+    let brokers = env_or("IOT_KAFKA_BROKERS", "127.0.0.1:9092");
+    // In the latest window all of PRODUCER's and cam-2's records are wrong, 4 of cam-1's 10.
+    let args = [
+        "--mongo-uri", &uri, "--db", &db.name, "-w", "2", "--serve", &address, "--window", "1h", "--reference", "2h",
+        "--alert", "error_rate > 0.45 min 10", "--alert-brokers", &brokers,
+    ];
     let _follower = start_follower_logged(&args, &dir.path().join("follow.csv"), &log);
     wait_for_log(&log, "following changes", Duration::from_secs(60));
 
@@ -127,6 +140,11 @@ async fn open_page(driver_port: u16, address: &str, errors: u64) -> Client {
     let page = browser(driver_port).await;
     page.goto(&format!("http://{address}/")).await.unwrap();
     wait_until(Duration::from_secs(10), async || errors_on_page(&page, PRODUCER).await == Some(errors)).await;
+    for (producer, alert) in [(PRODUCER, "firing"), ("cam-2", "firing"), ("cam-1", "–")] {
+        assert_eq!(alert_on_page(&page, producer).await.as_deref(), Some(alert), "{producer}");
+    }
+    let firing = page.execute("return document.getElementById('total-alerts').textContent;", vec![]).await.unwrap();
+    assert_eq!(firing, serde_json::Value::String("2".into()));
     // A marker that a reload would lose.
     page.execute("window.notReloaded = true; return true;", vec![]).await.unwrap();
     page
