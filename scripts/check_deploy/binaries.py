@@ -40,7 +40,8 @@ def parse_help(text: str) -> CliSpec:
             spec.longs[f"--{long}"] = takes_value
         if short:
             spec.shorts[f"-{short}"] = takes_value
-        env = re.search(r"\[env: ([A-Za-z_][A-Za-z0-9_]*)=", " ".join(block))
+        # `[env: NAME=value]`, or `[env: NAME]` when clap hides the value (a secret).
+        env = re.search(r"\[env: ([A-Za-z_][A-Za-z0-9_]*)[=\]]", " ".join(block))
         if env and long:
             spec.envs[env.group(1)] = (f"--{long}", takes_value)
     return spec

@@ -107,6 +107,8 @@ def effective_env(pod: Pod, container: dict, objects: list[dict], index: int, wh
             if key in value_from:
                 ref = value_from[key]
                 value = config_value(objects, kind, ref["name"], ref["key"])
+                if value is None and ref.get("optional"):
+                    continue  # Kubernetes leaves the variable unset, as the binary expects
                 if value is None:
                     problems.add(where, f"env {name}: {kind} {ref['name']} has no key {ref['key']}")
                     value = ""
