@@ -12,6 +12,7 @@ from pathlib import Path
 REQUIRED = {
     "TOPIC_IMAGES": str,
     "TOPIC_DEAD_LETTERS": str,
+    "TOPIC_ALERTS": str,
     "DEFAULT_DB": str,
     "DEFAULT_COLLECTION": str,
     "CHANGE_LOG_SUFFIX": str,

@@ -22,7 +22,8 @@ def check_pipeline(objects: list[dict], pods: list[Pod], ctx: Context, problems:
         problems.add("k8s", "no ConfigMap pipeline-config")
         return
     data = config["data"]
-    for key, const in (("kafka-topic", "TOPIC_IMAGES"), ("kafka-dlq-topic", "TOPIC_DEAD_LETTERS")):
+    for key, const in (("kafka-topic", "TOPIC_IMAGES"), ("kafka-dlq-topic", "TOPIC_DEAD_LETTERS"),
+                       ("kafka-alert-topic", "TOPIC_ALERTS")):
         if data.get(key) != schema[const]:
             problems.add("k8s/config/pipeline.env", f"{key}={data.get(key)} but iot_schema::{const} is {schema[const]}")
     kafka = find(objects, "StatefulSet", "kafka")

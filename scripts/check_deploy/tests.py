@@ -13,7 +13,7 @@ from check_deploy.binaries import parse_help
 from check_deploy.common import Problems
 from check_deploy.dockerfile import dockerignore_includes, parse_dockerfile
 
-COMPLETE = {"TOPIC_IMAGES": "t", "TOPIC_DEAD_LETTERS": "t.dlq", "DEFAULT_DB": "iot", "DEFAULT_COLLECTION": "c",
+COMPLETE = {"TOPIC_IMAGES": "t", "TOPIC_DEAD_LETTERS": "t.dlq", "TOPIC_ALERTS": "a", "DEFAULT_DB": "iot", "DEFAULT_COLLECTION": "c",
             "CHANGE_LOG_SUFFIX": "_changes", "INDEXED_FIELDS": ["A"], "CHANGE_LOG_INDEXED_FIELDS": ["B"],
             "HTTP_ROUTES": {"infer-service": ["/healthz"]}, "DATAFLOW_METRICS": ["iot_producer_errors"]}
 

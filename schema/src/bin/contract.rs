@@ -13,6 +13,7 @@ fn contract() -> serde_json::Value {
     json!({
         "TOPIC_IMAGES": iot_schema::TOPIC_IMAGES,
         "TOPIC_DEAD_LETTERS": iot_schema::TOPIC_DEAD_LETTERS,
+        "TOPIC_ALERTS": iot_schema::alert::TOPIC_ALERTS,
         "DEFAULT_DB": iot_schema::DEFAULT_DB,
         "DEFAULT_COLLECTION": iot_schema::DEFAULT_COLLECTION,
         "CHANGE_LOG_SUFFIX": write::CHANGE_LOG_SUFFIX,
