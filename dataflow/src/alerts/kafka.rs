@@ -74,16 +74,20 @@ impl Publisher {
         self.runtime.handle().clone()
     }
 
-    /// Sends one event and waits until Kafka has it.
-    pub fn send(&self, event: &AlertEvent) -> Result<()> {
-        let payload = serde_json::to_string(event)?;
-        let key = event.key();
-        let record = FutureRecord::to(&self.options.topic).key(&key).payload(&payload);
-        self.runtime
-            .block_on(self.producer.send(record, SEND_TIMEOUT))
-            .map(|_| ())
-            .map_err(|(err, _)| self.options.error(err))
-            .with_context(|| format!("cannot send to Kafka topic {}", self.options.topic))
+    /// Sends the events at once and waits until Kafka has them: each one's outcome, in order.
+    pub fn send_all(&self, events: &[AlertEvent]) -> Vec<Result<()>> {
+        let sends = events.iter().map(|event| async move {
+            let payload = serde_json::to_string(event)?;
+            let key = event.key();
+            let record = FutureRecord::to(&self.options.topic).key(&key).payload(&payload);
+            self.producer
+                .send(record, SEND_TIMEOUT)
+                .await
+                .map(|_| ())
+                .map_err(|(err, _)| self.options.error(err))
+                .with_context(|| format!("cannot send to Kafka topic {}", self.options.topic))
+        });
+        self.runtime.block_on(futures_util::future::join_all(sends))
     }
 
     /// Every event of `source` on the topic, oldest first per alert (one alert's events share a

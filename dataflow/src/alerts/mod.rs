@@ -193,20 +193,22 @@ impl Alerter {
         self.behind
     }
 
-    /// Announces what the evidence calls for: each event is logged, sent to Kafka and only then
-    /// counted as announced (and handed to the webhook). A failed send stops the update; the
-    /// next one works out again what is due.
-    /// Returns whether any alert changed.
+    /// Announces what the evidence calls for: the events are sent to Kafka together, and each
+    /// counts as announced (is logged, recorded and handed to the webhook) only once Kafka has it.
+    /// An event that could not be sent is worked out again at the next poll. Returns whether
+    /// any alert changed.
     pub fn update(&mut self, evidence: &EvidenceTable, at: SystemTime) -> bool {
+        let events = self.book.changes(&self.rules, evidence, &self.source, at);
+        let sent = self.publisher.send_all(&events);
         self.behind = false;
         let mut changed = false;
-        for event in self.book.changes(&self.rules, evidence, &self.source, at) {
-            if let Err(err) = self.publisher.send(&event) {
+        // Each event is a different alert's, so those sent stand whatever became of the others.
+        for (event, sent) in events.iter().zip(sent) {
+            if let Err(err) = sent {
                 tracing::warn!(rule = %event.rule, producer = %event.producer, "alert event not sent, trying again at the next poll: {err:#}");
                 self.behind = true;
-                return changed;
+                continue;
             }
-            changed = true;
             match event.state {
                 AlertState::Firing => {
                     tracing::warn!(rule = %event.rule, producer = %event.producer, "alert firing: {}", event.reason)
@@ -215,10 +217,11 @@ impl Alerter {
                     tracing::info!(rule = %event.rule, producer = %event.producer, "alert resolved: {}", event.reason)
                 }
             }
-            self.book.record(&event);
+            self.book.record(event);
             if let Some(webhook) = &self.webhook {
-                webhook.deliver(&event);
+                webhook.deliver(event);
             }
+            changed = true;
         }
         changed
     }
