@@ -576,8 +576,8 @@ fn follow_changes(
             write_views(options, updated_views.as_ref())?;
             views = updated_views;
         }
-        let alerts_changed =
-            (views_changed || alerts_behind(options)) && update_alerts(options, views.as_ref(), state.as_of);
+        let (settled, due) = tick_alerts(options);
+        let alerts_changed = settled | ((views_changed || due) && update_alerts(options, views.as_ref(), state.as_of));
         let updated = state.table();
         let as_of = state.as_of(&updated, &feed);
         if updated != table {
@@ -624,9 +624,10 @@ fn update_alerts(options: &FollowOptions, views: Option<&Snapshot>, as_of: Syste
     alerter.lock().expect("the alerter is only used by worker 0").update(&views.alerts, as_of)
 }
 
-/// Whether an alert event could not be sent (and is due again, changes or not).
-fn alerts_behind(options: &FollowOptions) -> bool {
-    options.alerter.as_ref().is_some_and(|alerter| alerter.lock().expect("worker 0 only").is_behind())
+/// Takes in what Kafka answered for alert events in flight: whether an alert changed, and whether
+/// the alerts are due to be judged again (changes or not).
+fn tick_alerts(options: &FollowOptions) -> (bool, bool) {
+    options.alerter.as_ref().map_or((false, false), |alerter| alerter.lock().expect("worker 0 only").tick())
 }
 
 fn firing_alerts(options: &FollowOptions) -> Vec<FiringAlert> {

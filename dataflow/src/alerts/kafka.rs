@@ -74,20 +74,27 @@ impl Publisher {
         self.runtime.handle().clone()
     }
 
-    /// Sends the events at once and waits until Kafka has them: each one's outcome, in order.
-    pub fn send_all(&self, events: &[AlertEvent]) -> Vec<Result<()>> {
-        let sends = events.iter().map(|event| async move {
-            let payload = serde_json::to_string(event)?;
-            let key = event.key();
-            let record = FutureRecord::to(&self.options.topic).key(&key).payload(&payload);
-            self.producer
-                .send(record, SEND_TIMEOUT)
-                .await
-                .map(|_| ())
-                .map_err(|(err, _)| self.options.error(err))
-                .with_context(|| format!("cannot send to Kafka topic {}", self.options.topic))
-        });
-        self.runtime.block_on(futures_util::future::join_all(sends))
+    /// Sends the events at once, in the background: the task ends with each one's outcome, in
+    /// order, once Kafka has acknowledged or refused each (at most [`SEND_TIMEOUT`]).
+    pub fn send_all(&self, events: Vec<AlertEvent>) -> tokio::task::JoinHandle<Vec<Result<()>>> {
+        let (producer, options) = (self.producer.clone(), self.options.clone());
+        self.runtime.spawn(async move {
+            let sends = events.iter().map(|event| {
+                let (producer, options) = (&producer, &options);
+                async move {
+                    let payload = serde_json::to_string(event)?;
+                    let key = event.key();
+                    let record = FutureRecord::to(&options.topic).key(&key).payload(&payload);
+                    producer
+                        .send(record, SEND_TIMEOUT)
+                        .await
+                        .map(|_| ())
+                        .map_err(|(err, _)| options.error(err))
+                        .with_context(|| format!("cannot send to Kafka topic {}", options.topic))
+                }
+            });
+            futures_util::future::join_all(sends).await
+        })
     }
 
     /// Every event of `source` on the topic, oldest first per alert (one alert's events share a

@@ -12,7 +12,7 @@ pub mod webhook;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
 use iot_schema::alert::{AlertEvent, AlertState};
@@ -159,6 +159,15 @@ pub struct AlertOptions {
 
 pub use webhook::WebhookOptions;
 
+/// How long a round waits for Kafka to acknowledge its alert events before the follower moves
+/// on (they stay in flight): long enough for a broker that answers, short enough that one that
+/// does not never holds up the counts.
+const ACK_WAIT: Duration = Duration::from_secs(1);
+/// After a failed send, the first wait before the alerts are judged and sent again; it doubles
+/// up to [`MAX_RETRY_DELAY`].
+const FIRST_RETRY_DELAY: Duration = Duration::from_secs(1);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+
 /// Worker 0's alerting: the book, kept equal to what the topic says was announced.
 pub struct Alerter {
     rules: Arc<[Rule]>,
@@ -166,8 +175,19 @@ pub struct Alerter {
     book: AlertBook,
     publisher: kafka::Publisher,
     webhook: Option<webhook::Webhook>,
-    /// An event could not be sent: evaluate again at the next poll, changes or not.
-    behind: bool,
+    /// Events sent and not yet acknowledged (or refused).
+    in_flight: Option<InFlight>,
+    /// The alerts must be judged again even without a change: an update found events in flight,
+    /// or a send failed.
+    stale: bool,
+    /// After a failed send: not before then, and how long the next wait is.
+    retry_at: Option<Instant>,
+    retry_delay: Duration,
+}
+
+struct InFlight {
+    events: Vec<AlertEvent>,
+    sends: tokio::task::JoinHandle<Vec<Result<()>>>,
 }
 
 impl std::fmt::Debug for Alerter {
@@ -185,28 +205,68 @@ impl Alerter {
         let firing = book.firing.len();
         tracing::info!(topic = %options.kafka.topic, events = announced.len(), firing, "alert state read back");
         let webhook = options.webhook.as_ref().map(|options| webhook::Webhook::start(options, publisher.runtime()));
-        Ok(Alerter { rules: options.rules.clone(), source, book, publisher, webhook, behind: false })
+        Ok(Alerter {
+            rules: options.rules.clone(),
+            source,
+            book,
+            publisher,
+            webhook,
+            in_flight: None,
+            stale: false,
+            retry_at: None,
+            retry_delay: FIRST_RETRY_DELAY,
+        })
     }
 
-    /// Whether an earlier update left events unsent.
-    pub fn is_behind(&self) -> bool {
-        self.behind
+    /// Takes in the events Kafka has answered for, without waiting. Returns whether any alert
+    /// changed, and whether the alerts are due to be judged again, changes or not.
+    pub fn tick(&mut self) -> (bool, bool) {
+        let changed = self.settle(Duration::ZERO);
+        let due = self.stale && self.in_flight.is_none() && self.retry_at.is_none_or(|at| Instant::now() >= at);
+        (changed, due)
     }
 
-    /// Announces what the evidence calls for: the events are sent to Kafka together, and each
-    /// counts as announced (is logged, recorded and handed to the webhook) only once Kafka has it.
-    /// An event that could not be sent is worked out again at the next poll. Returns whether
-    /// any alert changed.
+    /// Announces what the evidence calls for. The events are sent to Kafka together, and each
+    /// counts as announced (is logged, recorded and handed to the webhook) only once Kafka has it;
+    /// the round waits up to [`ACK_WAIT`] for that. Events Kafka refuses are worked out again
+    /// later, with a growing delay. Returns whether any alert changed.
     pub fn update(&mut self, evidence: &EvidenceTable, at: SystemTime) -> bool {
+        let mut changed = self.settle(Duration::ZERO);
+        let waiting = self.retry_at.is_some_and(|at| Instant::now() < at);
+        if self.in_flight.is_some() || waiting {
+            self.stale = true;
+            return changed;
+        }
+        self.stale = false;
         let events = self.book.changes(&self.rules, evidence, &self.source, at);
-        let sent = self.publisher.send_all(&events);
-        self.behind = false;
+        if !events.is_empty() {
+            let sends = self.publisher.send_all(events.clone());
+            self.in_flight = Some(InFlight { events, sends });
+            changed |= self.settle(ACK_WAIT);
+        }
+        changed
+    }
+
+    /// Records the events in flight once Kafka answered for all of them (waiting up to `wait`).
+    fn settle(&mut self, wait: Duration) -> bool {
+        let Some(in_flight) = self.in_flight.as_mut() else { return false };
+        let runtime = self.publisher.runtime();
+        let sends = &mut in_flight.sends;
+        let outcomes = match runtime.block_on(async { tokio::time::timeout(wait, sends).await }) {
+            Err(_still_in_flight) => return false,
+            Ok(Ok(outcomes)) => outcomes,
+            Ok(Err(panicked)) => {
+                in_flight.events.iter().map(|_| Err(anyhow::anyhow!("the send task failed: {panicked}"))).collect()
+            }
+        };
+        let events = self.in_flight.take().map(|in_flight| in_flight.events).unwrap_or_default();
         let mut changed = false;
+        let mut failed = false;
         // Each event is a different alert's, so those sent stand whatever became of the others.
-        for (event, sent) in events.iter().zip(sent) {
-            if let Err(err) = sent {
-                tracing::warn!(rule = %event.rule, producer = %event.producer, "alert event not sent, trying again at the next poll: {err:#}");
-                self.behind = true;
+        for (event, outcome) in events.iter().zip(outcomes) {
+            if let Err(err) = outcome {
+                tracing::warn!(rule = %event.rule, producer = %event.producer, "alert event not sent, trying again in {:?}: {err:#}", self.retry_delay);
+                failed = true;
                 continue;
             }
             match event.state {
@@ -223,6 +283,13 @@ impl Alerter {
             }
             changed = true;
         }
+        if failed {
+            self.stale = true;
+            self.retry_at = Some(Instant::now() + self.retry_delay);
+            self.retry_delay = (self.retry_delay * 2).min(MAX_RETRY_DELAY);
+        } else {
+            (self.retry_at, self.retry_delay) = (None, FIRST_RETRY_DELAY);
+        }
         changed
     }
 
@@ -237,8 +304,9 @@ impl Alerter {
             .collect()
     }
 
-    /// Gives the webhook a few seconds to deliver what is queued.
+    /// Gives Kafka and the webhook a few seconds to take what is in flight.
     pub fn finish(&mut self) {
+        self.settle(Duration::from_secs(5));
         if let Some(webhook) = self.webhook.take() {
             webhook.finish(&self.publisher.runtime());
         }
