@@ -120,9 +120,7 @@ impl ClusterArgs {
     {
         let config = self.timely_config()?;
         let watchdog = self.connect_watchdog();
-        if self.processes > 1 {
-            exit_when_a_peer_is_lost(self.process);
-        }
+        exit_when_a_peer_is_lost_or_a_worker_fails(self.process);
         let guards =
             timely::execute(config, work).map_err(|err| anyhow::anyhow!("cannot start the timely cluster: {err}"))?;
         watchdog.connected();
@@ -161,7 +159,10 @@ impl ConnectWatchdog {
 /// handle instead, so the first such panic is turned into one clear message and exit code
 /// [`exit::PEER_LOST`], before any panic output: a cluster that lost a member cannot finish its
 /// rounds, and only a restart of every process (which reloads) gives an exact count again.
-fn exit_when_a_peer_is_lost(process: u16) {
+///
+/// A panic in a worker (a bug) exits the process too, after the panic's own output: the other
+/// workers would otherwise wait for the failed one's progress for ever.
+fn exit_when_a_peer_is_lost_or_a_worker_fails(process: u16) {
     static INSTALL: Once = Once::new();
     static EXITING: AtomicBool = AtomicBool::new(false);
     INSTALL.call_once(|| {
@@ -174,7 +175,17 @@ fn exit_when_a_peer_is_lost(process: u16) {
                 .or_else(|| info.payload().downcast_ref::<&str>().copied())
                 .unwrap_or_default();
             if !is_lost_peer(message) {
-                return previous(info);
+                previous(info);
+                // The other workers would wait for a panicked worker's progress for ever: a bug
+                // must stop the process, not wedge it.
+                let thread = std::thread::current();
+                if let Some(worker) = thread.name().and_then(|name| name.strip_prefix("timely:work-")) {
+                    if !EXITING.swap(true, Ordering::SeqCst) {
+                        eprintln!("error: worker {worker} of process {process} failed (above); stopping");
+                        std::process::exit(exit::FAILED.into());
+                    }
+                }
+                return;
             }
             if EXITING.swap(true, Ordering::SeqCst) {
                 // Another thread is already exiting; its message is the one to read.

@@ -567,6 +567,8 @@ fn follow_changes(
             let next = inputs.round() + 1;
             inputs.advance_to(next);
             worker.step_while(|| probe.less_than(&next));
+            // A test makes worker 0 fail here (`FAILPOINTS=follow-after-round=panic`).
+            fail::fail_point!("follow-after-round");
         }
         state.as_of = polled_at;
         // The views change only in a round; reading them costs in proportion to their size.

@@ -116,6 +116,40 @@ fn a_file_that_shrinks_stops_the_follower_with_a_reason() {
     assert!(log.contains("shrank") && log.contains("restart"), "{log}");
 }
 
+/// A bug that panics worker 0 (made with a failpoint) stops the process with exit code 1: the
+/// other workers would otherwise wait for it for ever.
+#[test]
+fn a_failed_worker_stops_the_follower_instead_of_wedging_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("records.jsonl");
+    let output = dir.path().join("follow.csv");
+    let (bytes, _) = records(&Spec { records: 1_000, seed: 34, ..Spec::default() });
+    std::fs::write(
+        &input,
+        &bytes[..bytes.len() / 2 + 1 + bytes[bytes.len() / 2..].iter().position(|b| *b == b'\n').unwrap()],
+    )
+    .unwrap();
+    let log = dir.path().join("follow.log");
+    let mut follower = iot_bench::testkit::ChildGuard::spawn(
+        dataflow()
+            .args(["count", "--follow", "--poll-interval-ms", "100", "-w", "2", "--input", input.to_str().unwrap()])
+            .arg("--output")
+            .arg(&output)
+            .env("FAILPOINTS", "follow-after-round=panic(injected)")
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
+    let started = Instant::now();
+    while read_error_counts(&output).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "no CSV from --follow");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::write(&input, &bytes).unwrap();
+    let status = follower.wait_exit(Duration::from_secs(30)).expect("the follower exits after its worker failed");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(text.contains("injected") && text.contains("worker 0 of process 0 failed"), "{text}");
+}
+
 #[test]
 fn a_json_array_cannot_be_followed() {
     let dir = tempfile::tempdir().unwrap();
