@@ -25,10 +25,6 @@ const ABSOLUTE_NAME: &str = "error_rate > 0.3 over 1h min 50 clear 0.24";
 const RELATIVE: &str = "error_rate > reference + 3 sd over 1h min 50";
 const RELATIVE_NAME: &str = "error_rate > reference + 3 sd over 1h min 50 clear reference + 2 sd";
 
-fn brokers() -> String {
-    env_or("IOT_KAFKA_BROKERS", "127.0.0.1:9092")
-}
-
 /// One producer's records of one hour: `judged` records of which the first `wrong` are labelled
 /// wrong.
 struct Batch {
@@ -60,7 +56,7 @@ fn relabel(db: &mongodb::sync::Database, producer: &str, hour: i64, range: std::
 
 /// Every event of this database's follower on the shared stack's topic, in order.
 fn events(db: &str) -> Vec<AlertEvent> {
-    events_at(&brokers(), db)
+    events_at(&kafka_brokers(), db)
 }
 
 fn events_at(brokers: &str, db: &str) -> Vec<AlertEvent> {
@@ -173,31 +169,11 @@ fn alerts_fire_resolve_with_hysteresis_and_are_not_repeated_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("counts.csv");
     let (uri, hook) = (mongo_uri(), format!("http://{addr}/hook/s3cret-token"));
-    let args = [
-        "--mongo-uri",
-        &uri,
-        "--db",
-        &db.name,
-        "-w",
-        "2",
-        "--window",
-        "1h",
-        "--reference",
-        "2h",
-        "--alert",
-        ABSOLUTE,
-        "--alert",
-        RELATIVE,
-        "--alert-webhook",
-        &hook,
-    ];
-    let env_brokers = brokers();
+    let brokers = kafka_brokers();
+    let mut args = vec!["--mongo-uri", &uri, "--db", &db.name, "-w", "2", "--window", "1h", "--reference", "2h"];
+    args.extend(["--alert", ABSOLUTE, "--alert", RELATIVE, "--alert-webhook", &hook, "--alert-brokers", &brokers]);
     let log = |name: &str| dir.path().join(format!("{name}.log"));
-    let start = |name: &str| {
-        let mut args: Vec<&str> = args.to_vec();
-        args.extend(["--alert-brokers", &env_brokers]);
-        start_follower_logged(&args, &output, &log(name))
-    };
+    let start = |name: &str| start_follower_logged(&args, &output, &log(name));
 
     let mut follower = start("first");
     wait_for_log(&log("first"), "following changes", Duration::from_secs(60));

@@ -41,6 +41,11 @@ pub fn mongo_uri() -> String {
     env_or("IOT_MONGO_URI", "mongodb://127.0.0.1:27017")
 }
 
+/// The shared stack's Kafka (`scripts/stack env`).
+pub fn kafka_brokers() -> String {
+    env_or("IOT_KAFKA_BROKERS", "127.0.0.1:9092")
+}
+
 /// Free loopback ports for a host file: one `127.0.0.1:port` line per process.
 pub fn hostfile(dir: &Path, processes: usize) -> PathBuf {
     let ports = iot_bench::testkit::free_ports(processes);

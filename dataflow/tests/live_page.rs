@@ -114,17 +114,10 @@ fn a_write_shows_on_the_open_page_within_two_seconds() {
     let address = format!("127.0.0.1:{port}");
     let uri = mongo_uri();
     let log = dir.path().join("follow.log");
-    let brokers = env_or("IOT_KAFKA_BROKERS", "127.0.0.1:9092");
+    let brokers = kafka_brokers();
+    let mut args = vec!["--mongo-uri", &uri, "--db", &db.name, "-w", "2", "--serve", &address];
     // In the latest window all of PRODUCER's and cam-2's records are wrong, 4 of cam-1's 10.
-    let args = [
-        "--mongo-uri",
-        &uri,
-        "--db",
-        &db.name,
-        "-w",
-        "2",
-        "--serve",
-        &address,
+    args.extend([
         "--window",
         "1h",
         "--reference",
@@ -133,7 +126,7 @@ fn a_write_shows_on_the_open_page_within_two_seconds() {
         "error_rate > 0.45 min 10",
         "--alert-brokers",
         &brokers,
-    ];
+    ]);
     let _follower = start_follower_logged(&args, &dir.path().join("follow.csv"), &log);
     wait_for_log(&log, "following changes", Duration::from_secs(60));
 
