@@ -293,9 +293,13 @@ impl Alerter {
         changed
     }
 
+    /// The alerts of the rules given that are firing (an alert of a rule no longer given stays
+    /// as the topic says, unshown).
     pub fn firing(&self) -> Vec<FiringAlert> {
+        let names: Vec<String> = self.rules.iter().map(Rule::to_string).collect();
         self.book
             .firing()
+            .filter(|(rule, _, _)| names.iter().any(|name| name == rule))
             .map(|(rule, producer, fired_at)| FiringAlert {
                 rule: rule.to_owned(),
                 producer: producer.to_owned(),
