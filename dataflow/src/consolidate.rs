@@ -44,9 +44,10 @@ struct ViewSums {
     reference: Option<Reference>,
     verdicts: FxHashMap<(u32, Verdict), isize>,
     labelled: FxHashMap<(u32, u32, u32), isize>,
-    /// `(producer, window, label)` of records in a window, with how many were right and wrong:
-    /// what the error rate over time and the drift read, at one lookup per record.
-    timed: FxHashMap<(u32, i64, u32), Judged>,
+    /// Per `(producer, window)`, how many records were right and wrong.
+    windowed: FxHashMap<(u32, i64), Judged>,
+    /// Per producer, the labels of the windows that may count for its drift.
+    drift: FxHashMap<u32, DriftShare>,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -56,24 +57,54 @@ struct Judged {
 }
 
 impl ViewSums {
-    fn add(&mut self, producer: u32, truth: u32, inferred: u32, window: i64, diff: isize) {
+    fn add(&mut self, producer: u32, truth: u32, inferred: u32, window: i64) {
         // Names are interned once each: equal ids are equal names.
         let verdict = match inferred {
             NONE => Verdict::Pending,
             label if label == truth => Verdict::Correct,
             _ => Verdict::Incorrect,
         };
-        *self.verdicts.entry((producer, verdict)).or_default() += diff;
-        if self.reference.is_none() || inferred == NONE {
+        *self.verdicts.entry((producer, verdict)).or_default() += 1;
+        let Some(reference) = &self.reference else { return };
+        if inferred == NONE {
             return;
         }
-        *self.labelled.entry((producer, truth, inferred)).or_default() += diff;
+        *self.labelled.entry((producer, truth, inferred)).or_default() += 1;
         if window != NO_WINDOW {
-            let judged = self.timed.entry((producer, window, inferred)).or_default();
+            let judged = self.windowed.entry((producer, window)).or_default();
             match verdict {
-                Verdict::Correct => judged.correct += diff,
-                _ => judged.incorrect += diff,
+                Verdict::Correct => judged.correct += 1,
+                _ => judged.incorrect += 1,
             }
+            let share = self.drift.entry(producer).or_insert_with(|| DriftShare::new(window));
+            share.add(window, inferred, reference);
+        }
+    }
+}
+
+/// One producer's labels per window in one share of the records, kept only for the windows that
+/// may count for its drift ([`Reference::may_count`]) given the first and latest windows seen so
+/// far. Records are only ever added, so a window once left out never counts again: an earlier
+/// first window ends the first period earlier, and the latest only moves later.
+struct DriftShare {
+    first: i64,
+    latest: i64,
+    labels: FxHashMap<(i64, u32), isize>,
+}
+
+impl DriftShare {
+    fn new(window: i64) -> Self {
+        DriftShare { first: window, latest: window, labels: FxHashMap::default() }
+    }
+
+    fn add(&mut self, window: i64, label: u32, reference: &Reference) {
+        if window < self.first || window > self.latest {
+            (self.first, self.latest) = (self.first.min(window), self.latest.max(window));
+            let (first, latest) = (self.first, self.latest);
+            self.labels.retain(|(window, _), _| reference.may_count(*window, first, latest));
+        }
+        if reference.may_count(window, self.first, self.latest) {
+            *self.labels.entry((window, label)).or_default() += 1;
         }
     }
 }
@@ -103,20 +134,14 @@ impl Consolidator {
         id
     }
 
-    pub fn add(
-        &mut self,
-        producer_id: &str,
-        ground_truth: &str,
-        inferred: Option<&str>,
-        window: Option<i64>,
-        diff: isize,
-    ) {
+    /// Counts one record.
+    pub fn add(&mut self, producer_id: &str, ground_truth: &str, inferred: Option<&str>, window: Option<i64>) {
         let (producer, truth) = (self.intern(producer_id), self.intern(ground_truth));
         let inferred = inferred.map_or(NONE, |label| self.intern(label));
         let window = window.unwrap_or(NO_WINDOW);
         match &mut self.sums {
-            Sums::Observations(counts) => *counts.entry((producer, truth, inferred, window)).or_default() += diff,
-            Sums::Views(sums) => sums.add(producer, truth, inferred, window, diff),
+            Sums::Observations(counts) => *counts.entry((producer, truth, inferred, window)).or_default() += 1,
+            Sums::Views(sums) => sums.add(producer, truth, inferred, window),
         }
     }
 
@@ -151,20 +176,24 @@ impl Consolidator {
     /// What [`Consolidator::for_views`] summed, named; the consolidator is left empty. One made
     /// by `default()` yields nothing here.
     ///
-    /// Of the drift's input, only the windows that can change a drift are kept when nothing was
-    /// retracted ([`Reference::may_count`]): a producer's first period and latest window rather
-    /// than every window.
+    /// Of the drift's input, only the windows that may count are kept ([`Reference::may_count`]):
+    /// a producer's first period and latest window rather than every window.
     pub fn drain_view_rows(&mut self) -> ViewRows<'_> {
-        let mut sums = match &mut self.sums {
+        let sums = match &mut self.sums {
             Sums::Views(sums) => {
                 std::mem::replace(sums, ViewSums { reference: sums.reference.clone(), ..Default::default() })
             }
             Sums::Observations(_) => ViewSums::default(),
         };
-        let (windowed_verdicts, mut window_labels) = split_timed(sums.timed);
-        if let Some(reference) = &sums.reference {
-            window_labels = windows_that_may_count(window_labels, reference);
-        }
+        let windowed_verdicts = sums.windowed.into_iter().flat_map(|((producer, window), judged)| {
+            [
+                ((producer, window, Verdict::Correct), judged.correct),
+                ((producer, window, Verdict::Incorrect), judged.incorrect),
+            ]
+        });
+        let window_labels = sums.drift.into_iter().flat_map(|(producer, share)| {
+            share.labels.into_iter().map(move |((window, label), n)| ((producer, window, label), n))
+        });
         let names = &self.names;
         let name = move |id: u32| names[id as usize].clone();
         ViewRows {
@@ -180,50 +209,9 @@ impl Consolidator {
     }
 }
 
-/// The error rate's `(producer, window, verdict)` and the drift's `(producer, window, label)` sums.
-#[allow(clippy::type_complexity)]
-fn split_timed(
-    timed: FxHashMap<(u32, i64, u32), Judged>,
-) -> (FxHashMap<(u32, i64, Verdict), isize>, FxHashMap<(u32, i64, u32), isize>) {
-    let mut verdicts: FxHashMap<(u32, i64, Verdict), isize> = FxHashMap::default();
-    let mut labels = FxHashMap::with_capacity_and_hasher(timed.len(), Default::default());
-    for ((producer, window, label), judged) in timed {
-        for (verdict, n) in [(Verdict::Correct, judged.correct), (Verdict::Incorrect, judged.incorrect)] {
-            if n != 0 {
-                *verdicts.entry((producer, window, verdict)).or_default() += n;
-            }
-        }
-        labels.insert((producer, window, label), judged.correct + judged.incorrect);
-    }
-    (verdicts, labels)
-}
-
-/// The `(producer, window, label)` sums whose window may change the producer's drift, when none
-/// is negative; all of them otherwise.
-fn windows_that_may_count(
-    labels: FxHashMap<(u32, i64, u32), isize>,
-    reference: &Reference,
-) -> FxHashMap<(u32, i64, u32), isize> {
-    if labels.values().any(|diff| *diff < 0) {
-        return labels;
-    }
-    let mut spans: FxHashMap<u32, (i64, i64)> = FxHashMap::default();
-    for (&(producer, window, _), _) in labels.iter().filter(|(_, diff)| **diff != 0) {
-        let (first, latest) = spans.entry(producer).or_insert((window, window));
-        (*first, *latest) = ((*first).min(window), (*latest).max(window));
-    }
-    labels
-        .into_iter()
-        .filter(|((producer, window, _), diff)| {
-            *diff != 0
-                && spans.get(producer).is_some_and(|&(first, latest)| reference.may_count(*window, first, latest))
-        })
-        .collect()
-}
-
 /// The rows of `sums` other than zero, named by `name`.
 fn named<'a, K: 'a, D>(
-    sums: FxHashMap<K, isize>,
+    sums: impl IntoIterator<Item = (K, isize)> + 'a,
     name: impl Fn(K) -> D + 'a,
 ) -> Box<dyn Iterator<Item = (D, isize)> + 'a> {
     Box::new(sums.into_iter().filter(|(_, diff)| *diff != 0).map(move |(key, diff)| (name(key), diff)))
@@ -290,12 +278,11 @@ mod tests {
     fn identical_observations_become_one_update() {
         let mut c = Consolidator::default();
         for _ in 0..1000 {
-            c.add("p", "cat", Some("dog"), None, 1);
+            c.add("p", "cat", Some("dog"), None);
         }
-        c.add("p", "cat", None, None, 1);
-        c.add("p", "cat", Some("dog"), Some(3_600_000), 2);
-        c.add("q", "cat", None, None, 1);
-        c.add("q", "cat", None, None, -1);
+        c.add("p", "cat", None, None);
+        c.add("p", "cat", Some("dog"), Some(3_600_000));
+        c.add("p", "cat", Some("dog"), Some(3_600_000));
         let mut out = c.drain();
         out.sort();
         assert_eq!(
@@ -335,7 +322,7 @@ mod tests {
             let mut observations = Vec::new();
             for _ in 0..3_000 {
                 let (producer, label, window) = (producers[pick(3)], labels[pick(3)], pick(24) as i64 * HOUR);
-                shares[pick(2)].add(producer, "cat", Some(label), Some(window), 1);
+                shares[pick(2)].add(producer, "cat", Some(label), Some(window));
                 observations.push((Observation::new(producer, "cat", Some(label)).in_window(window), 1));
             }
             let kept: Vec<(Observation, isize)> = shares
@@ -376,14 +363,9 @@ mod tests {
             let (producer, truth) = (producers[pick(3)], classes[pick(4)]);
             let inferred = (pick(5) > 0).then(|| classes[pick(4)]);
             let window = (inferred.is_some() && pick(4) > 0).then(|| pick(6) as i64 * 3_600_000);
-            let diff = [1, 1, 2, -1][pick(4)];
             for c in [&mut whole, &mut summed, &mut plain] {
-                c.add(producer, truth, inferred, window, diff);
+                c.add(producer, truth, inferred, window);
             }
-        }
-        // A retraction: the load is not the batch job's, so every window of the drift's input stays.
-        for c in [&mut whole, &mut summed, &mut plain] {
-            c.add("z", "cat", Some("cat"), Some(0), -1);
         }
         let observations = whole.drain();
         fn sums<D: Ord + Debug>(rows: impl Iterator<Item = (D, isize)>) -> BTreeMap<D, isize> {
@@ -400,13 +382,16 @@ mod tests {
         }
 
         let verdicts = projected(&observations, |o| [producer_verdict(o)]);
-        assert_eq!(verdicts.len(), 10, "three producers with three verdicts, one retracted");
+        assert_eq!(verdicts.len(), 9, "three producers, three verdicts");
         {
             let rows = summed.drain_view_rows();
             assert_eq!(sums(rows.verdicts), verdicts);
             assert_eq!(sums(rows.labelled), projected(&observations, confusion::labelled));
             assert_eq!(sums(rows.windowed_verdicts), projected(&observations, windows::windowed_verdict));
-            assert_eq!(sums(rows.window_labels), projected(&observations, drift::window_label));
+            // The drift's input keeps each producer's first, second and latest window (of six).
+            let mut kept = projected(&observations, drift::window_label);
+            kept.retain(|(_, (window, _)), _| [0, HOUR, 5 * HOUR].contains(window));
+            assert_eq!(sums(rows.window_labels), kept);
         }
         assert!(summed.is_empty());
 

@@ -95,7 +95,7 @@ impl Loader {
         self.stats.account(&reading, name);
         if let Reading::Counted { producer_id, ground_truth, inferred, inferred_at } = reading {
             let window = self.window(inferred, &inferred_at);
-            self.counts.add(producer_id, ground_truth, inferred, window, 1);
+            self.counts.add(producer_id, ground_truth, inferred, window);
         }
     }
 
