@@ -111,11 +111,14 @@ impl DriftShare {
 
 /// The sums of [`Consolidator::for_views`], named, one iterator per input of the batch dataflow.
 pub struct ViewRows<'a> {
-    pub verdicts: Box<dyn Iterator<Item = ((String, Verdict), isize)> + 'a>,
-    pub labelled: Box<dyn Iterator<Item = ((String, String, String), isize)> + 'a>,
-    pub windowed_verdicts: Box<dyn Iterator<Item = (((String, i64), Verdict), isize)> + 'a>,
-    pub window_labels: Box<dyn Iterator<Item = ((String, (i64, String)), isize)> + 'a>,
+    pub verdicts: Summed<'a, (String, Verdict)>,
+    pub labelled: Summed<'a, (String, String, String)>,
+    pub windowed_verdicts: Summed<'a, ((String, i64), Verdict)>,
+    pub window_labels: Summed<'a, (String, (i64, String))>,
 }
+
+/// Rows with their multiplicities, one at a time.
+pub type Summed<'a, D> = Box<dyn Iterator<Item = (D, isize)> + 'a>;
 
 impl Consolidator {
     /// Sums only what the count reads of each observation and, when the views are on (with the
@@ -210,10 +213,7 @@ impl Consolidator {
 }
 
 /// The rows of `sums` other than zero, named by `name`.
-fn named<'a, K: 'a, D>(
-    sums: impl IntoIterator<Item = (K, isize)> + 'a,
-    name: impl Fn(K) -> D + 'a,
-) -> Box<dyn Iterator<Item = (D, isize)> + 'a> {
+fn named<'a, K: 'a, D>(sums: impl IntoIterator<Item = (K, isize)> + 'a, name: impl Fn(K) -> D + 'a) -> Summed<'a, D> {
     Box::new(sums.into_iter().filter(|(_, diff)| *diff != 0).map(move |(key, diff)| (name(key), diff)))
 }
 
