@@ -42,12 +42,21 @@ impl Default for Sums {
 struct ViewSums {
     /// The drift's reference when the views are on: without them only the verdicts are kept.
     reference: Option<Reference>,
-    verdicts: FxHashMap<(u32, Verdict), isize>,
-    labelled: FxHashMap<(u32, u32, u32), isize>,
-    /// Per `(producer, window)`, how many records were right and wrong.
-    windowed: FxHashMap<(u32, i64), Judged>,
-    /// Per producer, the labels of the windows that may count for its drift.
-    drift: FxHashMap<u32, DriftShare>,
+    /// Per producer: one lookup per record finds all of its sums.
+    producers: FxHashMap<u32, ProducerSums>,
+}
+
+/// One producer's sums in one share of the records.
+#[derive(Default)]
+struct ProducerSums {
+    /// Records per [`Verdict`], in its order.
+    verdicts: [isize; 3],
+    /// `(truth, label)` of inferred records.
+    labelled: FxHashMap<(u32, u32), isize>,
+    /// Per window, how many records were right and wrong.
+    windowed: FxHashMap<i64, Judged>,
+    /// The labels of the windows that may count for the drift.
+    drift: Option<DriftShare>,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -55,6 +64,8 @@ struct Judged {
     correct: isize,
     incorrect: isize,
 }
+
+const VERDICTS: [Verdict; 3] = [Verdict::Correct, Verdict::Incorrect, Verdict::Pending];
 
 impl ViewSums {
     fn add(&mut self, producer: u32, truth: u32, inferred: u32, window: i64) {
@@ -64,20 +75,20 @@ impl ViewSums {
             label if label == truth => Verdict::Correct,
             _ => Verdict::Incorrect,
         };
-        *self.verdicts.entry((producer, verdict)).or_default() += 1;
+        let sums = self.producers.entry(producer).or_default();
+        sums.verdicts[verdict as usize] += 1;
         let Some(reference) = &self.reference else { return };
         if inferred == NONE {
             return;
         }
-        *self.labelled.entry((producer, truth, inferred)).or_default() += 1;
+        *sums.labelled.entry((truth, inferred)).or_default() += 1;
         if window != NO_WINDOW {
-            let judged = self.windowed.entry((producer, window)).or_default();
+            let judged = sums.windowed.entry(window).or_default();
             match verdict {
                 Verdict::Correct => judged.correct += 1,
                 _ => judged.incorrect += 1,
             }
-            let share = self.drift.entry(producer).or_insert_with(|| DriftShare::new(window));
-            share.add(window, inferred, reference);
+            sums.drift.get_or_insert_with(|| DriftShare::new(window)).add(window, inferred, reference);
         }
     }
 }
@@ -151,7 +162,7 @@ impl Consolidator {
     pub fn is_empty(&self) -> bool {
         match &self.sums {
             Sums::Observations(counts) => counts.is_empty(),
-            Sums::Views(sums) => sums.verdicts.is_empty(),
+            Sums::Views(sums) => sums.producers.is_empty(),
         }
     }
 
@@ -188,20 +199,28 @@ impl Consolidator {
             }
             Sums::Observations(_) => ViewSums::default(),
         };
-        let windowed_verdicts = sums.windowed.into_iter().flat_map(|((producer, window), judged)| {
-            [
-                ((producer, window, Verdict::Correct), judged.correct),
-                ((producer, window, Verdict::Incorrect), judged.incorrect),
-            ]
-        });
-        let window_labels = sums.drift.into_iter().flat_map(|(producer, share)| {
-            share.labels.into_iter().map(move |((window, label), n)| ((producer, window, label), n))
-        });
+        let (mut verdicts, mut labelled, mut windowed_verdicts, mut window_labels) = Default::default();
+        for (producer, sums) in sums.producers {
+            let ProducerSums { verdicts: counts, labelled: labels, windowed, drift } = sums;
+            extend(&mut verdicts, VERDICTS.into_iter().zip(counts).map(|(verdict, n)| ((producer, verdict), n)));
+            extend(&mut labelled, labels.into_iter().map(|((truth, label), n)| ((producer, truth, label), n)));
+            extend(
+                &mut windowed_verdicts,
+                windowed.into_iter().flat_map(|(window, judged)| {
+                    [
+                        ((producer, window, Verdict::Correct), judged.correct),
+                        ((producer, window, Verdict::Incorrect), judged.incorrect),
+                    ]
+                }),
+            );
+            let labels = drift.map(|share| share.labels).unwrap_or_default();
+            extend(&mut window_labels, labels.into_iter().map(|((window, label), n)| ((producer, window, label), n)));
+        }
         let names = &self.names;
         let name = move |id: u32| names[id as usize].clone();
         ViewRows {
-            verdicts: named(sums.verdicts, move |(producer, verdict)| (name(producer), verdict)),
-            labelled: named(sums.labelled, move |(producer, truth, label)| (name(producer), name(truth), name(label))),
+            verdicts: named(verdicts, move |(producer, verdict)| (name(producer), verdict)),
+            labelled: named(labelled, move |(producer, truth, label)| (name(producer), name(truth), name(label))),
             windowed_verdicts: named(windowed_verdicts, move |(producer, window, verdict)| {
                 ((name(producer), window), verdict)
             }),
@@ -210,6 +229,11 @@ impl Consolidator {
             }),
         }
     }
+}
+
+/// Adds the rows other than zero.
+fn extend<K>(rows: &mut Vec<(K, isize)>, more: impl Iterator<Item = (K, isize)>) {
+    rows.extend(more.filter(|(_, n)| *n != 0));
 }
 
 /// The rows of `sums` other than zero, named by `name`.
