@@ -17,10 +17,13 @@ pub fn error_counts<'scope, T>(
 where
     T: Timestamp + Lattice + Ord,
 {
-    tally_by_producer(observations.map(|observation| {
-        let verdict = observation.verdict();
-        (observation.producer_id, verdict)
-    }))
+    tally_by_producer(observations.map(producer_verdict))
+}
+
+/// What the count reads of an observation: its producer and verdict.
+pub fn producer_verdict(observation: Observation) -> (String, Verdict) {
+    let verdict = observation.verdict();
+    (observation.producer_id, verdict)
 }
 
 /// Per-producer tallies from `(producer, verdict)` pairs: all the counting needs of a record,

@@ -4,18 +4,18 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use differential_dataflow::input::Input;
+use differential_dataflow::input::{Input, InputSession};
 use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
 
 use crate::cluster::ClusterArgs;
-use crate::count::error_counts;
+use crate::count::tally_by_producer;
 use crate::load::Loader;
 use crate::progress::Progress;
-use crate::record::{Observation, Tally};
+use crate::record::{Tally, Verdict};
 use crate::source::{Share, Source};
 use crate::stats::LoadStats;
-use crate::views::{monitor, Snapshot, ViewCells, ViewOptions};
+use crate::views::{monitor_inputs, Snapshot, ViewCells, ViewInputs, ViewOptions};
 use crate::worker_zero::{collect_at_worker_zero, current_table, distribute_plan, Rows, StatsInput, WorkerCell};
 
 /// Observations sent between two steps of the dataflow.
@@ -60,33 +60,39 @@ fn count_on_worker(worker: &mut Worker, job: &CountJob, progress: &Progress) -> 
     let view_cells = ViewCells::default();
     let probe = ProbeHandle::new();
 
-    let (mut observations, mut stats_input) = worker.dataflow::<u64, _, _>(|scope| {
-        let (observations_input, observations) = scope.new_collection::<Observation, isize>();
+    let (mut inputs, mut stats_input) = worker.dataflow::<u64, _, _>(|scope| {
+        let (verdicts_input, verdicts) = scope.new_collection();
+        let (labelled_input, labelled) = scope.new_collection();
+        let (windowed_input, windowed_verdicts) = scope.new_collection();
+        let (window_labels_input, window_labels) = scope.new_collection();
         let mut stats_input = StatsInput::new();
         if let Some(options) = &job.views {
-            monitor(observations.clone(), options, &view_cells, &probe);
+            let view_inputs = ViewInputs { labelled, windowed_verdicts, window_labels };
+            monitor_inputs(view_inputs, options, &view_cells, &probe);
         }
-        collect_at_worker_zero(error_counts(observations), stats_input.to_stream(scope), &rows, &merged, &probe);
-        (observations_input, stats_input)
+        let counts = tally_by_producer(verdicts);
+        collect_at_worker_zero(counts, stats_input.to_stream(scope), &rows, &merged, &probe);
+        let inputs = Inputs {
+            verdicts: verdicts_input,
+            labelled: labelled_input,
+            windowed_verdicts: windowed_input,
+            window_labels: window_labels_input,
+        };
+        (inputs, stats_input)
     });
 
-    let mut loader = Loader::new(job.views.as_ref().map(|options| options.windowing));
+    let mut loader = Loader::for_views(job.views.as_ref());
     if let Err(err) = load_share(worker, &job.source, &mut loader, progress) {
         // Still take part in the dataflow, so that the failure reaches process 0 and no worker waits forever.
         loader.stats.failure = Some(format!("{err:#}"));
     }
-    // Fed in steps: every view gets its own copy of what is sent, and stepping lets them sum
-    // each step up before the next, so that memory holds the sums rather than all the copies.
-    for (sent, (observation, diff)) in loader.counts.drain_lazily().enumerate() {
-        observations.update(observation, diff);
-        if sent % FEED_STEP == FEED_STEP - 1 {
-            observations.flush();
-            worker.step();
-        }
-    }
+    let sums = loader.counts.drain_view_rows();
+    feed(worker, &mut inputs.verdicts, sums.verdicts);
+    feed(worker, &mut inputs.labelled, sums.labelled);
+    feed(worker, &mut inputs.windowed_verdicts, sums.windowed_verdicts);
+    feed(worker, &mut inputs.window_labels, sums.window_labels);
     stats_input.send(std::mem::take(&mut loader.stats));
-    observations.advance_to(1);
-    observations.flush();
+    inputs.close();
     stats_input.advance_to(1);
     worker.step_while(|| probe.less_than(&1));
 
@@ -100,6 +106,44 @@ fn count_on_worker(worker: &mut Worker, job: &CountJob, progress: &Progress) -> 
     let table = current_table(&rows.borrow());
     let views = job.views.as_ref().map(|_| view_cells.snapshot());
     Ok(Some(Outcome { table, views, stats }))
+}
+
+/// The batch dataflow's inputs: what the count and each view read, summed by the loader.
+struct Inputs {
+    verdicts: InputSession<u64, (String, Verdict), isize>,
+    labelled: InputSession<u64, (String, String, String), isize>,
+    windowed_verdicts: InputSession<u64, ((String, i64), Verdict), isize>,
+    window_labels: InputSession<u64, (String, (i64, String)), isize>,
+}
+
+impl Inputs {
+    /// Everything is sent: time 0 is complete.
+    fn close(&mut self) {
+        self.verdicts.advance_to(1);
+        self.labelled.advance_to(1);
+        self.windowed_verdicts.advance_to(1);
+        self.window_labels.advance_to(1);
+        self.verdicts.flush();
+        self.labelled.flush();
+        self.windowed_verdicts.flush();
+        self.window_labels.flush();
+    }
+}
+
+/// Sends `rows` in steps: a view may get copies of what is sent, and stepping lets it sum each
+/// step up before the next, so that memory holds the sums rather than all the copies.
+fn feed<D: differential_dataflow::Data>(
+    worker: &mut Worker,
+    input: &mut InputSession<u64, D, isize>,
+    rows: impl Iterator<Item = (D, isize)>,
+) {
+    for (sent, (row, diff)) in rows.enumerate() {
+        input.update(row, diff);
+        if sent % FEED_STEP == FEED_STEP - 1 {
+            input.flush();
+            worker.step();
+        }
+    }
 }
 
 /// This worker's share of the source: its `_id` ranges of the collection, or its part of the file.

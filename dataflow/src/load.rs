@@ -9,6 +9,7 @@ use crate::consolidate::Consolidator;
 use crate::record::{Observation, Windowing};
 use crate::stamp::Stamp;
 use crate::stats::LoadStats;
+use crate::views::ViewOptions;
 
 /// What one record says, borrowed from where it was read.
 #[derive(Debug, PartialEq)]
@@ -78,13 +79,23 @@ impl Loader {
         Loader { windowing, ..Loader::default() }
     }
 
+    /// A loader that sums only what the count and the `views`, if any, read of the records: all
+    /// the batch job needs. See [`Consolidator::for_views`].
+    pub fn for_views(views: Option<&ViewOptions>) -> Self {
+        Loader {
+            counts: Consolidator::for_views(views.map(|options| options.reference.clone())),
+            windowing: views.map(|options| options.windowing),
+            ..Loader::default()
+        }
+    }
+
     /// Counts one record, or leaves it out and says why; see [`LoadStats::account`] for `name`.
     #[inline]
     pub fn load(&mut self, reading: Reading<'_>, name: impl FnOnce() -> String) {
         self.stats.account(&reading, name);
         if let Reading::Counted { producer_id, ground_truth, inferred, inferred_at } = reading {
             let window = self.window(inferred, &inferred_at);
-            self.counts.add(producer_id, ground_truth, inferred, window, 1);
+            self.counts.add(producer_id, ground_truth, inferred, window);
         }
     }
 

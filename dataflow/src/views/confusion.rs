@@ -33,16 +33,25 @@ pub fn confusion_counts<'scope, T>(
 where
     T: Timestamp + Lattice + Ord,
 {
-    let cells = observations.flat_map(|observation| {
-        let Observation { producer_id, ground_truth, inferred, .. } = observation;
-        inferred
-            .map(|inferred| {
-                let overall =
-                    Cell { scope: Scope::All, ground_truth: ground_truth.clone(), inferred: inferred.clone() };
-                [Cell { scope: Scope::Producer(producer_id), ground_truth, inferred }, overall]
-            })
-            .into_iter()
-            .flatten()
+    confusion_of(observations.flat_map(labelled))
+}
+
+/// What the view reads of an observation: `(producer, truth, inferred)`, for an inferred record.
+pub fn labelled(observation: Observation) -> Option<(String, String, String)> {
+    let Observation { producer_id, ground_truth, inferred, .. } = observation;
+    Some((producer_id, ground_truth, inferred?))
+}
+
+/// The confusion counts from `(producer, truth, inferred)` triples.
+pub fn confusion_of<'scope, T>(
+    labelled: VecCollection<'scope, T, (String, String, String), isize>,
+) -> VecCollection<'scope, T, (Cell, u64), isize>
+where
+    T: Timestamp + Lattice + Ord,
+{
+    let cells = labelled.flat_map(|(producer_id, ground_truth, inferred)| {
+        let overall = Cell { scope: Scope::All, ground_truth: ground_truth.clone(), inferred: inferred.clone() };
+        [Cell { scope: Scope::Producer(producer_id), ground_truth, inferred }, overall]
     });
     sum_by_hash(cells).count().map(|(cell, count)| (cell, count.max(0) as u64))
 }

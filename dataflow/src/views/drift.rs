@@ -29,6 +29,19 @@ pub enum Reference {
     Fixed(Arc<BTreeMap<Option<String>, Distribution>>),
 }
 
+impl Reference {
+    /// Whether a producer's records of `window` can change its drift, when `first` and `latest`
+    /// are the first and latest windows of its records in one worker's share of a load without
+    /// retractions: its first window, those of its own first period and its latest. A window
+    /// outside these in a share is outside them over all shares too, whose first window is no
+    /// later and whose latest is no earlier.
+    pub fn may_count(&self, window: i64, first: i64, latest: i64) -> bool {
+        let in_first_period =
+            matches!(self, Reference::FirstPeriod { length_ms } if window < first.saturating_add(*length_ms));
+        window == first || window == latest || in_first_period
+    }
+}
+
 /// One producer's drift inputs.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct LabelDrift {
@@ -61,10 +74,24 @@ pub fn label_drift<'scope, T>(
 where
     T: Timestamp + Lattice + Ord,
 {
-    let labels = observations.flat_map(|observation| {
-        let Observation { producer_id, inferred, window, .. } = observation;
-        Some((producer_id, (window?, inferred?)))
-    });
+    label_drift_of(observations.flat_map(window_label), reference)
+}
+
+/// What the view reads of an observation: `(producer, (window start, label))`, for an inferred
+/// record in a window.
+pub fn window_label(observation: Observation) -> Option<(String, (i64, String))> {
+    let Observation { producer_id, inferred, window, .. } = observation;
+    Some((producer_id, (window?, inferred?)))
+}
+
+/// The drift from `(producer, (window start, label))` pairs.
+pub fn label_drift_of<'scope, T>(
+    labels: VecCollection<'scope, T, (String, (i64, String)), isize>,
+    reference: Reference,
+) -> VecCollection<'scope, T, (String, LabelDrift), isize>
+where
+    T: Timestamp + Lattice + Ord,
+{
     sum_by_hash(labels).reduce_named("LabelDrift", move |producer, labels, drift| {
         // `labels` holds each `(window, label)` once with its count, sorted by window.
         let counted = labels.iter().filter(|(_, n)| *n > 0).map(|((window, label), n)| (*window, label, *n as u64));

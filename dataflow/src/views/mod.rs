@@ -23,12 +23,12 @@ use std::collections::BTreeMap;
 use differential_dataflow::VecCollection;
 use timely::dataflow::ProbeHandle;
 
-use crate::record::{Observation, Tally, Windowing};
+use crate::record::{Observation, Tally, Verdict, Windowing};
 use crate::worker_zero::{collect_rows_at_worker_zero, current_table, Rows, WorkerCell};
 use alerts::{alert_evidence, AlertRules, Evidence};
-use confusion::{confusion_counts, Cell};
-use drift::{label_drift, LabelDrift, Reference};
-use windows::error_windows;
+use confusion::{confusion_of, Cell};
+use drift::{label_drift_of, LabelDrift, Reference};
+use windows::error_windows_of;
 
 /// What the views need besides the observations, decided once from the flags.
 #[derive(Clone, Debug)]
@@ -59,13 +59,45 @@ pub fn monitor<'scope>(
     cells: &ViewCells,
     probe: &ProbeHandle<u64>,
 ) {
-    collect_rows_at_worker_zero(confusion_counts(observations.clone()), &cells.confusion, probe);
-    let windows = error_windows(observations.clone());
+    monitor_inputs(ViewInputs::of(observations), options, cells, probe);
+}
+
+/// What the views read of the observations, one collection per view. The follower projects its
+/// observations; the batch job sums each projection in its loader
+/// ([`crate::consolidate::Consolidator::for_views`]), so that its dataflow never sees an observation.
+pub struct ViewInputs<'scope> {
+    /// `(producer, truth, inferred)` of inferred records: the confusion counts.
+    pub labelled: VecCollection<'scope, u64, (String, String, String), isize>,
+    /// `((producer, window), verdict)` of records in a window: the error rate over time.
+    pub windowed_verdicts: VecCollection<'scope, u64, ((String, i64), Verdict), isize>,
+    /// `(producer, (window, label))` of records in a window: the drift.
+    pub window_labels: VecCollection<'scope, u64, (String, (i64, String)), isize>,
+}
+
+impl<'scope> ViewInputs<'scope> {
+    pub fn of(observations: VecCollection<'scope, u64, Observation, isize>) -> Self {
+        ViewInputs {
+            labelled: observations.clone().flat_map(confusion::labelled),
+            windowed_verdicts: observations.clone().flat_map(windows::windowed_verdict),
+            window_labels: observations.flat_map(drift::window_label),
+        }
+    }
+}
+
+/// Every view, built from its input; worker 0 collects their rows.
+pub fn monitor_inputs<'scope>(
+    inputs: ViewInputs<'scope>,
+    options: &ViewOptions,
+    cells: &ViewCells,
+    probe: &ProbeHandle<u64>,
+) {
+    collect_rows_at_worker_zero(confusion_of(inputs.labelled), &cells.confusion, probe);
+    let windows = error_windows_of(inputs.windowed_verdicts);
     if let Some(rules) = &options.alerts {
         collect_rows_at_worker_zero(alert_evidence(windows.clone(), rules.clone()), &cells.alerts, probe);
     }
     collect_rows_at_worker_zero(windows, &cells.windows, probe);
-    collect_rows_at_worker_zero(label_drift(observations, options.reference.clone()), &cells.drift, probe);
+    collect_rows_at_worker_zero(label_drift_of(inputs.window_labels, options.reference.clone()), &cells.drift, probe);
 }
 
 /// Every view as of one time.

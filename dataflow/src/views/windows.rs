@@ -6,7 +6,7 @@ use differential_dataflow::VecCollection;
 use timely::progress::Timestamp;
 
 use crate::count::tally_by;
-use crate::record::{Observation, Tally};
+use crate::record::{Observation, Tally, Verdict};
 
 /// `((producer, window start), tally)` for every window with a judged record. Pending records
 /// have no time; inferred records without a readable one are in no window.
@@ -16,13 +16,23 @@ pub fn error_windows<'scope, T>(
 where
     T: Timestamp + Lattice + Ord,
 {
-    tally_by(
-        "TallyByWindow",
-        observations.flat_map(|observation| {
-            let verdict = observation.verdict();
-            observation.window.map(|window| ((observation.producer_id, window), verdict))
-        }),
-    )
+    error_windows_of(observations.flat_map(windowed_verdict))
+}
+
+/// What the view reads of an observation: its producer, window and verdict, for a record in a window.
+pub fn windowed_verdict(observation: Observation) -> Option<((String, i64), Verdict)> {
+    let verdict = observation.verdict();
+    observation.window.map(|window| ((observation.producer_id, window), verdict))
+}
+
+/// The tallies per window from `((producer, window start), verdict)` pairs.
+pub fn error_windows_of<'scope, T>(
+    verdicts: VecCollection<'scope, T, ((String, i64), Verdict), isize>,
+) -> VecCollection<'scope, T, ((String, i64), Tally), isize>
+where
+    T: Timestamp + Lattice + Ord,
+{
+    tally_by("TallyByWindow", verdicts)
 }
 
 #[cfg(test)]
