@@ -495,8 +495,12 @@ impl State<'_> {
         current_table(&self.rows.borrow())
     }
 
-    fn views(&self) -> Option<Snapshot> {
-        self.views.map(ViewCells::snapshot)
+    /// Brings the views up to date with the last round; whether any changed.
+    fn update_views(&self, views: &mut Option<Snapshot>) -> bool {
+        match (self.views, views) {
+            (Some(cells), Some(snapshot)) => cells.update(snapshot),
+            _ => false,
+        }
     }
 
     fn as_of(&self, table: &BTreeMap<String, Tally>, feed: &Feed) -> AsOf {
@@ -542,7 +546,8 @@ fn follow_changes(
     let mut table = state.table();
     let mut sidecar = state.as_of(&table, &feed);
     // The views and alerts before the CSV, as after every round.
-    let mut views = state.views();
+    let mut views = state.views.map(|_| Snapshot::default());
+    state.update_views(&mut views);
     write_views(options, views.as_ref())?;
     update_alerts(options, views.as_ref(), state.as_of);
     output.write(&table, &sidecar)?;
@@ -571,12 +576,10 @@ fn follow_changes(
             fail::fail_point!("follow-after-round");
         }
         state.as_of = polled_at;
-        // The views change only in a round; reading them costs in proportion to their size.
-        let updated_views = if polled.changed > 0 { state.views() } else { None };
-        let views_changed = updated_views.is_some() && updated_views != views;
+        // The views change only in a round, by the rows it changed.
+        let views_changed = state.update_views(&mut views);
         if views_changed {
-            write_views(options, updated_views.as_ref())?;
-            views = updated_views;
+            write_views(options, views.as_ref())?;
         }
         let (settled, due) = tick_alerts(options);
         let alerts_changed = settled | ((views_changed || due) && update_alerts(options, views.as_ref(), state.as_of));

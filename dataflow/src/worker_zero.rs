@@ -68,6 +68,21 @@ pub fn current_table<K: Ord + Clone, V: Clone>(rows: &Rows<K, V>) -> BTreeMap<K,
     rows.iter().filter(|(_, diff)| **diff > 0).map(|((key, value), _)| (key.clone(), value.clone())).collect()
 }
 
+/// Brings `table` up to the last completed time with the updates collected in `rows` since the
+/// last call, and empties `rows`; whether the table changed. For views with one value per key at
+/// every completed time: a round costs what changed in it, not the size of the table.
+pub fn apply_updates<K: Ord, V>(rows: &mut Rows<K, V>, table: &mut BTreeMap<K, V>) -> bool {
+    let updates = std::mem::take(rows);
+    let changed = !updates.is_empty();
+    // A changed value comes as its old row retracted and its new row added: retractions first.
+    let (added, retracted): (Vec<_>, Vec<_>) = updates.into_iter().partition(|(_, diff)| *diff > 0);
+    for ((key, _), _) in retracted {
+        table.remove(&key);
+    }
+    table.extend(added.into_iter().map(|(row, _)| row));
+    changed
+}
+
 /// Worker 0 plans the `_id` ranges; a tiny dataflow hands each worker its own.
 pub(crate) fn distribute_plan(worker: &mut Worker, mongo: &MongoSource) -> Result<Vec<KeyRange>> {
     from_worker_zero(worker, |peers| mongo.plan(peers))
@@ -124,4 +139,56 @@ pub(crate) fn gather_at_worker_zero<T: timely::ExchangeData + Clone>(worker: &mu
     let mut items = gathered.take();
     items.sort_by_key(|(index, _)| *index);
     items.into_iter().map(|(_, item)| item).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use differential_dataflow::input::Input;
+
+    use super::*;
+    use crate::record::Observation;
+    use crate::views::windows::error_windows;
+
+    const HOUR: i64 = 3_600_000;
+
+    #[test]
+    fn a_table_kept_by_its_updates_equals_the_one_rebuilt_from_every_row() {
+        let obs =
+            |truth: &str, inferred: &str, window: i64| Observation::new("a", truth, Some(inferred)).in_window(window);
+        let rounds: Vec<Vec<(Observation, isize)>> = vec![
+            vec![(obs("cat", "cat", 0), 3), (obs("cat", "dog", HOUR), 1)],
+            // A value changes, a window appears.
+            vec![(obs("cat", "dog", 0), 1), (obs("cat", "cat", 2 * HOUR), 1)],
+            // A window goes, and one comes and goes within the round.
+            vec![(obs("cat", "dog", HOUR), -1), (obs("cat", "cat", 5 * HOUR), 1), (obs("cat", "cat", 5 * HOUR), -1)],
+            // Nothing changes.
+            vec![(obs("cat", "cat", 0), 1), (obs("cat", "cat", 0), -1)],
+        ];
+        let (kept, rebuilt, changed) = timely::execute_directly(move |worker| {
+            let (updates, every_row): (WorkerCell<Rows<_, _>>, WorkerCell<Rows<_, _>>) = Default::default();
+            let probe = ProbeHandle::new();
+            let mut input = worker.dataflow::<u64, _, _>(|scope| {
+                let (input, observations) = scope.new_collection();
+                let windows = error_windows(observations);
+                collect_rows_at_worker_zero(windows.clone(), &updates, &probe);
+                collect_rows_at_worker_zero(windows, &every_row, &probe);
+                input
+            });
+            let (mut table, mut kept, mut rebuilt, mut changed) = (BTreeMap::new(), Vec::new(), Vec::new(), Vec::new());
+            for (round, rows) in rounds.into_iter().enumerate() {
+                rows.into_iter().for_each(|(observation, diff)| input.update(observation, diff));
+                input.advance_to(round as u64 + 1);
+                input.flush();
+                worker.step_while(|| probe.less_than(input.time()));
+                changed.push(apply_updates(&mut updates.borrow_mut(), &mut table));
+                kept.push(table.clone());
+                rebuilt.push(current_table(&every_row.borrow()));
+            }
+            (kept, rebuilt, changed)
+        });
+        assert_eq!(kept, rebuilt);
+        assert_eq!(changed, [true, true, true, false]);
+        assert_eq!(kept[2].keys().map(|(_, window)| *window).collect::<Vec<_>>(), [0, 2 * HOUR]);
+        assert_eq!(kept[2][&("a".to_owned(), 0)], Tally { correct: 3, incorrect: 1, pending: 0 });
+    }
 }

@@ -24,7 +24,7 @@ use differential_dataflow::VecCollection;
 use timely::dataflow::ProbeHandle;
 
 use crate::record::{Observation, Tally, Verdict, Windowing};
-use crate::worker_zero::{collect_rows_at_worker_zero, current_table, Rows, WorkerCell};
+use crate::worker_zero::{apply_updates, collect_rows_at_worker_zero, Rows, WorkerCell};
 use alerts::{alert_evidence, AlertRules, Evidence};
 use confusion::{confusion_of, Cell};
 use drift::{label_drift_of, LabelDrift, Reference};
@@ -43,7 +43,7 @@ pub struct ViewOptions {
     pub alerts: Option<AlertRules>,
 }
 
-/// Every view's rows as worker 0 collects them, one cell per view.
+/// Every view's updates as worker 0 collects them, one cell per view, until they are read.
 #[derive(Clone, Default)]
 pub struct ViewCells {
     confusion: WorkerCell<Rows<Cell, u64>>,
@@ -111,14 +111,23 @@ pub struct Snapshot {
 }
 
 impl ViewCells {
-    /// The views as of the last completed time (worker 0 only: the others hold nothing).
+    /// Brings `snapshot` up to the last completed time with the rows collected since the last
+    /// call (worker 0 only: the others hold nothing); whether any view changed.
+    pub fn update(&self, snapshot: &mut Snapshot) -> bool {
+        let changed = [
+            apply_updates(&mut self.confusion.borrow_mut(), &mut snapshot.confusion),
+            apply_updates(&mut self.windows.borrow_mut(), &mut snapshot.windows),
+            apply_updates(&mut self.drift.borrow_mut(), &mut snapshot.drift),
+            apply_updates(&mut self.alerts.borrow_mut(), &mut snapshot.alerts),
+        ];
+        changed.contains(&true)
+    }
+
+    /// The views as of the last completed time, read once (it takes the rows collected so far).
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            confusion: current_table(&self.confusion.borrow()),
-            windows: current_table(&self.windows.borrow()),
-            drift: current_table(&self.drift.borrow()),
-            alerts: current_table(&self.alerts.borrow()),
-        }
+        let mut snapshot = Snapshot::default();
+        self.update(&mut snapshot);
+        snapshot
     }
 }
 
