@@ -45,15 +45,7 @@ pub fn creation_error(err: KafkaError, kafka: &KafkaArgs) -> anyhow::Error {
         KafkaError::ClientConfig(_, description, key, value) => {
             anyhow::anyhow!("{description} ({})", redact::setting(&key, &value))
         }
-        other => {
-            let mut text = other.to_string();
-            for (key, value) in &kafka.kafka_opts {
-                if !value.is_empty() && redact::setting(key, value) != format!("{key}={value}") {
-                    text = text.replace(value.as_str(), redact::REDACTED);
-                }
-            }
-            anyhow::anyhow!(text)
-        }
+        other => anyhow::anyhow!(redact::secret_values(&other.to_string(), &kafka.kafka_opts)),
     }
 }
 

@@ -38,6 +38,18 @@ pub fn setting(key: &str, value: &str) -> String {
     }
 }
 
+/// `text` (a client's error message) with the values of the secret `settings` replaced by
+/// [`REDACTED`]: librdkafka quotes a refused value, which may be `sasl.password`'s.
+pub fn secret_values(text: &str, settings: &[(String, String)]) -> String {
+    let mut text = text.to_owned();
+    for (key, value) in settings {
+        if !value.is_empty() && setting(key, value) != format!("{key}={value}") {
+            text = text.replace(value.as_str(), REDACTED);
+        }
+    }
+    text
+}
+
 /// A `KEY=VALUE` client setting from a flag (`--kafka-opt`). A malformed one is refused without
 /// echoing it whole: a mistyped `sasl.password:secret` must not reach the terminal.
 pub fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -75,6 +87,12 @@ mod tests {
     fn secret_settings_are_hidden() {
         assert_eq!(setting("sasl.password", "x"), "sasl.password=****");
         assert_eq!(setting("security.protocol", "SASL_SSL"), "security.protocol=SASL_SSL");
+    }
+
+    #[test]
+    fn secret_values_are_hidden_in_messages() {
+        let settings = [("sasl.password".to_owned(), "hunter2".to_owned()), ("client.id".to_owned(), "me".to_owned())];
+        assert_eq!(secret_values("auth hunter2 failed for me", &settings), "auth **** failed for me");
     }
 
     #[test]

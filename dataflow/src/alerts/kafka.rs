@@ -38,13 +38,7 @@ impl KafkaOptions {
 
     /// A client's error without the secrets of the settings (librdkafka quotes refused values).
     fn error(&self, err: KafkaError) -> anyhow::Error {
-        let mut text = err.to_string();
-        for (key, value) in &self.settings {
-            if !value.is_empty() && redact::setting(key, value) != format!("{key}={value}") {
-                text = text.replace(value.as_str(), redact::REDACTED);
-            }
-        }
-        anyhow!(text)
+        anyhow!(redact::secret_values(&err.to_string(), &self.settings))
     }
 }
 
